@@ -1,0 +1,13 @@
+"""dchml: deep cross-modal hashing (DCHML/DCPH and PSLDH) with fused C++/CUDA kernels.
+
+Public API, by layer (see README.md):
+- codes and ranking: pack_codes, unpack_codes, hamming_distance, hamming_topk, HammingIndex;
+- metrics: mean_average_precision, precision_at_n, pr_curve, ndcg_at_k;
+- losses: margin_dynamic_softmax, partial_softmax, MarginDynamicSoftmax, dchml.nn;
+- the method: dchml.models, dchml.train, dchml.data, and the `dchml` command line.
+"""
+from ._C import cuda_built
+
+__version__ = "0.1.0"
+
+__all__ = ["cuda_built", "__version__"]

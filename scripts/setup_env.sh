@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Makes the environment dchml needs, from nothing: a virtual environment (.venv, or $DCHML_VENV),
+# PyTorch and the other dependencies, and the compiled extension (CUDA kernels included whenever
+# a CUDA toolkit is found). Idempotent: a second run reuses what is there and rebuilds only
+# what changed. Sourced by scripts/test.sh and scripts/demo.sh; prints the venv's python path.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+VENV=${DCHML_VENV:-.venv}
+TORCH_SPEC=${DCHML_TORCH_SPEC:-torch==2.14.1}
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
+
+quiet() {  # run a command, show its output only when it fails
+  if ! "$@" >"$LOG" 2>&1; then cat "$LOG" >&2; echo "setup failed: $*" >&2; exit 1; fi
+}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV" >&2
+  quiet python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+
+if ! "$PY" -c "import torch, numpy, tqdm, matplotlib, scipy, h5py, pytest, faiss, ninja, setuptools" >/dev/null 2>&1; then
+  echo "[setup] installing $TORCH_SPEC and dependencies (a few minutes the first time)" >&2
+  quiet "$PY" -m pip install --disable-pip-version-check "$TORCH_SPEC"
+  quiet "$PY" -m pip install --disable-pip-version-check numpy tqdm matplotlib scipy h5py pytest faiss-cpu ninja setuptools wheel
+fi
+
+if [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda ]; then export CUDA_HOME=/usr/local/cuda; fi
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+echo "[setup] building dchml (incremental)" >&2
+# build_ext --inplace keeps ninja's build folder, so later runs recompile only changed files;
+# the editable install (once) adds the `dchml` command and the package to the venv.
+if ! "$PY" setup.py build_ext --inplace >"$LOG" 2>&1; then cat "$LOG" >&2; echo "setup failed: build" >&2; exit 1; fi
+grep -m1 "^dchml build:" "$LOG" >&2 || true
+if [ ! -x "$VENV/bin/dchml" ]; then
+  quiet "$PY" -m pip install --disable-pip-version-check --no-build-isolation --no-deps -e .
+fi
+echo "$PY"

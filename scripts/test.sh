@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command of README.md: sets up the environment, runs the torch-free native tests under
+# AddressSanitizer + UndefinedBehaviorSanitizer, then the Python test suite (CUDA cases skip
+# without a GPU). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=$(bash scripts/setup_env.sh)
+
+echo "[test] native core tests (ASan + UBSan)"
+cmake -S . -B build-native -DDCHML_SANITIZE=ON >/dev/null
+cmake --build build-native -j"$(nproc)" >/dev/null
+ASAN_OPTIONS=detect_leaks=1 ./build-native/dchml_native_tests
+
+echo "[test] python tests"
+"$PY" -m pytest -q "$@"

@@ -1,0 +1,87 @@
+"""Build of the `dchml._kernels` extension (package metadata lives in pyproject.toml).
+
+CUDA kernels are compiled whenever a CUDA toolkit is found, even on a machine without a GPU,
+so that CI compiles and links them on every run. Environment:
+  FORCE_CUDA=1       compile the CUDA kernels (fail if no toolkit); FORCE_CUDA=0: CPU only.
+  CUDA_HOME          toolkit root; defaults to /usr/local/cuda when that exists.
+  TORCH_CUDA_ARCH_LIST  GPU architectures; without a visible GPU we default to "9.0+PTX"
+                     (H100/H200 native code, PTX that newer GPUs JIT-compile) to keep builds short.
+  MAX_JOBS           parallel compile jobs (ninja).
+  DCHML_DEBUG=1      -O0 -g, for debuggers and sanitizers.
+Install with `pip install --no-build-isolation -e .` (isolation would fetch another torch).
+"""
+import glob
+import os
+import sys
+
+from setuptools import setup
+
+if "CUDA_HOME" not in os.environ and os.path.isdir("/usr/local/cuda"):
+    # torch otherwise guesses /usr/local and fails to link -lcudart.
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+import torch  # noqa: E402  (after CUDA_HOME, which cpp_extension reads on import)
+from torch.utils import cpp_extension  # noqa: E402
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def want_cuda():
+    force = os.environ.get("FORCE_CUDA")
+    if force == "0":
+        return False
+    found = cpp_extension.CUDA_HOME is not None and torch.version.cuda is not None
+    if force == "1" and not found:
+        sys.exit("FORCE_CUDA=1 but no CUDA toolkit (CUDA_HOME) or no CUDA build of torch was found")
+    return found
+
+
+def sources(*patterns):
+    out = []
+    for pattern in patterns:
+        out += sorted(glob.glob(os.path.join("csrc", pattern), recursive=True))
+    return out
+
+
+def extension():
+    with_cuda = want_cuda()
+    debug = os.environ.get("DCHML_DEBUG") == "1"
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    # No -std flag: torch sets the standard its headers need (C++20 in recent releases).
+    cxx = opt + ["-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    srcs = sources("module.cpp", "core/*.cpp", "ops/*.cpp", "ops/cpu/*.cpp")
+    macros = []
+    kwargs = {}
+    if with_cuda:
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0+PTX"
+        srcs += sources("ops/cuda/*.cu")
+        macros.append(("WITH_CUDA", None))
+        kwargs["extra_compile_args"] = {
+            "cxx": cxx,
+            "nvcc": opt + ["--expt-relaxed-constexpr", "-lineinfo"],
+        }
+        ext_cls = cpp_extension.CUDAExtension
+    else:
+        kwargs["extra_compile_args"] = {"cxx": cxx}
+        ext_cls = cpp_extension.CppExtension
+    print(
+        f"dchml build: torch {torch.__version__}, CUDA kernels "
+        f"{'ON (CUDA_HOME=' + str(cpp_extension.CUDA_HOME) + ', arch ' + os.environ.get('TORCH_CUDA_ARCH_LIST', 'auto') + ')' if with_cuda else 'OFF'}, "
+        f"{'debug' if debug else 'release'}, {len(srcs)} sources, MAX_JOBS={os.environ.get('MAX_JOBS', 'auto')}",
+        flush=True,
+    )
+    return ext_cls(
+        name="dchml._kernels",
+        sources=srcs,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        define_macros=macros,
+        extra_link_args=["-fopenmp"],
+        **kwargs,
+    )
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)
