@@ -67,10 +67,10 @@ def test_synthetic_text_counts_option():
     assert d.text.max() > 1 and torch.equal(d.text, d.text.round())
 
 
-def test_synthetic_features_carry_label_information(small):
+def test_synthetic_features_carry_label_information():
     # A least-squares probe on the training set predicts query labels far above chance in both
     # modalities, but not perfectly (the set must stay hard).
-    d = small
+    d = make_synthetic(n=3000, n_labels=7, image_dim=64, text_dim=200, n_query=500, n_train=1500, seed=0)
     for x in (d.image, d.text):
         xt = torch.cat([x[d.train_idx], torch.ones(len(d.train_idx), 1)], 1).double()
         w = torch.linalg.lstsq(xt, d.labels[d.train_idx].double(), driver="gelsd").solution
@@ -78,7 +78,7 @@ def test_synthetic_features_carry_label_information(small):
         pred = (xq @ w).argmax(1)
         hit = d.labels[d.query_idx, pred].mean().item()  # top-1 predicted label is a true label
         base = d.labels[d.query_idx].mean(0).max().item()  # always guessing the commonest label
-        assert hit > base + 0.15, (hit, base)
+        assert base + 0.15 < hit < 0.98, (hit, base)
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -14,9 +14,10 @@ from .splits import paper_split
 def make_synthetic(n: int = 12_000, n_labels: int = 21, image_dim: int = 512, text_dim: int = 1000, *,
                    seed: int = 0, n_query: int | None = 2000, n_train: int | None = 5000,
                    n_topics: int | None = None, label_power: float = 0.8, mean_extra_labels: float = 1.0,
-                   max_labels: int = 5, latent_dim: int = 64, image_noise: float = 1.0,
+                   max_labels: int = 5, latent_dim: int = 64, image_noise: float = 1.5,
+                   label_noise: float = 0.25,
                    nuisance_scale: float = 1.5, words_per_item: tuple[int, int] = (20, 40),
-                   words_per_label: int = 40, text_background: float = 0.5, text_counts: bool = False,
+                   words_per_label: int = 40, text_background: float = 0.6, text_counts: bool = False,
                    name: str = "synthetic") -> CrossModalData:
     """A synthetic NUS-WIDE-shaped cross-modal data set; see docs/data.md for the model.
 
@@ -52,8 +53,10 @@ def make_synthetic(n: int = 12_000, n_labels: int = 21, image_dim: int = 512, te
 
     labels = _labels(r_lab, n, n_labels, n_topics or max(2, n_labels // 4), label_power,
                      mean_extra_labels, min(max_labels, n_labels))
-    image = _image(r_img, labels, image_dim, latent_dim, image_noise, nuisance_scale)
-    text = _text(r_txt, labels, text_dim, lo, hi, words_per_label, text_background, text_counts)
+    image = _image(r_img, _corrupt(r_img, labels, label_noise), image_dim, latent_dim, image_noise,
+                   nuisance_scale)
+    text = _text(r_txt, _corrupt(r_txt, labels, label_noise), text_dim, lo, hi, words_per_label,
+                 text_background, text_counts)
     split_seed = int(r_split.integers(2**63 - 1))
     q, r, t = paper_split(n, seed=split_seed, n_query=n_query, n_train=n_train)
     return CrossModalData(image=torch.from_numpy(image), text=torch.from_numpy(text),
@@ -79,6 +82,24 @@ def _labels(rng, n, c, n_topics, power, mean_extra, max_labels) -> np.ndarray:
     rows = np.repeat(np.arange(n), count)
     labels[rows, order[take]] = 1.0
     return labels
+
+
+def _corrupt(rng, labels, p) -> np.ndarray:
+    """The labels a modality actually shows: each true label is hidden with probability p and
+    one spurious label appears with probability p (independently per modality), so neither
+    modality determines the label set and no method reaches a perfect MAP. At least one label
+    always stays visible."""
+    if p <= 0:
+        return labels
+    n, c = labels.shape
+    shown = labels * (rng.random((n, c)) >= p)
+    lost = shown.sum(1) == 0
+    # Rows that lost every label keep one of their true labels (the first, chosen at random order).
+    keys = np.where(labels > 0, rng.random((n, c)), -1.0)
+    shown[lost, keys[lost].argmax(1)] = 1.0
+    spurious = rng.random(n) < p
+    shown[np.nonzero(spurious)[0], rng.integers(c, size=int(spurious.sum()))] = 1.0
+    return shown.astype(np.float32)
 
 
 def _image(rng, labels, d, h, noise, nuisance) -> np.ndarray:
