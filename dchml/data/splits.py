@@ -23,9 +23,12 @@ def default_split_sizes(n: int) -> tuple[int, int]:
     if n < 2:
         raise DataError(f"cannot split {n} items: need at least 2")
     n_query = 5000 if n >= 100_000 else max(1, min(2000, n // 6))
-    n_db = n - n_query
-    n_train = PAPER_TRAIN if n_db >= 15_000 else max(1, n_db // 2)
-    return n_query, n_train
+    return n_query, default_train_size(n - n_query)
+
+
+def default_train_size(n_db: int) -> int:
+    """10,000 (the paper) for a database of >= 15,000 items, else half the database."""
+    return PAPER_TRAIN if n_db >= 15_000 else max(1, n_db // 2)
 
 
 def paper_split(n: int, *, seed: int = 0, n_query: int | None = None, n_train: int | None = None,
@@ -35,14 +38,11 @@ def paper_split(n: int, *, seed: int = 0, n_query: int | None = None, n_train: i
     Deterministic: numpy default_rng(seed), never global state. Explicit sizes override the rule
     of default_split_sizes.
     """
-    dq, dt = default_split_sizes(n)
-    n_query = dq if n_query is None else int(n_query)
+    n_query = default_split_sizes(n)[0] if n_query is None else int(n_query)
     if not 1 <= n_query <= n - 1:
         raise DataError(f"n_query must be in [1, {n - 1}] for {n} items, got {n_query}")
     n_db = n - n_query
-    if n_train is None:
-        n_train = min(dt, n_db)
-    n_train = int(n_train)
+    n_train = default_train_size(n_db) if n_train is None else int(n_train)
     if not 1 <= n_train <= n_db:
         raise DataError(f"n_train must be in [1, {n_db}] (the database size), got {n_train}")
     rng = np.random.default_rng(seed)
