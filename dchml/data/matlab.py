@@ -213,8 +213,9 @@ def _match_train(path, out, tr, nq, ndb) -> dict:
             raise DataError(f"{path}: {role} of the training set {tr[role].shape} and of the database "
                             f"{out[role].shape} differ in shape beyond the item axis")
     def row_keys(sl, arrays):
-        return [b"".join(np.ascontiguousarray(arrays[r][i]).tobytes() for r in ("image", "text", "labels"))
-                for i in sl]
+        # float64 bytes, so that a training copy saved with another dtype still matches
+        return [b"".join(np.ascontiguousarray(arrays[r][i], dtype=np.float64).tobytes()
+                         for r in ("image", "text", "labels")) for i in sl]
     db_pos: dict[bytes, int] = {}
     for j, key in zip(range(nq, nq + ndb), row_keys(range(nq, nq + ndb), out)):
         db_pos.setdefault(key, j)
