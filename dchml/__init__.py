@@ -7,7 +7,8 @@ Public API, by layer (see README.md):
 - the method: dchml.models, dchml.train, dchml.data, and the `dchml` command line.
 """
 from ._C import cuda_built
+from . import data
 
 __version__ = "0.1.0"
 
-__all__ = ["cuda_built", "__version__"]
+__all__ = ["cuda_built", "__version__", "data"]

@@ -62,6 +62,11 @@ def test_synthetic_default_shape_like_nus_wide():
     assert 15 < words.mean() < 40 and d.text.mean() < 0.05  # sparse BoW
 
 
+def test_synthetic_small_n_uses_the_split_rule():
+    d = make_synthetic(n=300, n_labels=4, image_dim=8, text_dim=30)
+    assert (len(d.query_idx), len(d.retrieval_idx), len(d.train_idx)) == (50, 250, 125)
+
+
 def test_synthetic_text_counts_option():
     d = make_synthetic(**SMALL, seed=0, text_counts=True)
     assert d.text.max() > 1 and torch.equal(d.text, d.text.round())
