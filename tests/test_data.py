@@ -512,3 +512,11 @@ def test_load_dataset_synthetic_passes_seed_and_sizes():
     assert (len(a.query_idx), len(a.train_idx)) == (100, 300)
     b = make_synthetic(seed=4, n_query=100, n_train=300)
     _same(a, b)
+
+
+def test_mat_v5_single_label_column_stays_2d(tmp_path):
+    rng = np.random.default_rng(0)
+    p = tmp_path / "one.mat"
+    scipy.io.savemat(p, {"XAll": rng.random((20, 4)), "tags": rng.random((20, 3)), "labels": np.ones((20, 1))})
+    d = load_dataset(str(p))
+    assert d.labels.shape == (20, 1) and d.image_dim == 4 and d.text_dim == 3
