@@ -203,6 +203,7 @@ def test_npz_roundtrip_keeps_everything(tiny, tmp_path):
     back = load_dataset(str(p))
     _same(tiny, back)
     assert back.name == "d.npz"
+    _same(tiny, load_dataset(p, format="npz"))  # a pathlib.Path and an explicit format work too
 
 
 def test_npz_pixels_and_split_from_seed(tmp_path):
