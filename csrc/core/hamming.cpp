@@ -336,7 +336,8 @@ Sample make_sample(const Problem& P) {
 struct FastPlan {
   bool fast = false;
   uint16_t threshold = 0;
-  int64_t capacity = 0;
+  int64_t expected = 0;  // estimated candidates (rows with d <= threshold)
+  int64_t capacity = 0;  // most candidates held before giving up on the fast path
 };
 
 FastPlan plan_query(const Problem& P, const Sample& s, const uint64_t* qw, std::vector<uint16_t>& dbuf,
@@ -366,6 +367,7 @@ FastPlan plan_query(const Problem& P, const Sample& s, const uint64_t* qw, std::
       if (capacity > 16.0 * (double)P.k + 65536.0 || d >= 65535) return plan;
       plan.fast = true;
       plan.threshold = (uint16_t)d;
+      plan.expected = (int64_t)est;
       plan.capacity = (int64_t)capacity;
       return plan;
     }
@@ -403,11 +405,13 @@ void rank_block(const Problem& P, const Sample* sample, int64_t i0, int64_t i1, 
   int64_t t1 = now_ns();
   g_stats.ns_plan += t1 - t0;
   if (!fast.empty()) {
-    std::vector<std::unique_ptr<uint64_t[]>> keys(fast.size());
+    // Candidate buffers start at the estimate and grow on demand (up to the plan's capacity),
+    // so memory follows the actual candidate count.
+    std::vector<std::vector<uint64_t>> keys(fast.size());
     std::vector<int64_t> nkeys(fast.size(), 0);
     std::vector<char> overflow(fast.size(), 0);
     for (size_t f = 0; f < fast.size(); ++f)
-      keys[f].reset(new uint64_t[(size_t)(plans[fast[f]].capacity + g.T)]);
+      keys[f].resize((size_t)(std::min(plans[fast[f]].capacity, plans[fast[f]].expected + 1024) + g.T));
     std::vector<uint64_t> tile((size_t)g.words * g.T);
     for (int64_t j0 = 0; j0 < P.db.n; j0 += g.T) {
       const int64_t count = std::min(g.T, P.db.n - j0);
@@ -415,9 +419,16 @@ void rank_block(const Problem& P, const Sample* sample, int64_t i0, int64_t i1, 
       for (size_t f = 0; f < fast.size(); ++f) {
         if (overflow[f]) continue;
         const int64_t b = fast[f];
+        if (nkeys[f] + g.T > (int64_t)keys[f].size()) {
+          const int64_t room = (int64_t)keys[f].size() - g.T;
+          if (room >= plans[b].capacity) {
+            overflow[f] = 1;
+            continue;
+          }
+          keys[f].resize((size_t)(std::min(plans[b].capacity, 2 * room) + g.T));
+        }
         nkeys[f] += g.kernels.scan(tile.data(), g.words, g.T, count, &qwords[(size_t)b * g.words],
-                                   plans[b].threshold, j0, keys[f].get() + nkeys[f], dbuf.data());
-        if (nkeys[f] > plans[b].capacity) overflow[f] = 1;
+                                   plans[b].threshold, j0, keys[f].data() + nkeys[f], dbuf.data());
       }
     }
     int64_t t2 = now_ns();
@@ -431,7 +442,7 @@ void rank_block(const Problem& P, const Sample* sample, int64_t i0, int64_t i1, 
         continue;
       }
       ++g_stats.fast;
-      const uint64_t* kk = keys[f].get();
+      const uint64_t* kk = keys[f].data();
       std::fill(hist.begin(), hist.end(), 0);
       for (int64_t c = 0; c < nkeys[f]; ++c) ++hist[kk[c] >> kKeyShift];
       Emitter e = make_emitter(P, i);
@@ -444,7 +455,7 @@ void rank_block(const Problem& P, const Sample* sample, int64_t i0, int64_t i1, 
       e.start(hist.data(), P.bits, k, dd, ii);
       for (int64_t c = 0; c < nkeys[f]; ++c) e.offer((int64_t)(kk[c] >> kKeyShift), (int64_t)(kk[c] & kIndexMask));
       sink.done(i, e.dist, e.index, k, e.cut_total, e.cut_relevant);
-      keys[f].reset();
+      std::vector<uint64_t>().swap(keys[f]);
     }
     g_stats.ns_finish += now_ns() - t2;
   }
@@ -464,7 +475,9 @@ void rank_all(const Problem& P, Sink& sink) {
   g_stats.reset();
   Sample sample;
   if (use_fast) sample = make_sample(P);
-  const int64_t B = block_size(P.q.n, 64);
+  // Blocks of 32 queries: each database tile is reused 32 times, and the candidate buffers of a
+  // block (~1.5 k keys per query) stay small next to the database.
+  const int64_t B = block_size(P.q.n, 32);
   const int64_t nblocks = (P.q.n + B - 1) / B;
 #pragma omp parallel
   {
