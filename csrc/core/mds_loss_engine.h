@@ -1,0 +1,166 @@
+// Direct (one pass per row, no temporaries) row engine of the margin-dynamic-softmax and
+// partial-softmax losses: forward and backward of one row from its codes, the ±1 proxies and the
+// row's sorted positive indices. Torch-free: the CPU kernel runs it over rows (OpenMP, SIMD
+// chosen at run time), the native tests check it against the definitions. The arithmetic per
+// score and per softmax weight is that of core/mds_loss.h, which the CUDA kernels also use.
+#pragma once
+
+#include <cstdint>
+
+#include "core/mds_loss.h"
+
+namespace dchml {
+
+// Vectorisable b . g (the simd pragma allows the reassociation a float reduction needs).
+template <typename T, typename P>
+inline T simd_dot(const T* b, const P* g, int64_t k) {
+  T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = 0; j < k; ++j) acc += b[j] * static_cast<T>(g[j]);
+  return acc;
+}
+
+template <typename T, typename P>
+inline void simd_axpy(T alpha, const P* g, T* out, int64_t k) {
+#pragma omp simd
+  for (int64_t j = 0; j < k; ++j) out[j] += alpha * static_cast<T>(g[j]);
+}
+
+// One row's inputs. `den` is the row whose scores form the denominator (codes, or `other`).
+template <typename T, typename P>
+struct LossRow {
+  const T* codes;         // (k,)
+  const T* den;           // (k,)
+  const P* proxies;       // (c, k) row-major, ±1
+  const int64_t* pos;     // sorted distinct positive indices of the row
+  int64_t npos;
+  int64_t c;
+  int64_t k;
+};
+
+// mean over positives of b . g_e
+template <typename T, typename P>
+inline T mean_positive_dot(const LossRow<T, P>& r, const T* b) {
+  T acc = T(0);
+  for (int64_t e = 0; e < r.npos; ++e) acc += simd_dot(b, r.proxies + r.pos[e] * r.k, r.k);
+  return acc / T(r.npos);
+}
+
+// State with the log-sum-exp over negatives q of scale * (den . g_q) pushed into it.
+template <typename T, typename P>
+inline OnlineLse<T> push_negatives(const LossRow<T, P>& r, T scale, OnlineLse<T> s) {
+  int64_t next = 0;  // cursor into the sorted positives
+  for (int64_t q = 0; q < r.c; ++q) {
+    if (next < r.npos && r.pos[next] == q) {
+      ++next;
+      continue;
+    }
+    lse_push(s, scale * simd_dot(r.den, r.proxies + q * r.k, r.k));
+  }
+  return s;
+}
+
+// out += coef * sum over negatives q of exp(scale * (den . g_q) - lse) g_q
+template <typename T, typename P>
+inline void add_negative_softmax_combination(const LossRow<T, P>& r, T scale, T lse, T coef, T* out) {
+  int64_t next = 0;
+  for (int64_t q = 0; q < r.c; ++q) {
+    if (next < r.npos && r.pos[next] == q) {
+      ++next;
+      continue;
+    }
+    const P* g = r.proxies + q * r.k;
+    const T w = softmax_weight(scale * simd_dot(r.den, g, r.k), lse);
+    simd_axpy(coef * w, g, out, r.k);
+  }
+}
+
+// ---- margin-dynamic-softmax ----
+template <typename T>
+struct MdsForward {
+  T loss;
+  T lse;  // logsumexp({eta u_den} U {eta s_q}), saved for backward
+};
+
+// negatives_lse: logsumexp over negatives of eta s_q when a caller computed it already (the tiled
+// GEMM path), or null to compute it here.
+template <typename T, typename P>
+inline MdsForward<T> mds_forward_row(const LossRow<T, P>& r, T eta, T mu, const T* negatives_lse = nullptr) {
+  const T u_num = surrogate_score(mean_positive_dot(r, r.codes), mu, r.k);
+  const T u_den = r.den == r.codes ? u_num : surrogate_score(mean_positive_dot(r, r.den), mu, r.k);
+  T lse;
+  if (negatives_lse != nullptr) {
+    lse = log_add_exp(eta * u_den, *negatives_lse);
+  } else {
+    OnlineLse<T> s = lse_empty<T>();
+    lse_push(s, eta * u_den);
+    lse = lse_value(push_negatives(r, eta, s));
+  }
+  return {mds_row_loss(eta, u_num, lse), lse};
+}
+
+// Writes the row's gradient: grad_codes (numerator part, plus the denominator part when den is
+// codes) and grad_den (denominator part, only when den is a separate tensor; may be null then).
+// negative_sum: sum over negatives of p_q g_q when a caller computed it already (the tiled GEMM
+// path), or null to compute it here.
+template <typename T, typename P>
+inline void mds_backward_row(const LossRow<T, P>& r, T eta, T mu, T lse, T grad_row, T* grad_codes,
+                             T* grad_den, const T* negative_sum = nullptr) {
+  const T u_den = surrogate_score(mean_positive_dot(r, r.den), mu, r.k);
+  const T p0 = softmax_weight(eta * u_den, lse);
+  const MdsGradCoefficients<T> co = mds_grad_coefficients(eta, grad_row, p0);
+  T* den_out = r.den == r.codes ? grad_codes : grad_den;
+  for (int64_t j = 0; j < r.k; ++j) grad_codes[j] = T(0);
+  if (den_out != grad_codes)
+    for (int64_t j = 0; j < r.k; ++j) den_out[j] = T(0);
+  // gbar terms: (numerator + denominator coefficients) / |P| per positive proxy
+  for (int64_t e = 0; e < r.npos; ++e) {
+    const P* g = r.proxies + r.pos[e] * r.k;
+    simd_axpy(co.numerator_gbar / T(r.npos), g, grad_codes, r.k);
+    simd_axpy(co.denominator_gbar / T(r.npos), g, den_out, r.k);
+  }
+  if (negative_sum != nullptr)
+    simd_axpy(co.denominator_scale, negative_sum, den_out, r.k);
+  else
+    add_negative_softmax_combination(r, eta, lse, co.denominator_scale, den_out);
+}
+
+// ---- PSLDH partial softmax ----
+template <typename T>
+struct PslForward {
+  T loss;
+  T lse_neg;  // logsumexp over negatives of gamma s_q (-inf without negatives), saved for backward
+};
+
+template <typename T, typename P>
+inline PslForward<T> psl_forward_row(const LossRow<T, P>& r, T gamma, T sigma, const T* negatives_lse = nullptr) {
+  const T lse_neg = negatives_lse != nullptr ? *negatives_lse : lse_value(push_negatives(r, gamma, lse_empty<T>()));
+  T acc = T(0);
+  for (int64_t e = 0; e < r.npos; ++e) {
+    const T pos = psl_positive_logit(gamma, sigma, simd_dot(r.codes, r.proxies + r.pos[e] * r.k, r.k), r.k);
+    acc += psl_positive_term(pos, lse_neg);
+  }
+  return {acc / T(r.npos), lse_neg};
+}
+
+template <typename T, typename P>
+inline void psl_backward_row(const LossRow<T, P>& r, T gamma, T sigma, T lse_neg, T grad_row, T* grad_codes,
+                             const T* negative_sum = nullptr) {
+  for (int64_t j = 0; j < r.k; ++j) grad_codes[j] = T(0);
+  const T scale = gamma * grad_row / T(r.npos);
+  T negative_mass = T(0);  // sum_p (1 - sigma_p)
+  for (int64_t e = 0; e < r.npos; ++e) {
+    const P* g = r.proxies + r.pos[e] * r.k;
+    const T pos = psl_positive_logit(gamma, sigma, simd_dot(r.codes, g, r.k), r.k);
+    const T w = psl_positive_weight(pos, lse_neg);
+    simd_axpy(scale * (w - T(1)), g, grad_codes, r.k);
+    negative_mass += T(1) - w;
+  }
+  if (lse_neg == neg_infinity<T>()) return;  // no negatives
+  if (negative_sum != nullptr)
+    simd_axpy(scale * negative_mass, negative_sum, grad_codes, r.k);
+  else
+    add_negative_softmax_combination(r, gamma, lse_neg, scale * negative_mass, grad_codes);
+}
+
+}  // namespace dchml
