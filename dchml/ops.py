@@ -196,37 +196,6 @@ def _partial_softmax_loss_backward_fake(grad_loss, codes, proxies, offsets, indi
     return torch.empty_like(codes)
 
 
-def _mds_setup_context(ctx, inputs, output):
-    codes, other, proxies, offsets, indices, eta, mu = inputs
-    ctx.save_for_backward(codes, other, proxies, offsets, indices, output[1])
-    ctx.eta, ctx.mu = eta, mu
-    ctx.mark_non_differentiable(output[1])
-
-
-def _mds_backward(ctx, grad_loss, _grad_lse):
-    codes, other, proxies, offsets, indices, lse = ctx.saved_tensors
-    grad_codes, grad_other = torch.ops.dchml.mds_loss_backward(
-        grad_loss, codes, other, proxies, offsets, indices, lse, ctx.eta, ctx.mu)
-    if other is None:
-        grad_other = None
-    return grad_codes, grad_other, None, None, None, None, None
-
-
-torch.library.register_autograd("dchml::mds_loss", _mds_backward, setup_context=_mds_setup_context)
-
-
-def _psl_setup_context(ctx, inputs, output):
-    codes, proxies, offsets, indices, gamma, sigma = inputs
-    ctx.save_for_backward(codes, proxies, offsets, indices, output[1])
-    ctx.gamma, ctx.sigma = gamma, sigma
-    ctx.mark_non_differentiable(output[1])
-
-
-def _psl_backward(ctx, grad_loss, _grad_lse):
-    codes, proxies, offsets, indices, lse_neg = ctx.saved_tensors
-    grad_codes = torch.ops.dchml.partial_softmax_loss_backward(
-        grad_loss, codes, proxies, offsets, indices, lse_neg, ctx.gamma, ctx.sigma)
-    return grad_codes, None, None, None, None, None
-
-
-torch.library.register_autograd("dchml::partial_softmax_loss", _psl_backward, setup_context=_psl_setup_context)
+# Autograd of mds_loss and partial_softmax_loss is registered in C++ (csrc/ops/mds_loss.cpp, a
+# torch::autograd::Function on the Autograd key): at the paper's scale the Python autograd hop of
+# torch.library.register_autograd cost more than the kernels themselves.

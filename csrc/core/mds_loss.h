@@ -18,6 +18,15 @@ DCHML_HD T neg_infinity() {
   return -INFINITY;
 }
 
+// Exact-type elementary functions: an unqualified exp(float) on the host would resolve to the C
+// double version (a conversion each way and a slower call).
+DCHML_HD float exp_(float x) { return expf(x); }
+DCHML_HD double exp_(double x) { return exp(x); }
+DCHML_HD float log_(float x) { return logf(x); }
+DCHML_HD double log_(double x) { return log(x); }
+DCHML_HD float log1p_(float x) { return log1pf(x); }
+DCHML_HD double log1p_(double x) { return log1p(x); }
+
 // Max-shifted running log-sum-exp: exp(max) * sum is the running total. A state with max = -inf
 // is the empty set (log 0); every update keeps sum in [1, count], so nothing overflows for any
 // k or eta.
@@ -35,10 +44,10 @@ DCHML_HD OnlineLse<T> lse_empty() {
 template <typename T>
 DCHML_HD void lse_push(OnlineLse<T>& s, T x) {
   if (x <= s.max) {
-    s.sum += exp(x - s.max);
+    s.sum += exp_(x - s.max);
   } else {
     // x > max also covers an empty state: exp(-inf) = 0 drops the old (empty) sum.
-    s.sum = s.sum * exp(s.max - x) + T(1);
+    s.sum = s.sum * exp_(s.max - x) + T(1);
     s.max = x;
   }
 }
@@ -47,13 +56,13 @@ template <typename T>
 DCHML_HD OnlineLse<T> lse_merge(OnlineLse<T> a, OnlineLse<T> b) {
   if (b.max == neg_infinity<T>()) return a;
   if (a.max == neg_infinity<T>()) return b;
-  if (a.max >= b.max) return {a.max, a.sum + b.sum * exp(b.max - a.max)};
-  return {b.max, b.sum + a.sum * exp(a.max - b.max)};
+  if (a.max >= b.max) return {a.max, a.sum + b.sum * exp_(b.max - a.max)};
+  return {b.max, b.sum + a.sum * exp_(a.max - b.max)};
 }
 
 template <typename T>
 DCHML_HD T lse_value(OnlineLse<T> s) {
-  return s.max == neg_infinity<T>() ? s.max : s.max + log(s.sum);
+  return s.max == neg_infinity<T>() ? s.max : s.max + log_(s.sum);
 }
 
 // log(exp(a) + exp(b)), stable, with -inf as the empty term.
@@ -63,7 +72,7 @@ DCHML_HD T log_add_exp(T a, T b) {
   if (b == neg_infinity<T>()) return a;
   const T hi = a > b ? a : b;
   const T lo = a > b ? b : a;
-  return hi + log1p(exp(lo - hi));
+  return hi + log1p_(exp_(lo - hi));
 }
 
 // b . g for one ±1 proxy row g (float or int8 storage), accumulated in Acc.
@@ -90,7 +99,7 @@ DCHML_HD T mds_row_loss(T eta, T u_num, T lse) {
 // Softmax weight of a denominator term whose logit is x (= eta u_den or eta s_q).
 template <typename T>
 DCHML_HD T softmax_weight(T x, T lse) {
-  return exp(x - lse);
+  return exp_(x - lse);
 }
 
 // Gradient (times the upstream grad g_row) of the row loss: with `other`,
@@ -122,7 +131,7 @@ DCHML_HD T psl_positive_term(T pos, T lse_neg) {
   // -pos + log(exp(pos) + exp(lse_neg)) = log1p(exp(lse_neg - pos)), exact 0 without negatives.
   if (lse_neg == neg_infinity<T>()) return T(0);
   const T d = lse_neg - pos;
-  return d > T(0) ? d + log1p(exp(-d)) : log1p(exp(d));
+  return d > T(0) ? d + log1p_(exp_(-d)) : log1p_(exp_(d));
 }
 
 // sigma_p = exp(pos - logaddexp(pos, lse_neg)): the positive's own softmax weight.
@@ -130,7 +139,7 @@ template <typename T>
 DCHML_HD T psl_positive_weight(T pos, T lse_neg) {
   if (lse_neg == neg_infinity<T>()) return T(1);
   const T d = lse_neg - pos;  // sigma = 1 / (1 + exp(d))
-  return d > T(0) ? exp(-d) / (T(1) + exp(-d)) : T(1) / (T(1) + exp(d));
+  return d > T(0) ? exp_(-d) / (T(1) + exp_(-d)) : T(1) / (T(1) + exp_(d));
 }
 
 // d loss_i / d b = (gamma g_row / |P|) [ sum_p (sigma_p - 1) g_p + (sum_p (1 - sigma_p)) sum_q pi_q g_q ]

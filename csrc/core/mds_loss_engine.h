@@ -9,20 +9,37 @@
 
 #include "core/mds_loss.h"
 
+// The row functions are forced inline so that each SIMD clone of the CPU kernel's row loop
+// (target_clones) compiles them for its own instruction set.
+#if defined(__GNUC__) || defined(__clang__)
+#define DCHML_ROW_INLINE inline __attribute__((always_inline))
+#else
+#define DCHML_ROW_INLINE inline
+#endif
+
 namespace dchml {
 
-// Vectorisable b . g (the simd pragma allows the reassociation a float reduction needs).
+// b . g with 16 independent partial sums: the compiler maps the lanes onto SIMD registers
+// without needing permission to reassociate a float reduction (no -ffast-math), and the result
+// does not depend on the SIMD width the CPU has.
+constexpr int kDotLanes = 16;
+
 template <typename T, typename P>
-inline T simd_dot(const T* b, const P* g, int64_t k) {
-  T acc = T(0);
-#pragma omp simd reduction(+ : acc)
-  for (int64_t j = 0; j < k; ++j) acc += b[j] * static_cast<T>(g[j]);
-  return acc;
+DCHML_ROW_INLINE T simd_dot(const T* b, const P* g, int64_t k) {
+  T lanes[kDotLanes] = {};
+  int64_t j = 0;
+  for (; j + kDotLanes <= k; j += kDotLanes)
+    for (int l = 0; l < kDotLanes; ++l) lanes[l] += b[j + l] * static_cast<T>(g[j + l]);
+  for (int l = 0; j + l < k; ++l) lanes[l] += b[j + l] * static_cast<T>(g[j + l]);
+  // pairwise fold 16 -> 8 -> 4 -> 2 -> 1, spelled out so each step is one SIMD add
+  for (int l = 0; l < 8; ++l) lanes[l] += lanes[l + 8];
+  for (int l = 0; l < 4; ++l) lanes[l] += lanes[l + 4];
+  for (int l = 0; l < 2; ++l) lanes[l] += lanes[l + 2];
+  return lanes[0] + lanes[1];
 }
 
 template <typename T, typename P>
-inline void simd_axpy(T alpha, const P* g, T* out, int64_t k) {
-#pragma omp simd
+DCHML_ROW_INLINE void simd_axpy(T alpha, const P* g, T* out, int64_t k) {
   for (int64_t j = 0; j < k; ++j) out[j] += alpha * static_cast<T>(g[j]);
 }
 
@@ -40,7 +57,7 @@ struct LossRow {
 
 // mean over positives of b . g_e
 template <typename T, typename P>
-inline T mean_positive_dot(const LossRow<T, P>& r, const T* b) {
+DCHML_ROW_INLINE T mean_positive_dot(const LossRow<T, P>& r, const T* b) {
   T acc = T(0);
   for (int64_t e = 0; e < r.npos; ++e) acc += simd_dot(b, r.proxies + r.pos[e] * r.k, r.k);
   return acc / T(r.npos);
@@ -48,7 +65,7 @@ inline T mean_positive_dot(const LossRow<T, P>& r, const T* b) {
 
 // State with the log-sum-exp over negatives q of scale * (den . g_q) pushed into it.
 template <typename T, typename P>
-inline OnlineLse<T> push_negatives(const LossRow<T, P>& r, T scale, OnlineLse<T> s) {
+DCHML_ROW_INLINE OnlineLse<T> push_negatives(const LossRow<T, P>& r, T scale, OnlineLse<T> s) {
   int64_t next = 0;  // cursor into the sorted positives
   for (int64_t q = 0; q < r.c; ++q) {
     if (next < r.npos && r.pos[next] == q) {
@@ -62,7 +79,7 @@ inline OnlineLse<T> push_negatives(const LossRow<T, P>& r, T scale, OnlineLse<T>
 
 // out += coef * sum over negatives q of exp(scale * (den . g_q) - lse) g_q
 template <typename T, typename P>
-inline void add_negative_softmax_combination(const LossRow<T, P>& r, T scale, T lse, T coef, T* out) {
+DCHML_ROW_INLINE void add_negative_softmax_combination(const LossRow<T, P>& r, T scale, T lse, T coef, T* out) {
   int64_t next = 0;
   for (int64_t q = 0; q < r.c; ++q) {
     if (next < r.npos && r.pos[next] == q) {
@@ -85,7 +102,7 @@ struct MdsForward {
 // negatives_lse: logsumexp over negatives of eta s_q when a caller computed it already (the tiled
 // GEMM path), or null to compute it here.
 template <typename T, typename P>
-inline MdsForward<T> mds_forward_row(const LossRow<T, P>& r, T eta, T mu, const T* negatives_lse = nullptr) {
+DCHML_ROW_INLINE MdsForward<T> mds_forward_row(const LossRow<T, P>& r, T eta, T mu, const T* negatives_lse = nullptr) {
   const T u_num = surrogate_score(mean_positive_dot(r, r.codes), mu, r.k);
   const T u_den = r.den == r.codes ? u_num : surrogate_score(mean_positive_dot(r, r.den), mu, r.k);
   T lse;
@@ -104,7 +121,7 @@ inline MdsForward<T> mds_forward_row(const LossRow<T, P>& r, T eta, T mu, const 
 // negative_sum: sum over negatives of p_q g_q when a caller computed it already (the tiled GEMM
 // path), or null to compute it here.
 template <typename T, typename P>
-inline void mds_backward_row(const LossRow<T, P>& r, T eta, T mu, T lse, T grad_row, T* grad_codes,
+DCHML_ROW_INLINE void mds_backward_row(const LossRow<T, P>& r, T eta, T mu, T lse, T grad_row, T* grad_codes,
                              T* grad_den, const T* negative_sum = nullptr) {
   const T u_den = surrogate_score(mean_positive_dot(r, r.den), mu, r.k);
   const T p0 = softmax_weight(eta * u_den, lse);
@@ -133,7 +150,7 @@ struct PslForward {
 };
 
 template <typename T, typename P>
-inline PslForward<T> psl_forward_row(const LossRow<T, P>& r, T gamma, T sigma, const T* negatives_lse = nullptr) {
+DCHML_ROW_INLINE PslForward<T> psl_forward_row(const LossRow<T, P>& r, T gamma, T sigma, const T* negatives_lse = nullptr) {
   const T lse_neg = negatives_lse != nullptr ? *negatives_lse : lse_value(push_negatives(r, gamma, lse_empty<T>()));
   T acc = T(0);
   for (int64_t e = 0; e < r.npos; ++e) {
@@ -144,7 +161,7 @@ inline PslForward<T> psl_forward_row(const LossRow<T, P>& r, T gamma, T sigma, c
 }
 
 template <typename T, typename P>
-inline void psl_backward_row(const LossRow<T, P>& r, T gamma, T sigma, T lse_neg, T grad_row, T* grad_codes,
+DCHML_ROW_INLINE void psl_backward_row(const LossRow<T, P>& r, T gamma, T sigma, T lse_neg, T grad_row, T* grad_codes,
                              const T* negative_sum = nullptr) {
   for (int64_t j = 0; j < r.k; ++j) grad_codes[j] = T(0);
   const T scale = gamma * grad_row / T(r.npos);
