@@ -7,7 +7,17 @@ Public API, by layer (see README.md):
 - the method: dchml.models, dchml.train, dchml.data, and the `dchml` command line.
 """
 from ._C import cuda_built
+from . import nn
+from .autograd import MarginDynamicSoftmax
+from .losses import margin_dynamic_softmax, partial_softmax
 
 __version__ = "0.1.0"
 
-__all__ = ["cuda_built", "__version__"]
+__all__ = [
+    "cuda_built",
+    "__version__",
+    "margin_dynamic_softmax",
+    "partial_softmax",
+    "MarginDynamicSoftmax",
+    "nn",
+]
