@@ -146,3 +146,21 @@ DCHML_HD T psl_positive_weight(T pos, T lse_neg) {
 // with pi_q = exp(gamma s_q - lse_neg) the negatives' own softmax.
 
 }  // namespace dchml
+
+namespace dchml {
+
+// Is x among the n sorted values of a? (a row's positives; binary search, so a kernel that visits
+// proxies in any order can skip them without a mask.)
+DCHML_HD bool sorted_contains(const int64_t* a, int64_t n, int64_t x) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (a[mid] < x)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo < n && a[lo] == x;
+}
+
+}  // namespace dchml
