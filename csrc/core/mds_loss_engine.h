@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "core/mds_loss.h"
 
@@ -41,6 +42,38 @@ DCHML_ROW_INLINE T simd_dot(const T* b, const P* g, int64_t k) {
 template <typename T, typename P>
 DCHML_ROW_INLINE void simd_axpy(T alpha, const P* g, T* out, int64_t k) {
   for (int64_t j = 0; j < k; ++j) out[j] += alpha * static_cast<T>(g[j]);
+}
+
+// exp for a whole buffer, written so the compiler vectorises it: x[i] = exp(x[i] - shift).
+// float: Cephes' expf reduction and polynomial (about 1 ulp), with the argument clamped to
+// [-87, 88] (so exp(-inf) gives 1.6e-38 rather than 0: harmless in a sum with a term >= 1, and
+// callers zero the excluded entries themselves); double: the C library's exp, element by element.
+DCHML_ROW_INLINE float exp_vectorisable(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  const float t = x * 1.44269504088896341f;
+  const float n = (t + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23 trick)
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+DCHML_ROW_INLINE void exp_shifted_inplace(float* x, int64_t n, float shift) {
+  for (int64_t i = 0; i < n; ++i) x[i] = exp_vectorisable(x[i] - shift);
+}
+
+DCHML_ROW_INLINE void exp_shifted_inplace(double* x, int64_t n, double shift) {
+  for (int64_t i = 0; i < n; ++i) x[i] = exp_(x[i] - shift);
 }
 
 // One row's inputs. `den` is the row whose scores form the denominator (codes, or `other`).
@@ -92,6 +125,59 @@ DCHML_ROW_INLINE void add_negative_softmax_combination(const LossRow<T, P>& r, T
   }
 }
 
+// Buffered variants (scratch holds c values): all the row's scores first, then one vectorised
+// exp pass, instead of a libm call per proxy inside the dot loop.
+// scratch[q] = scale * (den . g_q) for negatives; returns the max over negatives (-inf if none).
+template <typename T, typename P>
+DCHML_ROW_INLINE T negative_scores(const LossRow<T, P>& r, T scale, T* scratch) {
+  int64_t next = 0;
+  T m = neg_infinity<T>();
+  for (int64_t q = 0; q < r.c; ++q) {
+    if (next < r.npos && r.pos[next] == q) {
+      ++next;
+      scratch[q] = neg_infinity<T>();
+      continue;
+    }
+    scratch[q] = scale * simd_dot(r.den, r.proxies + q * r.k, r.k);
+    m = scratch[q] > m ? scratch[q] : m;
+  }
+  return m;
+}
+
+// logsumexp of {extra} U {scale * s_q : q negative}; extra = -inf for none.
+template <typename T, typename P>
+DCHML_ROW_INLINE T buffered_lse(const LossRow<T, P>& r, T scale, T extra, T* scratch) {
+  T m = negative_scores(r, scale, scratch);
+  m = extra > m ? extra : m;
+  if (m == neg_infinity<T>()) return m;
+  exp_shifted_inplace(scratch, r.c, m);
+  T sum = extra == neg_infinity<T>() ? T(0) : exp_(extra - m);
+  int64_t next = 0;
+  for (int64_t q = 0; q < r.c; ++q) {
+    if (next < r.npos && r.pos[next] == q) {  // skip the positives' clamped exp(-inf)
+      ++next;
+      continue;
+    }
+    sum += scratch[q];
+  }
+  return m + log_(sum);
+}
+
+template <typename T, typename P>
+DCHML_ROW_INLINE void buffered_negative_softmax_combination(const LossRow<T, P>& r, T scale, T lse, T coef, T* out,
+                                                             T* scratch) {
+  negative_scores(r, scale, scratch);
+  exp_shifted_inplace(scratch, r.c, lse);
+  int64_t next = 0;
+  for (int64_t q = 0; q < r.c; ++q) {
+    if (next < r.npos && r.pos[next] == q) {
+      ++next;
+      continue;
+    }
+    simd_axpy(coef * scratch[q], r.proxies + q * r.k, out, r.k);
+  }
+}
+
 // ---- margin-dynamic-softmax ----
 template <typename T>
 struct MdsForward {
@@ -102,12 +188,15 @@ struct MdsForward {
 // negatives_lse: logsumexp over negatives of eta s_q when a caller computed it already (the tiled
 // GEMM path), or null to compute it here.
 template <typename T, typename P>
-DCHML_ROW_INLINE MdsForward<T> mds_forward_row(const LossRow<T, P>& r, T eta, T mu, const T* negatives_lse = nullptr) {
+DCHML_ROW_INLINE MdsForward<T> mds_forward_row(const LossRow<T, P>& r, T eta, T mu, const T* negatives_lse = nullptr,
+                                                      T* scratch = nullptr) {
   const T u_num = surrogate_score(mean_positive_dot(r, r.codes), mu, r.k);
   const T u_den = r.den == r.codes ? u_num : surrogate_score(mean_positive_dot(r, r.den), mu, r.k);
   T lse;
   if (negatives_lse != nullptr) {
     lse = log_add_exp(eta * u_den, *negatives_lse);
+  } else if (scratch != nullptr) {
+    lse = buffered_lse(r, eta, eta * u_den, scratch);
   } else {
     OnlineLse<T> s = lse_empty<T>();
     lse_push(s, eta * u_den);
@@ -122,7 +211,7 @@ DCHML_ROW_INLINE MdsForward<T> mds_forward_row(const LossRow<T, P>& r, T eta, T 
 // path), or null to compute it here.
 template <typename T, typename P>
 DCHML_ROW_INLINE void mds_backward_row(const LossRow<T, P>& r, T eta, T mu, T lse, T grad_row, T* grad_codes,
-                             T* grad_den, const T* negative_sum = nullptr) {
+                             T* grad_den, const T* negative_sum = nullptr, T* scratch = nullptr) {
   const T u_den = surrogate_score(mean_positive_dot(r, r.den), mu, r.k);
   const T p0 = softmax_weight(eta * u_den, lse);
   const MdsGradCoefficients<T> co = mds_grad_coefficients(eta, grad_row, p0);
@@ -138,6 +227,8 @@ DCHML_ROW_INLINE void mds_backward_row(const LossRow<T, P>& r, T eta, T mu, T ls
   }
   if (negative_sum != nullptr)
     simd_axpy(co.denominator_scale, negative_sum, den_out, r.k);
+  else if (scratch != nullptr)
+    buffered_negative_softmax_combination(r, eta, lse, co.denominator_scale, den_out, scratch);
   else
     add_negative_softmax_combination(r, eta, lse, co.denominator_scale, den_out);
 }
@@ -150,8 +241,11 @@ struct PslForward {
 };
 
 template <typename T, typename P>
-DCHML_ROW_INLINE PslForward<T> psl_forward_row(const LossRow<T, P>& r, T gamma, T sigma, const T* negatives_lse = nullptr) {
-  const T lse_neg = negatives_lse != nullptr ? *negatives_lse : lse_value(push_negatives(r, gamma, lse_empty<T>()));
+DCHML_ROW_INLINE PslForward<T> psl_forward_row(const LossRow<T, P>& r, T gamma, T sigma,
+                                               const T* negatives_lse = nullptr, T* scratch = nullptr) {
+  const T lse_neg = negatives_lse != nullptr ? *negatives_lse
+                    : scratch != nullptr     ? buffered_lse(r, gamma, neg_infinity<T>(), scratch)
+                                             : lse_value(push_negatives(r, gamma, lse_empty<T>()));
   T acc = T(0);
   for (int64_t e = 0; e < r.npos; ++e) {
     const T pos = psl_positive_logit(gamma, sigma, simd_dot(r.codes, r.proxies + r.pos[e] * r.k, r.k), r.k);
@@ -162,7 +256,7 @@ DCHML_ROW_INLINE PslForward<T> psl_forward_row(const LossRow<T, P>& r, T gamma, 
 
 template <typename T, typename P>
 DCHML_ROW_INLINE void psl_backward_row(const LossRow<T, P>& r, T gamma, T sigma, T lse_neg, T grad_row, T* grad_codes,
-                             const T* negative_sum = nullptr) {
+                             const T* negative_sum = nullptr, T* scratch = nullptr) {
   for (int64_t j = 0; j < r.k; ++j) grad_codes[j] = T(0);
   const T scale = gamma * grad_row / T(r.npos);
   T negative_mass = T(0);  // sum_p (1 - sigma_p)
@@ -176,6 +270,8 @@ DCHML_ROW_INLINE void psl_backward_row(const LossRow<T, P>& r, T gamma, T sigma,
   if (lse_neg == neg_infinity<T>()) return;  // no negatives
   if (negative_sum != nullptr)
     simd_axpy(scale * negative_mass, negative_sum, grad_codes, r.k);
+  else if (scratch != nullptr)
+    buffered_negative_softmax_combination(r, gamma, lse_neg, scale * negative_mass, grad_codes, scratch);
   else
     add_negative_softmax_combination(r, gamma, lse_neg, scale * negative_mass, grad_codes);
 }

@@ -118,8 +118,9 @@ void check_plus_minus_one(const at::Tensor& proxies) {
 template <typename T, typename P>
 DCHML_SIMD_CLONES void mds_forward_range(const Batch<T, P>& b, T eta, T mu, const T* neg_lse, T* loss, T* lse,
                                          int64_t r0, int64_t r1) {
+  std::vector<T> scratch(neg_lse ? 0 : b.c);
   for (int64_t i = r0; i < r1; ++i) {
-    const MdsForward<T> f = mds_forward_row(b.row(i), eta, mu, neg_lse ? neg_lse + i : nullptr);
+    const MdsForward<T> f = mds_forward_row(b.row(i), eta, mu, neg_lse ? neg_lse + i : nullptr, scratch.data());
     loss[i] = f.loss;
     lse[i] = f.lse;
   }
@@ -128,16 +129,18 @@ DCHML_SIMD_CLONES void mds_forward_range(const Batch<T, P>& b, T eta, T mu, cons
 template <typename T, typename P>
 DCHML_SIMD_CLONES void mds_backward_range(const Batch<T, P>& b, T eta, T mu, const T* lse, const T* grad_loss,
                                           const T* neg_sum, T* grad_codes, T* grad_den, int64_t r0, int64_t r1) {
+  std::vector<T> scratch(neg_sum ? 0 : b.c);
   for (int64_t i = r0; i < r1; ++i)
     mds_backward_row(b.row(i), eta, mu, lse[i], grad_loss[i], grad_codes + i * b.k,
-                     grad_den ? grad_den + i * b.k : nullptr, neg_sum ? neg_sum + i * b.k : nullptr);
+                     grad_den ? grad_den + i * b.k : nullptr, neg_sum ? neg_sum + i * b.k : nullptr, scratch.data());
 }
 
 template <typename T, typename P>
 DCHML_SIMD_CLONES void psl_forward_range(const Batch<T, P>& b, T gamma, T sigma, const T* neg_lse, T* loss,
                                          T* lse_neg, int64_t r0, int64_t r1) {
+  std::vector<T> scratch(neg_lse ? 0 : b.c);
   for (int64_t i = r0; i < r1; ++i) {
-    const PslForward<T> f = psl_forward_row(b.row(i), gamma, sigma, neg_lse ? neg_lse + i : nullptr);
+    const PslForward<T> f = psl_forward_row(b.row(i), gamma, sigma, neg_lse ? neg_lse + i : nullptr, scratch.data());
     loss[i] = f.loss;
     lse_neg[i] = f.lse_neg;
   }
@@ -147,9 +150,10 @@ template <typename T, typename P>
 DCHML_SIMD_CLONES void psl_backward_range(const Batch<T, P>& b, T gamma, T sigma, const T* lse_neg,
                                           const T* grad_loss, const T* neg_sum, T* grad_codes, int64_t r0,
                                           int64_t r1) {
+  std::vector<T> scratch(neg_sum ? 0 : b.c);
   for (int64_t i = r0; i < r1; ++i)
     psl_backward_row(b.row(i), gamma, sigma, lse_neg[i], grad_loss[i], grad_codes + i * b.k,
-                     neg_sum ? neg_sum + i * b.k : nullptr);
+                     neg_sum ? neg_sum + i * b.k : nullptr, scratch.data());
 }
 
 // ---- tiled path (GEMM tiles) ----
