@@ -5,10 +5,11 @@
 //   rows spread over OpenMP threads, inner loops vectorised with the widest SIMD the CPU has,
 //   picked at run time (target_clones), and no temporaries: the paper's scale (c <= 255) is
 //   bound by call overhead, so nothing is allocated beyond the outputs.
-// - tiled (large c): scores of a (<= 1024 rows) x (<= 1024 proxies) tile through at::mm (MKL /
-//   oneDNN sgemm, near peak), the positives masked in the tile, an online log-sum-exp over the
-//   tiles; backward recomputes the tile, turns it into softmax weights in place and accumulates
-//   weights @ proxies. Extra memory: one tile plus (n, k) row buffers.
+// - tiled (large c): scores of a (<= 4096 rows) x (<= 2048 proxies) tile through at::mm (MKL /
+//   oneDNN sgemm, near peak), then one vectorised pass per row of the tile that masks the
+//   positives and merges the tile's log-sum-exp into the row's; backward recomputes the tile,
+//   turns it into softmax weights in place (positives zeroed) and accumulates weights @ proxies.
+//   Extra memory: one tile (32 MiB in float) plus a few (n, k) row buffers.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -31,8 +32,11 @@ namespace {
 
 // Above this many classes the GEMM-tiled path wins (measured: benchmarks/bench_loss.py).
 constexpr int64_t kDirectMaxClasses = 2048;
-constexpr int64_t kRowBlock = 1024;
-constexpr int64_t kClassTile = 1024;
+// Tile of at most 4096 x 2048 scores (32 MiB in float): large enough that the few parallel
+// regions per tile (one GEMM, one row pass) cost little even on a busy machine, where each
+// OpenMP fork/join can wait for a descheduled thread.
+constexpr int64_t kRowBlock = 4096;
+constexpr int64_t kClassTile = 2048;
 
 // Rows per OpenMP chunk: about 64K multiply-adds, so small batches run on the calling thread.
 int64_t grain_rows(int64_t c, int64_t k) {
@@ -158,18 +162,35 @@ DCHML_SIMD_CLONES void psl_backward_range(const Batch<T, P>& b, T gamma, T sigma
 
 // ---- tiled path (GEMM tiles) ----
 
-// Writes `value` at the tile positions of the rows' positives in [q0, q0 + cols); cursor[i] walks
-// row r0 + i's sorted positives across the tiles.
+// One pass over a tile's rows (vectorised, SIMD chosen at run time): row i's negatives'
+// log-sum-exp merged into out[i].
 template <typename T>
-void fill_positives(T* tile, int64_t rows, int64_t cols, int64_t r0, int64_t q0, const int64_t* offsets,
-                    const int64_t* indices, std::vector<int64_t>& cursor, T value) {
-  for (int64_t i = 0; i < rows; ++i) {
+DCHML_SIMD_CLONES void tile_rows_lse(T* tile, int64_t r0, int64_t b, int64_t e, int64_t cols, int64_t q0,
+                                     const int64_t* offsets, const int64_t* indices, int64_t* cursor, T* out) {
+  for (int64_t i = b; i < e; ++i) {
+    T* row = tile + i * cols;
     int64_t& cur = cursor[i];
-    const int64_t end = offsets[r0 + i + 1];
-    while (cur < end && indices[cur] < q0 + cols) {
-      tile[i * cols + (indices[cur] - q0)] = value;
-      ++cur;
-    }
+    while (cur < offsets[r0 + i + 1] && indices[cur] < q0 + cols) row[indices[cur++] - q0] = neg_infinity<T>();
+    T m = neg_infinity<T>();
+    for (int64_t q = 0; q < cols; ++q) m = row[q] > m ? row[q] : m;
+    if (m == neg_infinity<T>()) continue;  // only positives in this tile
+    exp_shifted_inplace(row, cols, m);  // a masked entry gives 0 (double) or 1.6e-38 (float): negligible
+    T sum = T(0);
+    for (int64_t q = 0; q < cols; ++q) sum += row[q];
+    out[r0 + i] = log_add_exp(out[r0 + i], m + log_(sum));
+  }
+}
+
+// One pass over a tile's rows: scores -> softmax weights exp(s - lse_i), positives -> 0.
+template <typename T>
+DCHML_SIMD_CLONES void tile_rows_weights(T* tile, int64_t r0, int64_t b, int64_t e, int64_t cols, int64_t q0,
+                                         const int64_t* offsets, const int64_t* indices, int64_t* cursor,
+                                         const T* lse) {
+  for (int64_t i = b; i < e; ++i) {
+    T* row = tile + i * cols;
+    exp_shifted_inplace(row, cols, lse[r0 + i]);
+    int64_t& cur = cursor[i];
+    while (cur < offsets[r0 + i + 1] && indices[cur] < q0 + cols) row[indices[cur++] - q0] = T(0);
   }
 }
 
@@ -178,6 +199,8 @@ struct Tiling {
   int64_t row_block() const { return std::min(n, kRowBlock); }
   int64_t class_tile() const { return std::min(c, kClassTile); }
 };
+
+int64_t tile_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, cols)); }
 
 // logsumexp over each row's negatives of (den_scaled . g_q): den_scaled already holds eta * den.
 template <typename T>
@@ -196,11 +219,10 @@ at::Tensor tiled_negatives_lse(const at::Tensor& den_scaled, const at::Tensor& p
       const int64_t cols = std::min(kClassTile, t.c - q0);
       at::Tensor tile = buffer.narrow(0, 0, rows * cols).view({rows, cols});
       at::mm_out(tile, block, proxies.narrow(0, q0, cols).t());
-      fill_positives(tile.data_ptr<T>(), rows, cols, r0, q0, offsets, indices, cursor,
-                     -std::numeric_limits<T>::infinity());
-      const at::Tensor tile_lse = at::logsumexp(tile, {1});
-      const T* tl = tile_lse.const_data_ptr<T>();
-      for (int64_t i = 0; i < rows; ++i) out[r0 + i] = log_add_exp(out[r0 + i], tl[i]);
+      T* tp = tile.data_ptr<T>();
+      at::parallel_for(0, rows, tile_grain(cols), [&](int64_t b, int64_t e) {
+        tile_rows_lse<T>(tp, r0, b, e, cols, q0, offsets, indices, cursor.data(), out);
+      });
     }
   }
   return lse;
@@ -209,8 +231,9 @@ at::Tensor tiled_negatives_lse(const at::Tensor& den_scaled, const at::Tensor& p
 // sum over each row's negatives of exp(den_scaled . g_q - lse) g_q, as an (n, k) tensor.
 template <typename T>
 at::Tensor tiled_negatives_softmax_sum(const at::Tensor& den_scaled, const at::Tensor& proxies,
-                                       const int64_t* offsets, const int64_t* indices, const at::Tensor& lse) {
+                                       const int64_t* offsets, const int64_t* indices, const at::Tensor& lse_in) {
   const Tiling t{den_scaled.size(0), proxies.size(0)};
+  const at::Tensor lse = lse_in.contiguous();
   at::Tensor sum = at::zeros_like(den_scaled);
   at::Tensor buffer = at::empty({t.row_block() * t.class_tile()}, den_scaled.options());
   std::vector<int64_t> cursor(t.row_block());
@@ -218,15 +241,16 @@ at::Tensor tiled_negatives_softmax_sum(const at::Tensor& den_scaled, const at::T
     const int64_t rows = std::min(kRowBlock, t.n - r0);
     for (int64_t i = 0; i < rows; ++i) cursor[i] = offsets[r0 + i];
     const at::Tensor block = den_scaled.narrow(0, r0, rows);
-    const at::Tensor block_lse = lse.narrow(0, r0, rows).unsqueeze(1);
     at::Tensor block_sum = sum.narrow(0, r0, rows);
     for (int64_t q0 = 0; q0 < t.c; q0 += kClassTile) {
       const int64_t cols = std::min(kClassTile, t.c - q0);
       const at::Tensor tile_proxies = proxies.narrow(0, q0, cols);
       at::Tensor tile = buffer.narrow(0, 0, rows * cols).view({rows, cols});
       at::mm_out(tile, block, tile_proxies.t());
-      tile.sub_(block_lse).exp_();
-      fill_positives(tile.data_ptr<T>(), rows, cols, r0, q0, offsets, indices, cursor, T(0));
+      T* tp = tile.data_ptr<T>();
+      at::parallel_for(0, rows, tile_grain(cols), [&](int64_t b, int64_t e) {
+        tile_rows_weights<T>(tp, r0, b, e, cols, q0, offsets, indices, cursor.data(), lse.const_data_ptr<T>());
+      });
       block_sum.addmm_(tile, tile_proxies);
     }
   }
