@@ -132,7 +132,7 @@ def test_positives_never_enter_the_denominator():
 
 @pytest.mark.parametrize("c", [21, 255, 1000, 3000])
 def test_float32_within_1e5_of_float64_reference(device, c):
-    # c = 3000 runs the GEMM-tiled CPU path (c > 2048).
+    # c = 21 runs the direct CPU path, c > 64 the GEMM-tiled one (two class tiles at c = 3000).
     n, k = 5, 64
     codes, other, proxies, labels = make_inputs(n, c, k, dtype=torch.float32, device=device, seed=c)
     for o in (None, other):
@@ -147,7 +147,7 @@ def test_float32_within_1e5_of_float64_reference(device, c):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_tiled_path_matches_reference(dtype):
-    # c > 2048 and n > 1024: several row blocks and class tiles, the last of each partial
+    # c > 2048: two class tiles of the GEMM path, the last one partial
     n, c, k = 1030, 2500, 3
     codes, other, proxies, labels = make_inputs(n, c, k, dtype=dtype, seed=3)
     labels = labels & (torch.rand(n, c) < 0.01)
