@@ -13,7 +13,7 @@ high-water mark reset first (echo 5 > /proc/self/clear_refs); CUDA:
 torch.cuda.max_memory_allocated during the step minus memory allocated before it.
 
 Usage: python benchmarks/bench_loss.py [--device cpu|cuda] [--cases L1,L2] [--out benchmarks/results]
-Appends rows to <out>/loss_<device>.csv and writes <out>/loss_<device>.md (atomic writes).
+Appends rows to <out>/loss_<device>.csv and writes <out>/loss.md (cpu) or loss_<device>.md (atomic writes).
 """
 from __future__ import annotations
 
@@ -198,7 +198,8 @@ def main():
     for r in rows:
         md.append(f"| {r['shape']} | {r['provider']} | {r['median_s'] * 1e3:.3f} ms | {r['spread']} s | "
                   f"{r['peak_extra_bytes'] / 2**20:.1f} MiB | {r['ratio_vs_eager']}x |")
-    atomic_write(os.path.join(args.out, f"loss_{args.device}.md"), "\n".join(md) + "\n")
+    md_name = "loss.md" if args.device == "cpu" else f"loss_{args.device}.md"
+    atomic_write(os.path.join(args.out, md_name), "\n".join(md) + "\n")
     print(f"wrote {csv_path}")
 
 
