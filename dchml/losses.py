@@ -1,16 +1,20 @@
-"""Losses of METHOD.md §3, §4 and §6.
+"""Losses of METHOD.md §3, §4 and §6, on the fused kernels (`torch.ops.dchml.*`, via dchml.ops).
 
-PROVISIONAL: this first version is the plain PyTorch composite (an (n x c) logits matrix and a
-masked log-sum-exp), so that the layers above can be written against the final signatures. The
-fused-kernel issue replaces the bodies with `torch.ops.dchml.*` calls; the signatures stay.
+Labels: a dense (n, c) 0/1 tensor (bool, integer or float), a `torch.sparse_csr` (n, c) tensor of
+the positives, or a tuple `(offsets, indices)` of int64 tensors listing row i's positive classes in
+`indices[offsets[i]:offsets[i + 1]]`. Every row needs a positive (ValueError otherwise). Proxies
+are ±1 (int8 or float) and constants: no gradient flows to them.
 """
 from __future__ import annotations
 
 import torch
 
+from . import ops
+
 
 def _reduce(rows: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "mean":
+        # an empty batch gives 0, not NaN, so that an empty shard does not poison a sum of losses
         return rows.mean() if rows.numel() else rows.sum()
     if reduction == "sum":
         return rows.sum()
@@ -19,42 +23,28 @@ def _reduce(rows: torch.Tensor, reduction: str) -> torch.Tensor:
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
+def _check_reduction(reduction):
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
 def margin_dynamic_softmax(codes, proxies, labels, *, eta=0.3, mu=0.3, other=None, reduction="mean"):
     """Margin-dynamic-softmax loss (eq. 13), or the inter-modal term (eq. 14) when `other` is given.
 
-    codes (n, k) continuous outputs; proxies (c, k) ±1; labels (n, c) 0/1 with a positive per row.
-    With `other`, the numerator's surrogate score comes from `codes` and the denominator
-    (surrogate and negatives) from `other`.
+    codes (n, k) float32/float64 continuous outputs (differentiable); proxies (c, k) ±1; labels as in
+    the module docstring. loss_i = -eta u_i + logsumexp({eta u_i} ∪ {eta b_i.g_q : q negative}), with
+    u_i = b_i . mean_{e positive} g_e - mu k; positives never enter the denominator. With `other`,
+    the numerator's surrogate score comes from `codes` and the denominator (surrogate and negatives)
+    from `other`; gradients flow to both. reduction: "mean", "sum" or "none" (per-row losses).
     """
-    labels = labels.to(codes.dtype)
-    g = proxies.to(codes.dtype)
-    k = codes.shape[1]
-    positives = labels.sum(1)
-    if bool((positives == 0).any()):
-        bad = (positives == 0).nonzero()
-        raise ValueError(f"{bad.numel()} rows have no positive label (first: row {int(bad[0])})")
-    denominator_codes = codes if other is None else other
-    u_num = (codes * (labels @ g / positives[:, None])).sum(1) - mu * k
-    u_den = (denominator_codes * (labels @ g / positives[:, None])).sum(1) - mu * k
-    logits = eta * (denominator_codes @ g.T)
-    logits = logits.masked_fill(labels > 0, float("-inf"))
-    all_terms = torch.cat([(eta * u_den)[:, None], logits], dim=1)
-    rows = -eta * u_num + torch.logsumexp(all_terms, dim=1)
+    _check_reduction(reduction)
+    rows = ops.mds_loss_rows(codes, proxies, labels, eta=eta, mu=mu, other=other)
     return _reduce(rows, reduction)
 
 
 def partial_softmax(codes, proxies, labels, *, gamma=0.2, sigma=0.2, reduction="mean"):
-    """PSLDH partial-softmax loss (§6): one softmax per positive against the row's negatives."""
-    labels = labels.to(codes.dtype)
-    g = proxies.to(codes.dtype)
-    k = codes.shape[1]
-    positives = labels.sum(1)
-    if bool((positives == 0).any()):
-        bad = (positives == 0).nonzero()
-        raise ValueError(f"{bad.numel()} rows have no positive label (first: row {int(bad[0])})")
-    scores = gamma * (codes @ g.T)
-    neg = torch.logsumexp(scores.masked_fill(labels > 0, float("-inf")), dim=1, keepdim=True)
-    pos = scores - gamma * sigma * k
-    per_pos = -pos + torch.logaddexp(pos, neg)
-    rows = (per_pos * labels).sum(1) / positives
+    """PSLDH partial-softmax loss (§6): one softmax per positive p, {gamma (b.g_p - sigma k)}
+    against the row's negatives {gamma b.g_q}, averaged over the row's positives."""
+    _check_reduction(reduction)
+    rows = ops.partial_softmax_rows(codes, proxies, labels, gamma=gamma, sigma=sigma)
     return _reduce(rows, reduction)

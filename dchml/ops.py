@@ -156,3 +156,165 @@ def _(dist, relevant, cut_total, cut_relevant, expected):
 
 
 # --- Margin-dynamic-softmax loss ops (issue: fused loss) --------------------------------------
+# Labels reach the kernels in ONE form: CSR of the positives (offsets (n+1,) int64, indices
+# (nnz,) int64, sorted and distinct within a row, every row non-empty). Accepted from users:
+# - a dense (n, c) 0/1 tensor (bool, integer or floating);
+# - a torch.sparse_csr tensor of shape (n, c) whose stored entries are the positives (value 1);
+# - a tuple (offsets, indices) of int64 tensors (positives of row i: indices[offsets[i]:offsets[i+1]]).
+# Unsorted sparse rows are sorted; duplicate positives are an error (a duplicated label is a data bug).
+
+_FLOAT_CODES = (torch.float32, torch.float64)
+
+
+def _check_codes(codes, name="codes"):
+    if not isinstance(codes, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(codes).__name__}")
+    if codes.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (n, k), got shape {tuple(codes.shape)}")
+    if codes.dtype not in _FLOAT_CODES:
+        raise TypeError(f"{name} must be float32 or float64, got {codes.dtype}")
+
+
+def _prepare_proxies(proxies, codes):
+    """Proxies in a kernel dtype: int8 as given, any float converted to the codes' dtype."""
+    if not isinstance(proxies, torch.Tensor):
+        raise TypeError(f"proxies must be a tensor, got {type(proxies).__name__}")
+    if proxies.dim() != 2 or proxies.shape[1] != codes.shape[1]:
+        raise ValueError(f"proxies must be (c, k) with k = {codes.shape[1]} (the code length), got shape {tuple(proxies.shape)}")
+    if proxies.dtype == torch.int8:
+        return proxies
+    if proxies.is_floating_point():
+        return proxies if proxies.dtype == codes.dtype else proxies.to(codes.dtype)
+    raise TypeError(f"proxies must be ±1 as int8 or a floating dtype, got {proxies.dtype}")
+
+
+def _check_scalar(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+def _normalise_sparse_rows(offsets, indices, n, c, device):
+    """Validate a user CSR of positives; return it sorted within rows, as int64 on `device`."""
+    for name, t in (("labels offsets", offsets), ("labels indices", indices)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 1:
+            raise ValueError(f"{name} must be a 1-D tensor, got {getattr(t, 'shape', type(t).__name__)}")
+        if t.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{name} must be int32 or int64, got {t.dtype}")
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device}, codes on {device}")
+    offsets, indices = offsets.long(), indices.long()
+    if offsets.numel() != n + 1:
+        raise ValueError(f"labels offsets must have n + 1 = {n + 1} entries, got {offsets.numel()}")
+    nnz = indices.numel()
+    counts = offsets.diff()
+    if int(offsets[0]) != 0 or int(offsets[-1]) != nnz or bool((counts < 0).any()):
+        raise ValueError(
+            f"labels offsets must start at 0, not decrease and end at len(indices) = {nnz}, "
+            f"got first {int(offsets[0])}, last {int(offsets[-1])}"
+        )
+    empty = (counts == 0).nonzero()
+    if empty.numel():
+        raise ValueError(
+            f"labels: {empty.numel()} row(s) have no positive label (first: row {int(empty[0])}); "
+            "every sample needs at least one label (METHOD.md §3)"
+        )
+    if nnz and (int(indices.min()) < 0 or int(indices.max()) >= c):
+        raise ValueError(f"labels indices must lie in [0, {c}) (c = number of proxies), got range "
+                         f"[{int(indices.min())}, {int(indices.max())}]")
+    rows = torch.repeat_interleave(torch.arange(n, device=device), counts)
+    key = rows * c + indices
+    if nnz > 1 and not bool((key.diff() > 0).all()):
+        key = key.sort().values
+        dup = (key.diff() == 0).nonzero()
+        if dup.numel():
+            raise ValueError(f"labels: row {int(key[int(dup[0])] // c)} lists positive "
+                             f"{int(key[int(dup[0])] % c)} more than once")
+        indices = key % c
+    return offsets.contiguous(), indices.contiguous()
+
+
+def normalise_labels(labels, n: int, c: int, device):
+    """Normalise any accepted label form to (offsets, indices); see the comment above."""
+    if isinstance(labels, (tuple, list)):
+        if len(labels) != 2:
+            raise ValueError(f"sparse labels must be a tuple (offsets, indices), got {len(labels)} items")
+        return _normalise_sparse_rows(labels[0], labels[1], n, c, device)
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a tensor or an (offsets, indices) tuple, got {type(labels).__name__}")
+    if labels.device != device:
+        raise ValueError(f"labels is on {labels.device}, codes on {device}")
+    if tuple(labels.shape) != (n, c):
+        raise ValueError(f"labels must have shape (n, c) = ({n}, {c}), got {tuple(labels.shape)}")
+    if labels.layout == torch.sparse_csr:
+        values = labels.values()
+        if values.numel() and not bool((values == 1).all()):
+            raise ValueError("sparse labels must store only the positives, with value 1")
+        return _normalise_sparse_rows(labels.crow_indices(), labels.col_indices(), n, c, device)
+    if labels.layout != torch.strided:
+        raise ValueError(f"labels must be dense or torch.sparse_csr, got layout {labels.layout}")
+    if labels.is_complex():
+        raise TypeError(f"labels must be 0/1 as bool, integer or float, got {labels.dtype}")
+    return torch.ops.dchml.labels_to_csr(labels)
+
+
+def _prepare_loss_inputs(codes, proxies, labels, other):
+    _check_codes(codes)
+    require_same_device(codes=codes, proxies=proxies, other=other)
+    if other is not None:
+        _check_codes(other, "other")
+        if other.shape != codes.shape or other.dtype != codes.dtype:
+            raise ValueError(f"other must match codes: shape {tuple(codes.shape)} and dtype {codes.dtype}, "
+                             f"got {tuple(other.shape)} and {other.dtype}")
+    proxies = _prepare_proxies(proxies, codes)
+    offsets, indices = normalise_labels(labels, codes.shape[0], proxies.shape[0], codes.device)
+    return proxies, offsets, indices
+
+
+def mds_loss_rows(codes, proxies, labels, *, eta=0.3, mu=0.3, other=None):
+    """Per-row margin-dynamic-softmax loss (eq. 13; eq. 14's inter-modal term with `other`)."""
+    proxies, offsets, indices = _prepare_loss_inputs(codes, proxies, labels, other)
+    loss, _ = torch.ops.dchml.mds_loss(codes, other, proxies, offsets, indices,
+                                       _check_scalar("eta", eta), _check_scalar("mu", mu))
+    return loss
+
+
+def partial_softmax_rows(codes, proxies, labels, *, gamma=0.2, sigma=0.2):
+    """Per-row PSLDH partial-softmax loss (§6)."""
+    proxies, offsets, indices = _prepare_loss_inputs(codes, proxies, labels, None)
+    loss, _ = torch.ops.dchml.partial_softmax_loss(codes, proxies, offsets, indices,
+                                                   _check_scalar("gamma", gamma), _check_scalar("sigma", sigma))
+    return loss
+
+
+@torch.library.register_fake("dchml::labels_to_csr")
+def _labels_to_csr_fake(labels):
+    nnz = torch.library.get_ctx().new_dynamic_size()
+    return labels.new_empty(labels.shape[0] + 1, dtype=torch.int64), labels.new_empty(nnz, dtype=torch.int64)
+
+
+@torch.library.register_fake("dchml::mds_loss")
+def _mds_loss_fake(codes, other, proxies, offsets, indices, eta, mu):
+    return codes.new_empty(codes.shape[0]), codes.new_empty(codes.shape[0])
+
+
+@torch.library.register_fake("dchml::mds_loss_backward")
+def _mds_loss_backward_fake(grad_loss, codes, other, proxies, offsets, indices, lse, eta, mu):
+    return torch.empty_like(codes), codes.new_empty((codes.shape[0] if other is not None else 0, codes.shape[1]))
+
+
+@torch.library.register_fake("dchml::partial_softmax_loss")
+def _partial_softmax_loss_fake(codes, proxies, offsets, indices, gamma, sigma):
+    return codes.new_empty(codes.shape[0]), codes.new_empty(codes.shape[0])
+
+
+@torch.library.register_fake("dchml::partial_softmax_loss_backward")
+def _partial_softmax_loss_backward_fake(grad_loss, codes, proxies, offsets, indices, lse_neg, gamma, sigma):
+    return torch.empty_like(codes)
+
+
+# Autograd of mds_loss and partial_softmax_loss is registered in C++ (csrc/ops/mds_loss.cpp, a
+# torch::autograd::Function on the Autograd key): at the paper's scale the Python autograd hop of
+# torch.library.register_autograd cost more than the kernels themselves.

@@ -1,0 +1,47 @@
+// Input checks of the loss operators, shared by the CPU and CUDA kernels (the Python wrappers in
+// dchml/ops.py check first and raise friendlier errors; these keep direct torch.ops calls safe).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace dchml {
+
+inline void check_loss_inputs(const at::Tensor& codes, const std::optional<at::Tensor>& other,
+                              const at::Tensor& proxies, const at::Tensor& offsets, const at::Tensor& indices) {
+  TORCH_CHECK_VALUE(codes.dim() == 2, "codes must be 2-D (n, k), got ", codes.dim(), "-D");
+  TORCH_CHECK_TYPE(codes.scalar_type() == at::kFloat || codes.scalar_type() == at::kDouble,
+                   "codes must be float32 or float64, got ", codes.scalar_type());
+  const int64_t n = codes.size(0), k = codes.size(1);
+  if (other.has_value()) {
+    TORCH_CHECK_VALUE(other->sizes() == codes.sizes(), "other must have the shape of codes ", codes.sizes(),
+                      ", got ", other->sizes());
+    TORCH_CHECK_TYPE(other->scalar_type() == codes.scalar_type(), "other must have the dtype of codes (",
+                     codes.scalar_type(), "), got ", other->scalar_type());
+    TORCH_CHECK_VALUE(other->device() == codes.device(), "other must be on ", codes.device(), ", got ",
+                      other->device());
+  }
+  TORCH_CHECK_VALUE(proxies.dim() == 2 && proxies.size(1) == k, "proxies must be (c, ", k, "), got ",
+                    proxies.sizes());
+  TORCH_CHECK_TYPE(proxies.scalar_type() == codes.scalar_type() || proxies.scalar_type() == at::kChar,
+                   "proxies must be int8 or have the dtype of codes (", codes.scalar_type(), "), got ",
+                   proxies.scalar_type());
+  TORCH_CHECK_VALUE(offsets.dim() == 1 && offsets.size(0) == n + 1 && offsets.scalar_type() == at::kLong,
+                    "offsets must be int64 of shape (", n + 1, ",), got ", offsets.scalar_type(), " ",
+                    offsets.sizes());
+  TORCH_CHECK_VALUE(indices.dim() == 1 && indices.scalar_type() == at::kLong, "indices must be 1-D int64, got ",
+                    indices.scalar_type(), " ", indices.sizes());
+  for (const at::Tensor* t : {&proxies, &offsets, &indices})
+    TORCH_CHECK_VALUE(t->device() == codes.device(), "all inputs must be on ", codes.device(), ", got ",
+                      t->device());
+}
+
+inline void check_row_vector(const char* name, const at::Tensor& t, const at::Tensor& codes) {
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == codes.size(0), name, " must have shape (", codes.size(0),
+                    ",), got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == codes.scalar_type(), name, " must have the dtype of codes, got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == codes.device(), name, " must be on ", codes.device(), ", got ", t.device());
+}
+
+}  // namespace dchml

@@ -1,0 +1,387 @@
+"""dchml.margin_dynamic_softmax / dchml.partial_softmax and their operators, against the float64
+reference written from METHOD.md (tests/loss_reference.py)."""
+import numpy as np
+import pytest
+import torch
+
+import dchml
+from dchml import MarginDynamicSoftmax, margin_dynamic_softmax, partial_softmax
+
+from loss_reference import mds_grad_rows, mds_rows, partial_softmax_rows
+
+ETA, MU, GAMMA, SIGMA = 0.3, 0.3, 0.2, 0.2
+
+
+def make_inputs(n, c, k, *, single_label=False, dtype=torch.float64, device="cpu", seed=0, no_negative_row=True):
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.rand(n, k, generator=gen, dtype=torch.float64) * 2 - 1  # tanh range
+    other = torch.rand(n, k, generator=gen, dtype=torch.float64) * 2 - 1
+    proxies = (torch.randint(0, 2, (c, k), generator=gen) * 2 - 1).to(torch.float64)
+    if single_label:
+        labels = torch.zeros(n, c, dtype=torch.bool)
+        labels[torch.arange(n), torch.randint(0, c, (n,), generator=gen)] = True
+    else:
+        labels = torch.rand(n, c, generator=gen) < 0.3
+        labels[torch.arange(n), torch.randint(0, c, (n,), generator=gen)] = True
+    if no_negative_row and n > 1:
+        labels[-1] = True  # a row with no negatives: loss 0 for eq. 13
+    to = dict(dtype=dtype, device=device)
+    return codes.to(**to), other.to(**to), proxies.to(**to), labels.to(device)
+
+
+SHAPES = [(c, k) for c in (1, 2, 21, 255, 1000) for k in (1, 7, 64, 65, 1024)]
+
+
+def rows_for(c, k):
+    return 3 if c * k > 100_000 else 6
+
+
+@pytest.mark.parametrize("c,k", SHAPES)
+@pytest.mark.parametrize("with_other", [False, True])
+def test_mds_rows_and_grads_match_reference(device, c, k, with_other):
+    n = rows_for(c, k)
+    codes, other, proxies, labels = make_inputs(n, c, k, single_label=(c * k) % 2 == 0, device=device, seed=c + k)
+    codes.requires_grad_(True)
+    other.requires_grad_(with_other)
+    o = other if with_other else None
+    rows = margin_dynamic_softmax(codes, proxies, labels, eta=ETA, mu=MU, other=o, reduction="none")
+    ref = mds_rows(codes.detach().cpu(), proxies.cpu(), labels.cpu(), ETA, MU, o.detach().cpu() if with_other else None)
+    np.testing.assert_allclose(rows.detach().cpu().numpy(), ref, rtol=1e-12, atol=1e-10)
+    upstream = torch.rand(n, dtype=torch.float64, device=device)
+    wrt = [codes] + ([other] if with_other else [])
+    grads = torch.autograd.grad((rows * upstream).sum(), wrt)
+    g_codes, g_other = mds_grad_rows(codes.detach().cpu(), proxies.cpu(), labels.cpu(), ETA, MU,
+                                     o.detach().cpu() if with_other else None)
+    w = upstream.cpu().numpy()[:, None]
+    np.testing.assert_allclose(grads[0].cpu().numpy(), g_codes * w, rtol=1e-10, atol=1e-12)
+    if with_other:
+        np.testing.assert_allclose(grads[1].cpu().numpy(), g_other * w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("c,k", SHAPES)
+def test_partial_softmax_matches_reference(device, c, k):
+    n = rows_for(c, k)
+    codes, _, proxies, labels = make_inputs(n, c, k, single_label=(c * k) % 2 == 1, device=device, seed=7 * c + k)
+    codes.requires_grad_(True)
+    rows = partial_softmax(codes, proxies, labels, gamma=GAMMA, sigma=SIGMA, reduction="none")
+    ref = partial_softmax_rows(codes.detach().cpu(), proxies.cpu(), labels.cpu(), GAMMA, SIGMA)
+    np.testing.assert_allclose(rows.detach().cpu().numpy(), ref, rtol=1e-12, atol=1e-10)
+    if c * k <= 20_000:  # the gradient against the reference itself, through float64 autograd
+        ref_codes = codes.detach().cpu().clone().requires_grad_(True)
+        expected = torch.autograd.grad(_torch_partial_softmax(ref_codes, proxies.cpu(), labels.cpu()).sum(), ref_codes)[0]
+        got = torch.autograd.grad(rows.sum(), codes)[0]
+        np.testing.assert_allclose(got.cpu().numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def _torch_partial_softmax(codes, proxies, labels):
+    """§6 again, per row with explicit index sets, in differentiable float64 torch ops."""
+    k = proxies.shape[1]
+    out = []
+    for i in range(codes.shape[0]):
+        pos_idx = labels[i].nonzero().flatten()
+        neg_idx = (~labels[i].bool()).nonzero().flatten()
+        neg = GAMMA * (proxies[neg_idx] @ codes[i])
+        terms = [-(GAMMA * (codes[i] @ proxies[p] - SIGMA * k))
+                 + torch.logsumexp(torch.cat([(GAMMA * (codes[i] @ proxies[p] - SIGMA * k))[None], neg]), 0)
+                 for p in pos_idx]
+        out.append(torch.stack(terms).mean())
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("loss", ["mds", "mds_other", "psl"])
+def test_reductions(device, reduction, loss):
+    codes, other, proxies, labels = make_inputs(9, 13, 16, device=device)
+    if loss == "psl":
+        ref = partial_softmax_rows(codes.cpu(), proxies.cpu(), labels.cpu(), GAMMA, SIGMA)
+        got = partial_softmax(codes, proxies, labels, reduction=reduction)
+    else:
+        o = other if loss == "mds_other" else None
+        ref = mds_rows(codes.cpu(), proxies.cpu(), labels.cpu(), ETA, MU, None if o is None else o.cpu())
+        got = margin_dynamic_softmax(codes, proxies, labels, other=o, reduction=reduction)
+    expected = {"mean": ref.mean(), "sum": ref.sum(), "none": ref}[reduction]
+    np.testing.assert_allclose(got.cpu().numpy(), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_row_without_negatives_is_zero_and_inter_modal_can_be_negative():
+    codes, other, proxies, labels = make_inputs(4, 5, 8)
+    labels[1] = True
+    rows = margin_dynamic_softmax(codes, proxies, labels, reduction="none")
+    assert rows[1].item() == pytest.approx(0.0, abs=1e-12)
+    assert bool((rows >= -1e-12).all())  # up to FMA rounding on the zero row
+    # eq. 14's numerator is not in its own denominator: with other far "better" the term is negative
+    inter = margin_dynamic_softmax(codes, proxies, labels, other=-other.sign() * 0.99, reduction="none")
+    ref = mds_rows(codes, proxies, labels, ETA, MU, -other.sign() * 0.99)
+    np.testing.assert_allclose(inter.numpy(), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_positives_never_enter_the_denominator():
+    # one positive, one negative, codes equal to the positive proxy: loss = log(1 + exp(eta (s_neg - u)))
+    proxies = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 1.0, -1.0], [1.0, 1.0, 1.0, -1.0]], dtype=torch.float64)
+    codes = torch.tensor([[1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    labels = torch.tensor([[1, 0, 1]])  # positives 0 and 2, negative 1
+    gbar = proxies[[0, 2]].mean(0)
+    u = codes[0] @ gbar - MU * 4
+    expected = torch.log1p(torch.exp(ETA * (codes[0] @ proxies[1] - u)))
+    got = margin_dynamic_softmax(codes, proxies, labels, reduction="sum")
+    assert got.item() == pytest.approx(expected.item(), rel=1e-12)
+    # the defective port's value (exp(0) added per positive) differs
+    defective = -ETA * u + torch.log(torch.exp(ETA * u) + torch.exp(ETA * codes[0] @ proxies[1]) + 2)
+    assert abs(got.item() - defective.item()) > 1e-3
+
+
+@pytest.mark.parametrize("c", [21, 255, 1000, 3000])
+def test_float32_within_1e5_of_float64_reference(device, c):
+    # c = 21 runs the direct CPU path, c > 64 the GEMM-tiled one (two class tiles at c = 3000).
+    n, k = 5, 64
+    codes, other, proxies, labels = make_inputs(n, c, k, dtype=torch.float32, device=device, seed=c)
+    for o in (None, other):
+        got = margin_dynamic_softmax(codes, proxies, labels, other=o, reduction="none").double().cpu().numpy()
+        ref = mds_rows(codes.double().cpu(), proxies.cpu(), labels.cpu(), ETA, MU, None if o is None else o.double().cpu())
+        # relative to the row's magnitude; a row with no negatives is exactly 0
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    got = partial_softmax(codes, proxies, labels, reduction="none").double().cpu().numpy()
+    ref = partial_softmax_rows(codes.double().cpu(), proxies.cpu(), labels.cpu(), GAMMA, SIGMA)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_tiled_path_matches_reference(dtype):
+    # c > 2048: two class tiles of the GEMM path, the last one partial
+    n, c, k = 1030, 2500, 3
+    codes, other, proxies, labels = make_inputs(n, c, k, dtype=dtype, seed=3)
+    labels = labels & (torch.rand(n, c) < 0.01)
+    labels[torch.arange(n), torch.arange(n) * 2] = True
+    labels[5] = True
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-4)
+    for o in (None, other):
+        cr = codes.clone().requires_grad_(True)
+        orr = None if o is None else o.clone().requires_grad_(True)
+        rows = margin_dynamic_softmax(cr, proxies, labels, other=orr, reduction="none")
+        ref = mds_rows(codes.double(), proxies, labels, ETA, MU, None if o is None else o.double())
+        np.testing.assert_allclose(rows.detach().double().numpy(), ref, **tol)
+        grads = torch.autograd.grad(rows.sum(), [cr] + ([] if o is None else [orr]))
+        g_codes, g_other = mds_grad_rows(codes.double(), proxies, labels, ETA, MU, None if o is None else o.double())
+        np.testing.assert_allclose(grads[0].double().numpy(), g_codes, **tol)
+        if o is not None:
+            np.testing.assert_allclose(grads[1].double().numpy(), g_other, **tol)
+    cr = codes.clone().requires_grad_(True)
+    rows = partial_softmax(cr, proxies, labels, reduction="none")
+    np.testing.assert_allclose(rows.detach().double().numpy(),
+                               partial_softmax_rows(codes.double(), proxies, labels, GAMMA, SIGMA), **tol)
+    # gradient of the tiled path against the differentiable per-row reference, on a few rows
+    small = slice(0, 12)
+    g_tiled = torch.autograd.grad(rows[small].sum(), cr)[0][small]
+    ref_codes = codes[small].double().clone().requires_grad_(True)
+    expected = torch.autograd.grad(_torch_partial_softmax(ref_codes, proxies.double(), labels[small]).sum(), ref_codes)[0]
+    np.testing.assert_allclose(g_tiled.double().numpy(), expected.numpy(), **tol)
+
+
+def test_gradcheck_float64():
+    codes, other, proxies, labels = make_inputs(5, 6, 7)
+    codes.requires_grad_(True)
+    other.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda c: margin_dynamic_softmax(c, proxies, labels, reduction="none"), (codes,))
+    assert torch.autograd.gradcheck(
+        lambda c, o: margin_dynamic_softmax(c, proxies, labels, other=o, reduction="none"), (codes, other))
+    assert torch.autograd.gradcheck(lambda c: partial_softmax(c, proxies, labels, reduction="none"), (codes,))
+    assert torch.autograd.gradcheck(
+        lambda c, o: MarginDynamicSoftmax.apply(c, proxies, labels, ETA, MU, o), (codes, other))
+
+
+def _op_samples():
+    samples = []
+    for (n, c, k, seed) in [(4, 5, 8, 0), (7, 21, 64, 1), (1, 1, 3, 2)]:
+        codes, other, proxies, labels = make_inputs(n, c, k, seed=seed)
+        offsets, indices = torch.ops.dchml.labels_to_csr(labels)
+        samples.append((codes.requires_grad_(True), other.requires_grad_(True), proxies, offsets, indices, labels))
+    return samples
+
+
+def test_opcheck():
+    for codes, other, proxies, offsets, indices, labels in _op_samples():
+        torch.library.opcheck(torch.ops.dchml.labels_to_csr, (labels,), test_utils=("test_schema", "test_faketensor"))
+        for o in (None, other):
+            torch.library.opcheck(torch.ops.dchml.mds_loss, (codes, o, proxies, offsets, indices, ETA, MU))
+        torch.library.opcheck(torch.ops.dchml.partial_softmax_loss, (codes, proxies, offsets, indices, GAMMA, SIGMA))
+
+
+def test_torch_compile_fullgraph():
+    codes, other, proxies, labels = make_inputs(6, 9, 16)
+    codes.requires_grad_(True)
+    other.requires_grad_(True)
+
+    def step(c, o):
+        return margin_dynamic_softmax(c, proxies, labels, other=o) + partial_softmax(c, proxies, labels)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    got = compiled(codes, other)
+    expected = step(codes, other)
+    assert torch.allclose(got, expected, rtol=1e-12)
+    g_got = torch.autograd.grad(got, [codes, other])
+    g_exp = torch.autograd.grad(expected, [codes, other])
+    for a, b in zip(g_got, g_exp):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_non_contiguous_inputs():
+    codes, other, proxies, labels = make_inputs(8, 10, 12)
+    nc_codes = codes.t().contiguous().t()  # column-major
+    nc_other = torch.stack([other, other], 2)[:, :, 0]
+    nc_proxies = proxies.t().contiguous().t()
+    nc_labels = labels.t().contiguous().t()
+    assert not nc_codes.is_contiguous() and not nc_other.is_contiguous() and not nc_labels.is_contiguous()
+    for o, nco in ((None, None), (other, nc_other)):
+        expected = margin_dynamic_softmax(codes, proxies, labels, other=o, reduction="none")
+        got = margin_dynamic_softmax(nc_codes, nc_proxies, nc_labels, other=nco, reduction="none")
+        assert torch.equal(got, expected)
+    cr = nc_codes.clone().requires_grad_(True)  # clone keeps the column-major strides
+    assert not cr.is_contiguous()
+    g = torch.autograd.grad(margin_dynamic_softmax(cr, proxies, labels, reduction="none")[::2].sum(), cr)[0]
+    c2 = codes.clone().requires_grad_(True)
+    g_ref = torch.autograd.grad(margin_dynamic_softmax(c2, proxies, labels, reduction="none")[::2].sum(), c2)[0]
+    assert torch.equal(g, g_ref) and (g[1::2] == 0).all()
+
+
+def test_empty_batch(device):
+    codes = torch.zeros(0, 8, dtype=torch.float64, device=device, requires_grad=True)
+    proxies = torch.ones(3, 8, dtype=torch.float64, device=device)
+    labels = torch.zeros(0, 3, dtype=torch.bool, device=device)
+    for reduction, shape in (("mean", ()), ("sum", ()), ("none", (0,))):
+        out = margin_dynamic_softmax(codes, proxies, labels, reduction=reduction)
+        assert out.shape == shape and out.sum().item() == 0
+        out.sum().backward()
+        assert partial_softmax(codes, proxies, labels, reduction=reduction).shape == shape
+    assert codes.grad.shape == (0, 8)
+
+
+def test_long_codes_large_eta_stay_finite(device):
+    # eta k = 4096: a plain exp would overflow
+    codes, other, proxies, labels = make_inputs(4, 21, 4096, dtype=torch.float32, device=device)
+    codes = (codes.sign() * 0.999).requires_grad_(True)
+    rows = margin_dynamic_softmax(codes, proxies, labels, eta=1.0, mu=0.3, other=other, reduction="none")
+    psl = partial_softmax(codes, proxies, labels, gamma=1.0, sigma=0.3, reduction="none")
+    g = torch.autograd.grad(rows.sum() + psl.sum(), codes)[0]
+    assert torch.isfinite(rows).all() and torch.isfinite(psl).all() and torch.isfinite(g).all()
+    ref = mds_rows(codes.detach().double().cpu(), proxies.cpu(), labels.cpu(), 1.0, 0.3, other.double().cpu())
+    np.testing.assert_allclose(rows.detach().double().cpu().numpy(), ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["bool", "int64", "float32", "uint8", "csr_tuple", "sparse_csr", "unsorted_tuple", "int32_tuple"])
+def test_label_forms_agree(form):
+    codes, other, proxies, labels = make_inputs(7, 11, 9)
+    expected = margin_dynamic_softmax(codes, proxies, labels, reduction="none")
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), labels.sum(1).cumsum(0)])
+    indices = labels.nonzero()[:, 1]
+    if form in ("bool", "int64", "float32", "uint8"):
+        given = labels.to(getattr(torch, form))
+    elif form == "csr_tuple":
+        given = (offsets, indices)
+    elif form == "int32_tuple":
+        given = (offsets.int(), indices.int())
+    elif form == "sparse_csr":
+        given = labels.double().to_sparse_csr()
+    else:
+        idx = indices.clone()
+        for i in range(7):  # reverse each row's positives
+            idx[offsets[i]:offsets[i + 1]] = idx[offsets[i]:offsets[i + 1]].flip(0)
+        given = (offsets, idx)
+    assert torch.equal(margin_dynamic_softmax(codes, proxies, given, reduction="none"), expected)
+
+
+def test_int8_proxies_and_float32_proxies_with_float64_codes():
+    codes, other, proxies, labels = make_inputs(5, 30, 17)
+    expected = margin_dynamic_softmax(codes, proxies, labels, other=other, reduction="none")
+    for p in (proxies.to(torch.int8), proxies.float()):
+        assert torch.equal(margin_dynamic_softmax(codes, p, labels, other=other, reduction="none"), expected)
+    assert torch.equal(partial_softmax(codes, proxies.to(torch.int8), labels), partial_softmax(codes, proxies, labels))
+
+
+def test_autograd_function_drop_in_matches_functional():
+    codes, other, proxies, labels = make_inputs(6, 12, 10)
+    a = codes.clone().requires_grad_(True)
+    b = codes.clone().requires_grad_(True)
+    oa = other.clone().requires_grad_(True)
+    ob = other.clone().requires_grad_(True)
+    ra = MarginDynamicSoftmax.apply(a, proxies, labels, 0.5, 0.2, oa)
+    rb = margin_dynamic_softmax(b, proxies, labels, eta=0.5, mu=0.2, other=ob, reduction="none")
+    assert torch.equal(ra, rb)
+    (ra.sum()).backward()
+    (rb.sum()).backward()
+    assert torch.equal(a.grad, b.grad) and torch.equal(oa.grad, ob.grad)
+
+
+# ---- bad input ----
+
+def test_rows_without_positive_raise_value_error_with_count_and_first_row():
+    codes, _, proxies, labels = make_inputs(6, 5, 4)
+    labels[2] = False
+    labels[4] = False
+    with pytest.raises(ValueError, match=r"2 row\(s\) have no positive label \(first: row 2\)"):
+        margin_dynamic_softmax(codes, proxies, labels)
+    offsets = torch.tensor([0, 1, 1, 2, 3, 4, 5])
+    with pytest.raises(ValueError, match=r"1 row\(s\) have no positive label \(first: row 1\)"):
+        partial_softmax(codes, proxies, (offsets, torch.tensor([0, 1, 2, 3, 4])))
+
+
+@pytest.mark.parametrize("bad", [0.5, 0.0, 2.0])
+def test_proxies_not_plus_minus_one(bad):
+    codes, _, proxies, labels = make_inputs(3, 4, 5)
+    proxies[2, 3] = bad
+    with pytest.raises(ValueError, match=r"proxies must be \+1/-1, got .* at row 2, column 3"):
+        margin_dynamic_softmax(codes, proxies, labels)
+    with pytest.raises(ValueError, match=r"proxies must be \+1/-1"):
+        partial_softmax(codes, proxies.to(torch.int8) if bad != 0.5 else proxies, labels)
+
+
+def test_bad_shapes_dtypes_values():
+    codes, other, proxies, labels = make_inputs(3, 4, 5)
+    with pytest.raises(ValueError, match=r"codes must be 2-D \(n, k\), got shape \(15,\)"):
+        margin_dynamic_softmax(codes.flatten(), proxies, labels)
+    with pytest.raises(TypeError, match="codes must be float32 or float64, got torch.int64"):
+        margin_dynamic_softmax(codes.long(), proxies, labels)
+    with pytest.raises(ValueError, match=r"proxies must be \(c, k\) with k = 5"):
+        margin_dynamic_softmax(codes, proxies[:, :4], labels)
+    with pytest.raises(TypeError, match="proxies must be ±1 as int8 or a floating dtype, got torch.int64"):
+        margin_dynamic_softmax(codes, proxies.long(), labels)
+    with pytest.raises(ValueError, match=r"labels must have shape \(n, c\) = \(3, 4\), got \(3, 5\)"):
+        margin_dynamic_softmax(codes, proxies, torch.ones(3, 5))
+    with pytest.raises(ValueError, match=r"labels must be 0/1, got 2 at row 1, column 2"):
+        bad = labels.long()
+        bad[1, 2] = 2
+        margin_dynamic_softmax(codes, proxies, bad)
+    with pytest.raises(ValueError, match="other must match codes"):
+        margin_dynamic_softmax(codes, proxies, labels, other=other[:2])
+    with pytest.raises(ValueError, match="other must match codes"):
+        margin_dynamic_softmax(codes, proxies, labels, other=other.float())
+    with pytest.raises(ValueError, match="reduction must be 'mean', 'sum' or 'none', got 'avg'"):
+        margin_dynamic_softmax(codes, proxies, labels, reduction="avg")
+    with pytest.raises(ValueError, match="eta must be finite, got nan"):
+        margin_dynamic_softmax(codes, proxies, labels, eta=float("nan"))
+    with pytest.raises(TypeError, match="labels must be a tensor or an \\(offsets, indices\\) tuple"):
+        margin_dynamic_softmax(codes, proxies, labels.numpy())
+    with pytest.raises(ValueError, match="sparse labels must be a tuple \\(offsets, indices\\), got 3 items"):
+        margin_dynamic_softmax(codes, proxies, (1, 2, 3))
+
+
+def test_bad_sparse_labels():
+    codes, _, proxies, _ = make_inputs(3, 4, 5)
+    off = torch.tensor([0, 1, 2, 3])
+    with pytest.raises(ValueError, match=r"labels indices must lie in \[0, 4\)"):
+        margin_dynamic_softmax(codes, proxies, (off, torch.tensor([0, 4, 1])))
+    with pytest.raises(ValueError, match="row 1 lists positive 2 more than once"):
+        margin_dynamic_softmax(codes, proxies, (torch.tensor([0, 1, 3, 4]), torch.tensor([0, 2, 2, 1])))
+    with pytest.raises(ValueError, match="labels offsets must have n \\+ 1 = 4 entries, got 3"):
+        margin_dynamic_softmax(codes, proxies, (off[:3], torch.tensor([0, 1])))
+    with pytest.raises(ValueError, match="labels offsets must start at 0"):
+        margin_dynamic_softmax(codes, proxies, (torch.tensor([0, 2, 1, 3]), torch.tensor([0, 1, 2])))
+    with pytest.raises(TypeError, match="labels indices must be int32 or int64, got torch.float32"):
+        margin_dynamic_softmax(codes, proxies, (off, torch.tensor([0.0, 1.0, 2.0])))
+
+
+def test_cuda_tensor_without_cuda_build_is_a_clear_error():
+    if dchml.cuda_built():
+        pytest.skip("this build has CUDA kernels")
+    codes = torch.zeros(2, 3, device="meta")
+    with pytest.raises(ValueError, match="dchml supports cpu and cuda tensors"):
+        margin_dynamic_softmax(codes, torch.ones(2, 3, device="meta"), torch.ones(2, 2, device="meta"))
