@@ -125,7 +125,7 @@ def train_proxies(model: CrossModalHashModel, cfg: TrainConfig, log=None) -> dic
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
         if step % window == 0:
             if previous is not None and previous - loss_value <= cfg.proxy_tol * max(abs(previous), 1e-12):
                 break
@@ -167,7 +167,7 @@ def train_pass(net, optimizer, inputs, rows, positions, stored_self, stored_othe
         stored_self[pos_d] = out.detach()
         b = pos.numel()
         seen += b
-        totals["loss"] += float(loss) * b
+        totals["loss"] += float(loss.detach()) * b
         for key, value in terms.items():
             totals[key] += value * b
         if progress is not None:
@@ -195,7 +195,7 @@ def evaluate(model: CrossModalHashModel, data, *, topk: int = 5000, curves: bool
              batch_size: int = 1024) -> dict:
     """MAP@topk for I->T (image queries vs the text database) and T->I, with the ranker's metrics.
     With curves=True also precision@N and the precision-recall curve by Hamming radius."""
-    from . import mean_average_precision, pr_curve, precision_at_n
+    from . import mean_average_precision
     from .encode import hash_codes
 
     kw = dict(batch_size=batch_size, device=device)
@@ -209,6 +209,8 @@ def evaluate(model: CrossModalHashModel, data, *, topk: int = 5000, curves: bool
     for task, (q, d) in tasks.items():
         out[f"{task}_map"] = float(mean_average_precision(q, d, ql, dl, topk=topk))
     if curves:
+        from . import pr_curve, precision_at_n
+
         ns = [n for n in PRECISION_AT_N if n <= d_img.shape[0]]
         out["curves"] = {}
         for task, (q, d) in tasks.items():
