@@ -7,7 +7,11 @@ Public API, by layer (see README.md):
 - the method: dchml.models, dchml.train, dchml.data, and the `dchml` command line.
 """
 from ._C import cuda_built
+from .encoding import encode
+from .models import CrossModalHashModel, IHNet, PHNet, THNet
+from .train import TrainConfig
 
 __version__ = "0.1.0"
 
 __all__ = ["cuda_built", "__version__"]
+__all__ += ["CrossModalHashModel", "IHNet", "PHNet", "THNet", "TrainConfig", "encode"]

@@ -196,7 +196,7 @@ def evaluate(model: CrossModalHashModel, data, *, topk: int = 5000, curves: bool
     """MAP@topk for I->T (image queries vs the text database) and T->I, with the ranker's metrics.
     With curves=True also precision@N and the precision-recall curve by Hamming radius."""
     from . import mean_average_precision
-    from .encode import hash_codes
+    from .encoding import hash_codes
 
     kw = dict(batch_size=batch_size, device=device)
     q_img = hash_codes(model, data.image[data.query_idx], "image", **kw)
@@ -316,7 +316,7 @@ def _train(data, cfg, device, checkpoint_path, resume, progress, log, on_epoch_e
         opt_image, opt_text = _optimizer(model.image_net, cfg), _optimizer(model.text_net, cfg)
         codes_c = sgn(torch.randn(n_train, cfg.bits, generator=generator)).to(device)
         # Stored outputs start as the untrained nets' outputs, so l_I has a real partner from step 1.
-        from .encode import continuous_codes
+        from .encoding import continuous_codes
 
         stored_image = continuous_codes(model, data.image[train_idx], "image", device=device).to(device)
         stored_text = continuous_codes(model, data.text[train_idx], "text", device=device).to(device)
