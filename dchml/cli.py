@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 # --- defaults of the demo [choice, measured: see docs/method.md] ------------------------------------
 # Plain SGD at the paper's lr (1e-3) needs ~100+ epochs; the demo must finish in 5 minutes on 2
 # cores, so it uses momentum 0.9 and lr 0.01, which reach a converged MAP in DEMO_EPOCHS epochs.
-DEMO_EPOCHS = 30
+DEMO_EPOCHS = 50
 DEMO_LR = 0.01
 DEMO_MOMENTUM = 0.9
 
