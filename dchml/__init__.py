@@ -13,6 +13,7 @@ from .metrics import mean_average_precision, ndcg_at_k, pr_curve, precision_at_n
 from .encoding import encode
 from .models import CrossModalHashModel, IHNet, PHNet, THNet
 from .train import TrainConfig
+from . import data
 
 __version__ = "0.1.0"
 
@@ -21,4 +22,4 @@ __all__ = [
     "pack_codes", "unpack_codes", "hamming_distance", "hamming_histogram", "hamming_topk", "HammingIndex",
     "mean_average_precision", "precision_at_n", "pr_curve", "ndcg_at_k",
 ]
-__all__ += ["CrossModalHashModel", "IHNet", "PHNet", "THNet", "TrainConfig", "encode"]
+__all__ += ["data", "CrossModalHashModel", "IHNet", "PHNet", "THNet", "TrainConfig", "encode"]
