@@ -68,6 +68,8 @@ def _add_data_args(p, required=False):
     p.add_argument("--data", default=None if required else "synthetic", required=required,
                    help="'synthetic' (built-in set) or a path: .mat (v5 / v7.3), .npz, or a text-list folder")
     p.add_argument("--format", default="auto", choices=["auto", "mat", "txt", "npz"], help="data format (default: auto)")
+    p.add_argument("--drop-unlabeled", action="store_true",
+                   help="drop items without any label (the paper's protocol) instead of refusing the file")
 
 
 def _add_train_args(p, *, demo=False):
@@ -159,7 +161,7 @@ def _load_data(args, seed):
 
     if args.data != "synthetic" and not os.path.exists(args.data):
         raise UsageError(f"--data {args.data}: no such file or directory")
-    return load_dataset(args.data, args.format, seed=seed)
+    return load_dataset(args.data, args.format, seed=seed, drop_unlabeled=args.drop_unlabeled)
 
 
 def _config_from_args(args, base: dict):
