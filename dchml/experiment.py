@@ -18,7 +18,7 @@ import torch
 
 from . import __version__
 from .checkpoint import atomic_write
-from .train import TrainConfig, evaluate, train
+from .train import TrainConfig, log_to_stderr, evaluate, train
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
@@ -106,13 +106,13 @@ def build_metrics(cfg: TrainConfig, result, scores: dict, data, *, command: str 
 
 
 def run_experiment(data, cfg: TrainConfig, out_dir: str, *, resume: bool = False, force: bool = False,
-                   progress=None, log=None, command: str | None = None):
+                   progress=None, log=log_to_stderr, command: str | None = None):
     """Train into out_dir (checkpoint every epoch), evaluate with curves, write metrics.json.
+    log: callable for one-line progress messages (default: stderr), None for silence.
     Returns (metrics dict, TrainResult)."""
     prepare_out_dir(out_dir, resume=resume, force=force)
-    kwargs = {} if log is None else {"log": log}
     result = train(data, cfg, checkpoint_path=os.path.join(out_dir, CHECKPOINT), resume=resume,
-                   progress=progress, **kwargs)
+                   progress=progress, log=log)
     final_cfg = TrainConfig.from_dict(result.state["config"]) if result.state else cfg
     scores = evaluate(result.model, data, topk=final_cfg.topk, curves=True, device=final_cfg.device)
     metrics = build_metrics(final_cfg, result, scores, data, command=command)

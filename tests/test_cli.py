@@ -111,9 +111,10 @@ def test_search_lists_top_k(trained, tiny_npz, tmp_path, capsys):
     assert "text query" in capsys.readouterr().out
 
 
-def test_resume_continues_a_cli_run(tiny_npz, tmp_path):
+def test_resume_continues_a_cli_run(tiny_npz, tmp_path, capsys):
     out = str(tmp_path / "run")
     assert main(["train", "--data", tiny_npz, "--out", out] + TINY_TRAIN) == 0
+    assert capsys.readouterr().err == ""  # --quiet: no progress, no epoch lines
     before = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
     assert main(["train", "--data", tiny_npz, "--out", out, "--resume", "--epochs", "3", "--quiet"]) == 0
     after = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
