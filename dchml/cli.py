@@ -208,6 +208,12 @@ def cmd_train(args, argv):
         # Flags not given on the command line keep the interrupted run's values.
         base = load_checkpoint(os.path.join(args.out, CHECKPOINT))["config"]
     cfg = _config_from_args(args, base)
+    if args.resume:
+        changed = sorted(k for k, v in cfg.to_dict().items()
+                         if k not in ("epochs", "eval_every", "device") and base.get(k) != v)
+        if changed:
+            raise UsageError(f"--resume continues the run as it was configured; cannot change {', '.join(changed)} "
+                             "(only --epochs, --eval-every and --device may differ)")
     data = _load_data(args, cfg.seed)
     metrics, _ = run_experiment(data, cfg, args.out, resume=args.resume, force=args.force,
                                 progress=None if not args.quiet else False, log=_log(args),

@@ -122,6 +122,8 @@ def test_resume_continues_a_cli_run(tiny_npz, tmp_path, capsys):
     assert after["config"]["lr"] == 0.05  # flags not given keep the run's values
     with open(os.path.join(out, "metrics.json")) as f:
         assert len(json.load(f)["history"]) == 3
+    code = main(["train", "--data", tiny_npz, "--out", out, "--resume", "--epochs", "4", "--lr", "0.1", "--quiet"])
+    assert "cannot change lr" in _one_error_line(capsys, code)
 
 
 @pytest.mark.parametrize("argv, needle", [
