@@ -414,12 +414,13 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     prog = "dchml"
+    import torch
+
+    threads = torch.get_num_threads()
     try:
         args = parser.parse_args(argv)
         prog = f"dchml {args.command}"
         if getattr(args, "threads", None):
-            import torch
-
             torch.set_num_threads(args.threads)
         COMMANDS[args.command](args, argv)
         return 0
@@ -435,6 +436,8 @@ def main(argv=None) -> int:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        torch.set_num_threads(threads)  # main() may run in-process (tests, notebooks)
 
 
 def _is_user_error(exc) -> bool:

@@ -177,6 +177,7 @@ def test_demo_on_a_small_synthetic_set(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(dchml.data, "make_synthetic", lambda seed=0: _tiny())
     out = str(tmp_path / "demo")
+    threads = torch.get_num_threads()
     assert main(["demo", "--out", out, "--epochs", "1", "--bits", "16", "--topk", "100", "--proxy-steps", "100",
                  "--quiet"]) == 0
     report = open(os.path.join(out, "report.md")).read()
@@ -184,3 +185,5 @@ def test_demo_on_a_small_synthetic_set(tmp_path, monkeypatch, capsys):
     for sub in ("dchml", "dchml_p"):
         assert os.path.isfile(os.path.join(out, sub, "metrics.json"))
     assert "report:" in capsys.readouterr().out
+    assert "torch threads: 1" in report  # the demo's default, recorded in its report
+    assert torch.get_num_threads() == threads  # and restored after main() returns
