@@ -1,0 +1,447 @@
+"""Exact sharded retrieval evaluation over torch.distributed (Gloo on CPUs, NCCL on GPUs).
+
+Every rank of a process group holds ONE shard of the database; the shards concatenated in rank
+order define the global database and its index order. `hamming_topk` and
+`mean_average_precision` return, on every rank, exactly what the single-process
+`dchml.hamming_topk` / `dchml.mean_average_precision` return on the concatenated database: same
+indices, same distances, same per-query AP (bit for bit), ties included.
+
+How (per block of queries; see docs/distributed.md for the volumes):
+1. each rank ranks its shard locally: top-K by (distance, index) with the fused `hamming_topk`;
+2. each rank all-gathers the per-query histogram of ITS top-K distances ((bits + 1) counts per
+   query and rank, independent of the database size). From these every rank knows, for each of
+   its candidates, how many candidates of the union precede it in the global (distance, global
+   index) order: that number is the candidate's exact global rank whenever it is < K, and >= K
+   otherwise (proof in docs/distributed.md), so each rank knows which of its candidates are in
+   the global top K, and where;
+3. each rank writes what the answer needs (global index, or one relevance bit) at those global
+   ranks of a (queries x K) buffer, zeros elsewhere; one all_reduce(SUM) assembles it on every
+   rank. Positions are owned by exactly one rank, so SUM is exact, even for bit-packed bytes
+   (disjoint bits never carry).
+ties="expected" needs only tie-group statistics: all-reduced distance histograms, then the
+relevant count of each group up to the cut, all-reduced. Communication is O(bits) per query.
+
+Errors: inputs are validated on each rank, then the ranks agree (one tiny all_gather) before any
+heavy work, so a bad input on one rank raises a clear exception on EVERY rank instead of leaving
+the others blocked in a collective.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from . import codes as _codes
+from . import metrics as _metrics
+from .ops import hamming_histogram as _hamming_histogram
+from .ops import hamming_topk as _hamming_topk
+
+__all__ = ["hamming_topk", "mean_average_precision"]
+
+# Largest number of (query, candidate) entries one block of queries may hold in memory at once
+# (indices + distances + relevance: ~16 bytes each, so ~128 MiB). All ranks derive the same query
+# blocks from it, which the collectives require.
+_BLOCK_ELEMENTS = 1 << 23
+_MESSAGE_BYTES = 1024
+_TIES = ("index", "expected")
+
+
+# --- process group plumbing ---------------------------------------------------------------------
+
+
+class _Group:
+    """The process group, this rank's place in it, and the device its collectives use."""
+
+    def __init__(self, group, data_device: torch.device):
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError(
+                "torch.distributed is not initialized: call torch.distributed.init_process_group "
+                "(or launch with torchrun) before dchml.distributed; for one process use "
+                "dchml.mean_average_precision / dchml.hamming_topk"
+            )
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+        if self.rank < 0:
+            raise RuntimeError("this process is not a member of the given process group")
+        backend = str(dist.get_backend(group)).lower()
+        # NCCL only moves CUDA tensors and Gloo is at home with CPU ones; a group with both
+        # backends ("cpu:gloo,cuda:nccl") takes the tensors where they already are.
+        if "nccl" in backend and "gloo" not in backend:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        elif "nccl" in backend and data_device.type == "cuda":
+            self.device = data_device
+        else:
+            self.device = torch.device("cpu")
+
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        """(world, *t.shape) with every rank's t, in rank order (t must have one shape on all ranks)."""
+        src = t.to(self.device).contiguous()
+        out = [torch.empty_like(src) for _ in range(self.world)]
+        dist.all_gather(out, src, group=self.group)
+        return torch.stack(out)
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        buf = t.to(self.device).contiguous()
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.group)
+        return buf
+
+    def raise_if_any_failed(self, error: Optional[BaseException], what: str) -> None:
+        """Collective: every rank calls it after a local step. If any rank's step failed, every
+        rank raises (the failing rank its own exception, the others one that names it)."""
+        flags = self.all_gather(torch.tensor([0 if error is None else 1], dtype=torch.int64))
+        failed = [r for r in range(self.world) if int(flags[r, 0]) != 0]
+        if not failed:
+            return
+        text = b"" if error is None else f"{type(error).__name__}: {error}".encode()[:_MESSAGE_BYTES]
+        msg = torch.zeros(_MESSAGE_BYTES, dtype=torch.uint8)
+        msg[: len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8) if text else msg[:0]
+        messages = self.all_gather(msg).cpu()
+        if error is not None:
+            raise error
+        first = failed[0]
+        detail = bytes(messages[first].tolist()).rstrip(b"\0").decode(errors="replace")
+        raise ValueError(f"{what}: rank {first} of {self.world} failed: {detail}")
+
+
+def _run_on_every_rank(group: _Group, what: str, step: Callable[[], object]):
+    """Run a local step; if it fails on any rank, raise on every rank (no rank is left waiting)."""
+    result, error = None, None
+    try:
+        result = step()
+    except Exception as exc:  # noqa: BLE001  (re-raised below, on every rank)
+        error = exc
+    group.raise_if_any_failed(error, what)
+    return result
+
+
+# --- local input preparation --------------------------------------------------------------------
+
+
+def _fingerprint(*tensors: torch.Tensor) -> int:
+    """A 63-bit digest of tensors' bytes: cheap proof that every rank holds the same queries."""
+    h = hashlib.blake2b(digest_size=8)
+    for t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return int.from_bytes(h.digest(), "little") >> 1
+
+
+def _as_packed(x, name: str) -> torch.Tensor:
+    return _codes.as_packed_codes(x, name)
+
+
+def _pack_labels(x, rows: int, name: str) -> torch.Tensor:
+    """0/1 label rows -> bit-packed uint8 (rows, ceil(c/8)); relevance is then a byte AND."""
+    labels = _codes.as_labels(x, name, rows=rows)
+    return _codes.pack_codes(labels)
+
+
+class _Local:
+    """One rank's validated inputs, packed."""
+
+    def __init__(self, query_codes, db_codes, k_requested, query_labels=None, db_labels=None):
+        self.query = _as_packed(query_codes, "query_codes")
+        self.db = _as_packed(db_codes, "db_shard_codes")
+        if self.query.shape[1] != self.db.shape[1]:
+            raise ValueError(
+                f"query_codes and db_shard_codes have different code lengths: {self.query.shape[1]} "
+                f"and {self.db.shape[1]} packed bytes"
+            )
+        if self.query.device != self.db.device:
+            raise ValueError(
+                f"query_codes is on {self.query.device} but db_shard_codes is on {self.db.device}"
+            )
+        self.device = self.query.device
+        self.nq, self.nbytes = self.query.shape
+        self.n = self.db.shape[0]
+        self.width = 8 * self.nbytes + 1  # histogram bins: distances 0..bits
+        self.k_requested = k_requested
+        self.query_labels = self.db_labels = None
+        self.label_bytes = -1
+        if query_labels is not None:
+            self.query_labels = _pack_labels(query_labels, self.nq, "query_labels").to(self.device)
+            self.db_labels = _pack_labels(db_labels, self.n, "db_shard_labels").to(self.device)
+            qc, dc = _codes.label_width(query_labels), _codes.label_width(db_labels)
+            if qc != dc:
+                raise ValueError(
+                    f"query_labels has {qc} label columns but db_shard_labels has {dc}"
+                )
+            self.label_bytes = qc
+        fp = [self.query] + ([self.query_labels] if self.query_labels is not None else [])
+        self.query_fingerprint = _fingerprint(*fp)
+
+    def metadata(self, ties_code: int) -> torch.Tensor:
+        return torch.tensor(
+            [self.nbytes, self.label_bytes, self.nq, self.n, self.k_requested, ties_code,
+             self.query_fingerprint],
+            dtype=torch.int64,
+        )
+
+
+class _Agreed:
+    """What all ranks agreed on: code width, query set, shard sizes and offsets, K."""
+
+    def __init__(self, local: _Local, meta: torch.Tensor, rank: int, fn: str):
+        meta = meta.cpu()
+        names = ("code length (packed bytes)", "label columns", "number of queries", None,
+                 "topk/k", "ties", "query codes/labels (fingerprint)")
+        for col, name in enumerate(names):
+            if name is None:
+                continue
+            values = meta[:, col].tolist()
+            if len(set(values)) > 1:
+                raise ValueError(
+                    f"{fn}: {name} differs across ranks (rank order): {values}; every rank must pass "
+                    "the same queries, code length, labels width and options"
+                )
+        self.sizes = meta[:, 3].tolist()
+        self.total = int(sum(self.sizes))
+        self.offset = int(sum(self.sizes[:rank]))
+        self.nq = local.nq
+        self.width = local.width
+
+
+def _query_blocks(nq: int, per_query: int):
+    step = max(1, _BLOCK_ELEMENTS // max(1, per_query))
+    for start in range(0, nq, step):
+        yield start, min(nq, start + step)
+
+
+def _exclusive_cumsum(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return torch.cumsum(x, dim) - x
+
+
+# --- the exact global top-K, assembled from local top-Ks ---------------------------------------
+
+
+class _Candidates:
+    """This rank's candidates for one block of queries and their exact global ranks.
+
+    local top-K: the first min(K, n_r) items of the shard by (distance, index). Every item of the
+    global top K is among its shard's local top K (its local rank <= its global rank < K). For a
+    candidate x, `rank` counts the candidates of ALL ranks that precede x in the global order:
+    those at smaller distances, those at x's distance on lower ranks, and those before x on its own
+    rank. If x is in the global top K, every item before x is too, hence is a candidate, and
+    `rank` is x's exact global rank; if not, the whole global top K precedes x, so `rank` >= K.
+    """
+
+    def __init__(self, group: _Group, agreed: _Agreed, local: _Local, lo: int, hi: int, k: int):
+        q = local.query[lo:hi]
+        nq = hi - lo
+        k_local = min(k, local.n)
+        dev = local.device
+
+        def rank_locally():
+            if k_local > 0:
+                d, i = _hamming_topk(q, local.db, k_local)
+                d = d.to(dev, torch.int64)
+                i = i.to(dev, torch.int64)
+            else:
+                d = torch.zeros(nq, 0, dtype=torch.int64, device=dev)
+                i = torch.zeros(nq, 0, dtype=torch.int64, device=dev)
+            hist = torch.zeros(nq, agreed.width, dtype=torch.int64, device=dev)
+            hist.scatter_add_(1, d, torch.ones_like(d))
+            return d, i, hist
+
+        d, i, hist = _run_on_every_rank(group, "local hamming_topk", rank_locally)
+        hists = group.all_gather(hist).to(dev)  # (world, nq, bits + 1)
+        total = hists.sum(0)
+        before = (
+            _exclusive_cumsum(total, 1)                     # smaller distances, all ranks
+            + hists[: group.rank].sum(0)                    # same distance, lower ranks
+            - _exclusive_cumsum(hist, 1)                    # (local position -> rank within group)
+        )
+        position = torch.arange(d.shape[1], device=dev).expand(nq, -1)
+        self.rank = position + before.gather(1, d)
+        self.in_top = self.rank < k
+        self.distances = d
+        self.local_index = i
+        self.total_hist = total
+        self.nq = nq
+
+    def global_distances(self, k: int) -> torch.Tensor:
+        """(nq, k) int32 distances of the global top K, read off the candidates' histogram: the
+        union holds every item up to the cut, so its cumulative counts are exact below K."""
+        cum = torch.cumsum(self.total_hist, 1)
+        pos = torch.arange(k, device=cum.device, dtype=cum.dtype).expand(self.nq, -1).contiguous()
+        return torch.searchsorted(cum, pos, right=True).to(torch.int32)
+
+    def scatter(self, values: torch.Tensor, k: int) -> torch.Tensor:
+        """(nq, k) buffer with `values` of the candidates in the global top K at their global
+        ranks and zeros elsewhere (column k is a sink for the others)."""
+        out = torch.zeros(self.nq, k + 1, dtype=values.dtype, device=values.device)
+        where = torch.where(self.in_top, self.rank, torch.full_like(self.rank, k))
+        out.scatter_(1, where, torch.where(self.in_top, values, torch.zeros_like(values)))
+        return out[:, :k]
+
+    def scatter_bits(self, bits: torch.Tensor, k: int) -> torch.Tensor:
+        """Like `scatter` for booleans, packed 8 per byte (least significant first): (nq, ceil(k/8))."""
+        nbytes = (k + 7) // 8
+        keep = self.in_top & bits
+        byte = torch.where(keep, self.rank >> 3, torch.zeros_like(self.rank))
+        value = torch.where(keep, torch.ones_like(self.rank) << (self.rank & 7), torch.zeros_like(self.rank))
+        out = torch.zeros(self.nq, nbytes, dtype=torch.int64, device=bits.device)
+        out.scatter_add_(1, byte, value)  # bits of one byte are disjoint: add == or
+        return out.to(torch.uint8)
+
+
+def _unpack_bits(packed: torch.Tensor, k: int) -> torch.Tensor:
+    shifts = torch.arange(8, device=packed.device, dtype=torch.uint8)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(packed.shape[0], -1)[:, :k].bool()
+
+
+def _relevance(local: _Local, lo: int, hi: int, local_index: torch.Tensor) -> torch.Tensor:
+    """(nq, m) bool: query shares a label with the shard item at local_index (nq, m)."""
+    if local_index.shape[1] == 0:
+        return torch.zeros(local_index.shape, dtype=torch.bool, device=local_index.device)
+    q = local.query_labels[lo:hi].unsqueeze(1)           # (nq, 1, label bytes)
+    db = local.db_labels[local_index]                     # (nq, m, label bytes)
+    return (q & db).ne(0).any(-1)
+
+
+# --- tie-group statistics for ties="expected" ---------------------------------------------------
+
+
+def _relevant_per_distance(local: _Local, lo: int, hi: int, hist: torch.Tensor,
+                           upto: torch.Tensor) -> torch.Tensor:
+    """(nq, bits + 1) int64: per query, the number of RELEVANT shard items at each distance
+    <= upto[q] (zero beyond). The items at distance <= upto are this shard's top c_q, c_q read off
+    its histogram `hist`, ranked by the fused hamming_topk in query blocks sized to a memory budget."""
+    dev = local.device
+    nq, width = hist.shape
+    out = torch.zeros(nq, width, dtype=torch.int64, device=dev)
+    if local.n == 0 or nq == 0:
+        return out
+    within = torch.arange(width, device=dev).unsqueeze(0) <= upto.unsqueeze(1)
+    counts = (hist * within).sum(1).tolist()  # items at distance <= cut, per query
+    start = 0
+    while start < nq:
+        # grow the block while its largest count times its length fits the budget
+        stop, widest = start + 1, max(1, counts[start])
+        while stop < nq and max(widest, counts[stop]) * (stop + 1 - start) <= _BLOCK_ELEMENTS:
+            widest = max(widest, counts[stop])
+            stop += 1
+        k = min(widest, local.n)
+        if max(counts[start:stop]) > 0:
+            d, i = _hamming_topk(local.query[lo + start : lo + stop], local.db, k)
+            d = d.to(dev, torch.int64)
+            rel = _relevance(local, lo + start, lo + stop, i.to(dev, torch.int64))
+            keep = rel & (d <= upto[start:stop].unsqueeze(1))
+            out[start:stop].scatter_add_(1, d, keep.to(torch.int64))
+        start = stop
+    return out
+
+
+# --- public API ---------------------------------------------------------------------------------
+
+
+def _check_k(value, name: str, allow_none: bool) -> int:
+    if value is None and allow_none:
+        return -1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def _setup(fn, group, query_codes, db_shard_codes, k_value, k_name, allow_none, ties="index",
+           query_labels=None, db_shard_labels=None):
+    """Validate locally, then agree across ranks; raises on every rank if any rank is wrong."""
+    device = query_codes.device if isinstance(query_codes, torch.Tensor) else torch.device("cpu")
+    g = _Group(group, device)
+    local, meta, error = None, None, None
+    try:
+        if ties not in _TIES:
+            raise ValueError(f"ties must be one of {_TIES}, got {ties!r}")
+        k_requested = _check_k(k_value, k_name, allow_none)
+        local = _Local(query_codes, db_shard_codes, k_requested, query_labels, db_shard_labels)
+        meta = local.metadata(_TIES.index(ties))
+    except Exception as exc:  # noqa: BLE001  (re-raised on every rank below)
+        error = exc
+    g.raise_if_any_failed(error, f"dchml.distributed.{fn}")
+    metas = g.all_gather(meta)
+    agreed = _Agreed(local, metas, g.rank, f"dchml.distributed.{fn}")  # identical on all ranks
+    return g, local, agreed
+
+
+def hamming_topk(query_codes, db_shard_codes, k: int, group=None):
+    """Exact top-k of the global (sharded) database, on every rank.
+
+    Every rank passes the SAME queries and its own shard (possibly empty: shape (0, code length));
+    the shards concatenated in rank order are the global database. Returns (distances int32 (nq, k),
+    global indices int64 (nq, k)) ascending by (distance, global index), on the device of
+    `query_codes`, identical on all ranks and identical to `dchml.hamming_topk` on the
+    concatenated database. Raises on every rank if k < 1, k > total database size, or the code
+    lengths or queries differ across ranks. Collective: every rank of `group` must call it.
+    """
+    g, local, agreed = _setup("hamming_topk", group, query_codes, db_shard_codes, k, "k", False)
+    if k > agreed.total:
+        raise ValueError(f"k = {k} is larger than the global database ({agreed.total} codes over "
+                         f"{g.world} ranks, shard sizes {agreed.sizes})")
+    dists, idxs = [], []
+    for lo, hi in _query_blocks(agreed.nq, max(k, agreed.width)):
+        cand = _Candidates(g, agreed, local, lo, hi, k)
+        idx = g.all_reduce_sum(cand.scatter(cand.local_index + agreed.offset, k)).to(local.device)
+        dists.append(cand.global_distances(k))
+        idxs.append(idx)
+    if not idxs:
+        empty = torch.zeros(0, k, device=local.device)
+        return empty.to(torch.int32), empty.to(torch.int64)
+    return torch.cat(dists), torch.cat(idxs)
+
+
+def mean_average_precision(query_codes, db_shard_codes, query_labels, db_shard_labels, topk=5000,
+                           group=None, ties: str = "index", return_per_query: bool = False):
+    """MAP@topk of METHOD.md §7 over a database sharded across the ranks of `group`.
+
+    Same arguments and result as `dchml.mean_average_precision` on the concatenated database
+    (shards in rank order; a shard may be empty), returned on every rank: MAP as a float, or
+    (MAP, per-query AP float64 tensor) with return_per_query=True. Every rank passes the same
+    queries and query labels. ties="index" ranks tied items by global index; ties="expected" is
+    the exact expectation over random orders inside tie groups. topk=None ranks the whole database.
+    Collective: every rank of `group` must call it with the same options.
+    """
+    g, local, agreed = _setup("mean_average_precision", group, query_codes, db_shard_codes, topk,
+                              "topk", True, ties, query_labels, db_shard_labels)
+    k = agreed.total if topk is None else min(topk, agreed.total)
+    per_query = []
+    for lo, hi in _query_blocks(agreed.nq, max(k, agreed.width)):
+        if ties == "index":
+            per_query.append(_average_precision_by_index(g, agreed, local, lo, hi, k))
+        else:
+            per_query.append(_average_precision_expected(g, agreed, local, lo, hi, k))
+    ap = torch.cat(per_query) if per_query else torch.zeros(0, dtype=torch.float64)
+    return _metrics._finish_map(ap, return_per_query)
+
+
+def _average_precision_by_index(g, agreed, local, lo, hi, k):
+    cand = _Candidates(g, agreed, local, lo, hi, k)
+    rel = _run_on_every_rank(g, "relevance", lambda: _relevance(local, lo, hi, cand.local_index))
+    packed = g.all_reduce_sum(cand.scatter_bits(rel, k)).to(local.device)
+    return _metrics._average_precision_from_relevance(_unpack_bits(packed, k))
+
+
+def _average_precision_expected(g, agreed, local, lo, hi, k):
+    dev = local.device
+
+    def local_hist():
+        h = torch.zeros(hi - lo, agreed.width, dtype=torch.int64, device=dev)
+        if local.n:
+            h += _hamming_histogram(local.query[lo:hi], local.db, 8 * local.nbytes).to(dev, torch.int64)
+        return h
+
+    hist = _run_on_every_rank(g, "hamming_histogram", local_hist)
+    sizes = g.all_reduce_sum(hist).to(dev)
+    # the cut: the smallest distance whose cumulative count reaches k
+    cut = torch.searchsorted(torch.cumsum(sizes, 1), torch.full((hi - lo, 1), k, device=dev,
+                                                               dtype=torch.int64)).squeeze(1)
+    relevant = _run_on_every_rank(
+        g, "relevant counts", lambda: _relevant_per_distance(local, lo, hi, hist, cut))
+    relevant = g.all_reduce_sum(relevant).to(dev)
+    return _metrics._expected_average_precision_from_groups(sizes, relevant, k)
