@@ -236,14 +236,14 @@ def worker(args) -> None:
         t = time.perf_counter()
         for lo in range(0, len(q), block):
             nb = min(block, len(q) - lo)
-            hist = torch.zeros(nb, width, dtype=torch.int64)
+            hist = torch.zeros(nb, width, dtype=torch.int32)  # as dchml.distributed sends them
             dist.all_gather([torch.empty_like(hist) for _ in range(args.world)], hist)
             dist.all_reduce(torch.zeros(nb, (topk + 7) // 8, dtype=torch.uint8))
         out["comm_s"] = slowest(time.perf_counter() - t)
         # bytes each rank sends per query: all_gather ring (W-1 chunks of its own), all_reduce ring
         # (2 (W-1)/W of the buffer)
         w = args.world
-        out["bytes_per_query"] = (w - 1) * width * 8 + 2 * (w - 1) / w * ((topk + 7) // 8)
+        out["bytes_per_query"] = (w - 1) * width * 4 + 2 * (w - 1) / w * ((topk + 7) // 8)
         dist.destroy_process_group()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.rank == 0:

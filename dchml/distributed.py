@@ -211,6 +211,11 @@ def _query_blocks(nq: int, per_query: int):
         yield start, min(nq, start + step)
 
 
+def _wire_dtype(largest: int) -> torch.dtype:
+    """The narrowest integer type Gloo and NCCL both reduce that holds 0..largest."""
+    return torch.int32 if largest < 2**31 else torch.int64
+
+
 def _exclusive_cumsum(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cumsum(x, dim) - x
 
@@ -248,7 +253,8 @@ class _Candidates:
             return d, i, hist
 
         d, i, hist = _run_on_every_rank(group, "local hamming_topk", rank_locally)
-        hists = group.all_gather(hist).to(dev)  # (world, nq, bits + 1)
+        # (world, nq, bits + 1); the counts are <= k, so int32 halves the bytes on the wire
+        hists = group.all_gather(hist.to(_wire_dtype(k))).to(dev, torch.int64)
         total = hists.sum(0)
         before = (
             _exclusive_cumsum(total, 1)                     # smaller distances, all ranks
@@ -387,7 +393,9 @@ def hamming_topk(query_codes, db_shard_codes, k: int, group=None):
     dists, idxs = [], []
     for lo, hi in _query_blocks(agreed.nq, max(k, agreed.width)):
         cand = _Candidates(g, agreed, local, lo, hi, k)
-        idx = g.all_reduce_sum(cand.scatter(cand.local_index + agreed.offset, k)).to(local.device)
+        wire = _wire_dtype(agreed.total)
+        idx = g.all_reduce_sum(cand.scatter((cand.local_index + agreed.offset).to(wire), k))
+        idx = idx.to(local.device, torch.int64)
         dists.append(cand.global_distances(k))
         idxs.append(idx)
     if not idxs:
