@@ -58,3 +58,53 @@ def partial_softmax(codes, proxies, labels, *, gamma=0.2, sigma=0.2, reduction="
     per_pos = -pos + torch.logaddexp(pos, neg)
     rows = (per_pos * labels).sum(1) / positives
     return _reduce(rows, reduction)
+
+
+# --- Method-layer losses (issue 4): DCHML_P's pairwise proxy loss and PHNet's loss ------------
+
+
+def _check_codes_proxies_labels(codes, proxies, labels):
+    if codes.dim() != 2:
+        raise ValueError(f"codes must be 2-D (n, k), got shape {tuple(codes.shape)}")
+    if proxies.dim() != 2 or proxies.shape[1] != codes.shape[1]:
+        raise ValueError(f"proxies must be (c, {codes.shape[1]}), got shape {tuple(proxies.shape)}")
+    if labels.shape != (codes.shape[0], proxies.shape[0]):
+        raise ValueError(
+            f"labels must be (n, c) = ({codes.shape[0]}, {proxies.shape[0]}), got shape {tuple(labels.shape)}"
+        )
+
+
+def pairwise_proxy_loss(codes, proxies, labels, reduction="mean"):
+    """DCHML_P's pairwise proxy loss (METHOD.md §5), the ablation that replaces l_S:
+
+        loss_i = -sum_j [ l_ij * Θ_ij - log(1 + exp(Θ_ij)) ],   Θ_ij = 0.5 * b̂_i . g_j
+
+    i.e. a logistic likelihood of "sample i has label j" from the code/proxy inner product, summed
+    over ALL c proxies (positives and negatives). log(1 + exp(.)) is computed as softplus so long
+    codes (|Θ| up to k/2) do not overflow. Returns per-row sums reduced by `reduction`.
+    """
+    _check_codes_proxies_labels(codes, proxies, labels)
+    theta = 0.5 * (codes @ proxies.to(codes.dtype).T)
+    rows = (torch.nn.functional.softplus(theta) - labels.to(codes.dtype) * theta).sum(1)
+    return _reduce(rows, reduction)
+
+
+def proxy_network_loss(proxy_outputs, alpha=0.05, beta=0.1):
+    """PHNet's loss L_PH (METHOD.md §1) on the continuous proxies ĝ (c, k):
+
+        sum_i sum_{j != i} max(0, ĝ_i . ĝ_j)  +  alpha * sum_b (sum_j ĝ_j[b])^2
+        + beta * sum_j || ĝ_j - sgn(ĝ_j) ||^2
+
+    A plain sum over the c proxies (there is one set, no batch to average over). sgn(ĝ) is a
+    constant target (no gradient flows through the sign), zero mapping to -1 as everywhere else.
+    """
+    g = proxy_outputs
+    if g.dim() != 2:
+        raise ValueError(f"proxy_outputs must be 2-D (c, k), got shape {tuple(g.shape)}")
+    gram = g @ g.T
+    off_diagonal = ~torch.eye(g.shape[0], dtype=torch.bool, device=g.device)
+    separation = torch.relu(gram[off_diagonal]).sum()
+    balance = g.sum(0).pow(2).sum()
+    target = torch.where(g > 0, torch.ones_like(g), -torch.ones_like(g)).detach()
+    quantization = (g - target).pow(2).sum()
+    return separation + alpha * balance + beta * quantization

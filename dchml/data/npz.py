@@ -1,0 +1,75 @@
+"""dchml's own data file: a NumPy .npz archive (read with allow_pickle=False) holding
+
+  image          (n, d) float features, or (n, 3, H, W) uint8 pixels
+  text           (n, d_t) bag-of-words
+  labels         (n, c) in {0, 1}
+  query_idx      optional, 0-based \
+  retrieval_idx  optional, 0-based  } none of them, query_idx + retrieval_idx, or all three
+  train_idx      optional, 0-based /
+
+Any other array name is an error (it is most likely a typo). save_npz writes atomically.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import CrossModalData, DataError
+
+REQUIRED = ("image", "text", "labels")
+OPTIONAL = ("query_idx", "retrieval_idx", "train_idx")
+
+
+def load_npz_arrays(path) -> dict:
+    path = Path(os.fspath(path))
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise DataError(f"{path}: a single .npy array, not an .npz archive")
+            keys = set(z.files)
+            unknown = keys - set(REQUIRED) - set(OPTIONAL)
+            if unknown:
+                raise DataError(f"{path}: unknown arrays {sorted(unknown)}; allowed: "
+                                f"{', '.join(REQUIRED + OPTIONAL)}")
+            missing = [k for k in REQUIRED if k not in keys]
+            if missing:
+                raise DataError(f"{path}: missing array(s) {missing}; has {sorted(keys)}")
+            out = {k: z[k] for k in REQUIRED + OPTIONAL if k in keys}
+    except DataError:
+        raise
+    except ValueError as e:  # object arrays need pickle, which is refused
+        raise DataError(f"{path}: unreadable .npz ({e})") from e
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
+        raise DataError(f"{path}: corrupt or truncated .npz file ({type(e).__name__}: {e})") from e
+    has = [k for k in OPTIONAL if k in out]
+    if has and has not in (["query_idx", "retrieval_idx"], list(OPTIONAL)):
+        raise DataError(f"{path}: give no index arrays, query_idx + retrieval_idx, or all three; got {has}")
+    for k in has:
+        a = out[k]
+        if a.ndim != 1 or a.dtype.kind not in "iu":
+            raise DataError(f"{path}: {k} must be a 1-D integer array, got {a.dtype} shape {a.shape}")
+    return out
+
+
+def save_npz(data: CrossModalData, path) -> None:
+    """Write `data` (arrays and split) to `path` in dchml's .npz format, atomically: a temporary
+    file in the same folder, then os.replace, so a crash never leaves a half-written file."""
+    if not isinstance(data, CrossModalData):
+        raise TypeError(f"data must be a CrossModalData, got {type(data).__name__}")
+    path = Path(os.fspath(path))
+    arrays = {k: getattr(data, k).numpy() for k in REQUIRED + OPTIONAL}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **arrays)  # a file object: numpy does not append ".npz"
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,230 @@
+"""The three networks of METHOD.md §1-§2 and the container that ties them to the proxies.
+
+- PHNet: one-hot label -> proxy code (Linear(c, 512) -> ReLU -> Linear(512, k) -> tanh).
+- IHNet: image -> code, either an AlexNet backbone whose module names match torchvision's
+  `alexnet` (so an ImageNet state dict saved by torchvision loads as is), or, for pre-extracted
+  image features, an MLP [choice, METHOD.md §2].
+- THNet: bag-of-words -> Linear(d, 2048) -> ReLU -> Linear(2048, k) -> tanh.
+- CrossModalHashModel: PHNet + IHNet + THNet + the frozen proxy codes G as a buffer, so the
+  proxies are saved with the model. `spec()` returns the plain dict that rebuilds the model.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+# ImageNet statistics torchvision's pretrained AlexNet expects.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Keys of torchvision.models.alexnet().state_dict() that IHNet keeps: conv1..conv5, fc6, fc7.
+# fc8 (classifier.6) is the ImageNet classifier, replaced by the hash layer.
+ALEXNET_FC8_KEYS = ("classifier.6.weight", "classifier.6.bias")
+
+
+def sgn(x: torch.Tensor) -> torch.Tensor:
+    """METHOD.md's sign: +1 where x > 0, else -1 (zero maps to -1, so codes are never 0)."""
+    return torch.where(x > 0, torch.ones_like(x), -torch.ones_like(x))
+
+
+def _xavier(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class PHNet(nn.Module):
+    """Proxy hashing network (§1): the one-hot vector of each category -> k-dim proxy in (-1, 1)."""
+
+    def __init__(self, n_labels: int, bits: int, hidden: int = 512):
+        super().__init__()
+        _check_positive(n_labels=n_labels, bits=bits, hidden=hidden)
+        self.n_labels, self.bits = n_labels, bits
+        self.net = nn.Sequential(nn.Linear(n_labels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, bits), nn.Tanh())
+        _xavier(self)
+
+    def forward(self, one_hot: torch.Tensor) -> torch.Tensor:
+        return self.net(one_hot)
+
+    def continuous_proxies(self) -> torch.Tensor:
+        """ĝ: the network applied to every category's one-hot vector, (c, k)."""
+        eye = torch.eye(self.n_labels, device=self.net[0].weight.device, dtype=self.net[0].weight.dtype)
+        return self(eye)
+
+    @torch.no_grad()
+    def proxies(self) -> torch.Tensor:
+        """G = sgn(ĝ), (c, k) with entries ±1."""
+        return sgn(self.continuous_proxies())
+
+
+class AlexNetBackbone(nn.Module):
+    """conv1..conv5 + fc6 + fc7 of torchvision's AlexNet, with the same module names and indices
+    (`features.0 ... features.10`, `classifier.1`, `classifier.4`), so torchvision's state dict
+    minus fc8 (`classifier.6.*`) loads with strict=True. Output: the 4096-d fc7 activation."""
+
+    def __init__(self, dropout: float = 0.5):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(64, 192, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(192, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = nn.Sequential(
+            nn.Dropout(p=dropout),
+            nn.Linear(256 * 6 * 6, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(p=dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def load_alexnet_weights(backbone: AlexNetBackbone, path: str) -> None:
+    """Load an ImageNet AlexNet state dict saved by torchvision (`torch.save(alexnet(weights=...)
+    .state_dict(), path)`) from a local file; fc8 is dropped. Never downloads anything."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"image weights file {path} is not a readable torch state dict ({exc})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"image weights file {path} holds a {type(state).__name__}, expected a state dict")
+    state = {k: v for k, v in state.items() if k not in ALEXNET_FC8_KEYS}
+    expected = backbone.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"image weights file {path} is not a torchvision AlexNet state dict: "
+            f"missing keys {missing[:4]}, unexpected keys {unexpected[:4]}"
+        )
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ValueError(
+                f"image weights file {path}: {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}"
+            )
+    backbone.load_state_dict(state, strict=True)
+
+
+class IHNet(nn.Module):
+    """Image hashing network (§2). `image_dim=None`: AlexNet backbone on (n, 3, H, W) uint8 pixels
+    (scaled to [0, 1], resized to `image_size`, ImageNet-normalised) + Linear(4096, k) + tanh.
+    `image_dim=d`: pre-extracted features -> Linear(d, hidden) -> ReLU -> Linear(hidden, k) -> tanh,
+    the same shape as THNet [choice]."""
+
+    def __init__(self, bits: int, image_dim: int | None = None, *, hidden: int = 2048, image_size: int = 224):
+        super().__init__()
+        _check_positive(bits=bits, hidden=hidden, image_size=image_size)
+        self.bits, self.image_dim, self.image_size = bits, image_dim, image_size
+        if image_dim is None:
+            if image_size < 63:
+                raise ValueError(f"image_size must be >= 63 for the AlexNet backbone, got {image_size}")
+            self.backbone = AlexNetBackbone()
+            self.hash = nn.Linear(4096, bits)
+            _xavier(self.hash)
+            self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        else:
+            _check_positive(image_dim=image_dim)
+            self.mlp = nn.Sequential(nn.Linear(image_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, bits))
+            _xavier(self.mlp)
+
+    @property
+    def uses_pixels(self) -> bool:
+        return self.image_dim is None
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (n, 3, H, W) -> normalised float (n, 3, image_size, image_size)."""
+        x = images.to(self.mean.device, torch.float32) / 255.0
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uses_pixels:
+            if x.dim() != 4 or x.shape[1] != 3:
+                raise ValueError(f"IHNet (AlexNet) expects images of shape (n, 3, H, W), got {tuple(x.shape)}")
+            if x.dtype == torch.uint8:
+                x = self.preprocess(x)
+            return torch.tanh(self.hash(self.backbone(x)))
+        if x.dim() != 2 or x.shape[1] != self.image_dim:
+            raise ValueError(f"IHNet expects image features of shape (n, {self.image_dim}), got {tuple(x.shape)}")
+        return torch.tanh(self.mlp(x.float()))
+
+
+class THNet(nn.Module):
+    """Text hashing network (§2): bag-of-words -> Linear(d, 2048) -> ReLU -> Linear(2048, k) -> tanh."""
+
+    def __init__(self, text_dim: int, bits: int, *, hidden: int = 2048):
+        super().__init__()
+        _check_positive(text_dim=text_dim, bits=bits, hidden=hidden)
+        self.text_dim, self.bits = text_dim, bits
+        self.mlp = nn.Sequential(nn.Linear(text_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, bits))
+        _xavier(self.mlp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.text_dim:
+            raise ValueError(f"THNet expects bag-of-words of shape (n, {self.text_dim}), got {tuple(x.shape)}")
+        return torch.tanh(self.mlp(x.float()))
+
+
+class CrossModalHashModel(nn.Module):
+    """PHNet, IHNet and THNet plus the frozen proxy codes G (buffer `proxies`, (c, k) ±1)."""
+
+    def __init__(self, bits: int, n_labels: int, text_dim: int, image_dim: int | None = None, *,
+                 proxy_hidden: int = 512, image_hidden: int = 2048, text_hidden: int = 2048,
+                 image_size: int = 224):
+        super().__init__()
+        self._spec = dict(bits=bits, n_labels=n_labels, text_dim=text_dim, image_dim=image_dim,
+                          proxy_hidden=proxy_hidden, image_hidden=image_hidden, text_hidden=text_hidden,
+                          image_size=image_size)
+        self.phnet = PHNet(n_labels, bits, hidden=proxy_hidden)
+        self.image_net = IHNet(bits, image_dim, hidden=image_hidden, image_size=image_size)
+        self.text_net = THNet(text_dim, bits, hidden=text_hidden)
+        self.register_buffer("proxies", torch.zeros(n_labels, bits))
+
+    @property
+    def bits(self) -> int:
+        return self._spec["bits"]
+
+    def spec(self) -> dict:
+        """Plain dict (ints and None) that `CrossModalHashModel(**spec)` rebuilds the model from."""
+        return dict(self._spec)
+
+    def net(self, modality: str) -> nn.Module:
+        if modality == "image":
+            return self.image_net
+        if modality == "text":
+            return self.text_net
+        raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
+
+    def forward(self, x: torch.Tensor, modality: str) -> torch.Tensor:
+        return self.net(modality)(x)
+
+
+def _check_positive(**values) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
