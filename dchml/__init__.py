@@ -7,7 +7,14 @@ Public API, by layer (see README.md):
 - the method: dchml.models, dchml.train, dchml.data, and the `dchml` command line.
 """
 from ._C import cuda_built
+from .codes import pack_codes, unpack_codes
+from .index import HammingIndex, hamming_distance, hamming_histogram, hamming_topk
+from .metrics import mean_average_precision, ndcg_at_k, pr_curve, precision_at_n
 
 __version__ = "0.1.0"
 
-__all__ = ["cuda_built", "__version__"]
+__all__ = [
+    "cuda_built", "__version__",
+    "pack_codes", "unpack_codes", "hamming_distance", "hamming_histogram", "hamming_topk", "HammingIndex",
+    "mean_average_precision", "precision_at_n", "pr_curve", "ndcg_at_k",
+]
