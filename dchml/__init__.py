@@ -10,6 +10,7 @@ from ._C import cuda_built
 from .codes import pack_codes, unpack_codes
 from .index import HammingIndex, hamming_distance, hamming_histogram, hamming_topk
 from .metrics import mean_average_precision, ndcg_at_k, pr_curve, precision_at_n
+from . import distributed  # sharded evaluation over torch.distributed: dchml.distributed.*
 
 __version__ = "0.1.0"
 
@@ -17,4 +18,5 @@ __all__ = [
     "cuda_built", "__version__",
     "pack_codes", "unpack_codes", "hamming_distance", "hamming_histogram", "hamming_topk", "HammingIndex",
     "mean_average_precision", "precision_at_n", "pr_curve", "ndcg_at_k",
+    "distributed",
 ]

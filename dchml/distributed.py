@@ -33,10 +33,8 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from . import codes as _codes
-from . import metrics as _metrics
-from .ops import hamming_histogram as _hamming_histogram
-from .ops import hamming_topk as _hamming_topk
+from . import ops
+from .codes import as_label_bits, as_packed, as_tensor
 
 __all__ = ["hamming_topk", "mean_average_precision"]
 
@@ -126,83 +124,86 @@ def _fingerprint(*tensors: torch.Tensor) -> int:
     for t in tensors:
         t = t.detach().to("cpu").contiguous()
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.numpy().tobytes() if t.numel() else b"")
     return int.from_bytes(h.digest(), "little") >> 1
 
 
-def _as_packed(x, name: str) -> torch.Tensor:
-    return _codes.as_packed_codes(x, name)
-
-
-def _pack_labels(x, rows: int, name: str) -> torch.Tensor:
-    """0/1 label rows -> bit-packed uint8 (rows, ceil(c/8)); relevance is then a byte AND."""
-    labels = _codes.as_labels(x, name, rows=rows)
-    return _codes.pack_codes(labels)
+def _packed(codes, name: str):
+    """(packed uint8 codes, code length in bits or -1 when only the bytes say it). The ranker's
+    rule: uint8 is read as packed, anything else as unpacked codes of length shape[1]."""
+    is_packed = as_tensor(codes, name).dtype == torch.uint8
+    packed, bits = as_packed(codes, name)
+    return packed, (-1 if is_packed else bits)
 
 
 class _Local:
-    """One rank's validated inputs, packed."""
+    """One rank's validated inputs, packed (codes and, for MAP, labels)."""
 
-    def __init__(self, query_codes, db_codes, k_requested, query_labels=None, db_labels=None):
-        self.query = _as_packed(query_codes, "query_codes")
-        self.db = _as_packed(db_codes, "db_shard_codes")
-        if self.query.shape[1] != self.db.shape[1]:
+    def __init__(self, query_codes, db_codes, k_requested, query_labels=None, db_labels=None,
+                 with_labels=False):
+        self.query, q_bits = _packed(query_codes, "query_codes")
+        self.db, d_bits = _packed(db_codes, "db_shard_codes")
+        if self.query.shape[1] != self.db.shape[1] or -1 not in (q_bits, d_bits) and q_bits != d_bits:
             raise ValueError(
-                f"query_codes and db_shard_codes have different code lengths: {self.query.shape[1]} "
-                f"and {self.db.shape[1]} packed bytes"
-            )
-        if self.query.device != self.db.device:
-            raise ValueError(
-                f"query_codes is on {self.query.device} but db_shard_codes is on {self.db.device}"
-            )
+                "query_codes and db_shard_codes have different code lengths: "
+                f"{_describe(self.query, q_bits)} and {_describe(self.db, d_bits)}")
+        ops.require_same_device(query_codes=self.query, db_shard_codes=self.db)
+        if self.query.shape[0] == 0:
+            raise ValueError("query_codes has no rows")
+        self.known_bits = max(q_bits, d_bits)  # -1 when both sides came packed
         self.device = self.query.device
         self.nq, self.nbytes = self.query.shape
         self.n = self.db.shape[0]
-        self.width = 8 * self.nbytes + 1  # histogram bins: distances 0..bits
         self.k_requested = k_requested
         self.query_labels = self.db_labels = None
-        self.label_bytes = -1
-        if query_labels is not None:
-            self.query_labels = _pack_labels(query_labels, self.nq, "query_labels").to(self.device)
-            self.db_labels = _pack_labels(db_labels, self.n, "db_shard_labels").to(self.device)
-            qc, dc = _codes.label_width(query_labels), _codes.label_width(db_labels)
+        self.label_columns = -1
+        if with_labels:
+            ql, qc = as_label_bits(query_labels, "query_labels", self.nq)
+            dl, dc = as_label_bits(db_labels, "db_shard_labels", self.n)
             if qc != dc:
-                raise ValueError(
-                    f"query_labels has {qc} label columns but db_shard_labels has {dc}"
-                )
-            self.label_bytes = qc
-        fp = [self.query] + ([self.query_labels] if self.query_labels is not None else [])
+                raise ValueError(f"query_labels has {qc} label columns but db_shard_labels has {dc}")
+            self.query_labels, self.db_labels = ql.to(self.device), dl.to(self.device)
+            self.label_columns = qc
+        fp = [self.query] + ([self.query_labels] if with_labels else [])
         self.query_fingerprint = _fingerprint(*fp)
 
     def metadata(self, ties_code: int) -> torch.Tensor:
         return torch.tensor(
-            [self.nbytes, self.label_bytes, self.nq, self.n, self.k_requested, ties_code,
-             self.query_fingerprint],
+            [self.nbytes, self.label_columns, self.nq, self.k_requested, ties_code,
+             self.query_fingerprint, self.n, self.known_bits],
             dtype=torch.int64,
         )
 
 
+def _describe(packed: torch.Tensor, bits: int) -> str:
+    return f"{bits} bits" if bits >= 0 else f"{packed.shape[1]} packed bytes"
+
+
 class _Agreed:
-    """What all ranks agreed on: code width, query set, shard sizes and offsets, K."""
+    """What all ranks agreed on: code length, query set, options, shard sizes and offsets."""
+
+    _SAME = ("code length (packed bytes)", "label columns", "number of queries", "topk/k", "ties",
+             "query codes/labels (fingerprint)")
 
     def __init__(self, local: _Local, meta: torch.Tensor, rank: int, fn: str):
         meta = meta.cpu()
-        names = ("code length (packed bytes)", "label columns", "number of queries", None,
-                 "topk/k", "ties", "query codes/labels (fingerprint)")
-        for col, name in enumerate(names):
-            if name is None:
-                continue
+        for col, name in enumerate(self._SAME):
             values = meta[:, col].tolist()
             if len(set(values)) > 1:
                 raise ValueError(
-                    f"{fn}: {name} differs across ranks (rank order): {values}; every rank must pass "
-                    "the same queries, code length, labels width and options"
-                )
-        self.sizes = meta[:, 3].tolist()
+                    f"{fn}: {name} differs across ranks (in rank order: {values}); every rank must "
+                    "pass the same queries, code length, label columns and options")
+        # Codes given packed carry no length of their own: take it from any rank that gave them
+        # unpacked (as the single-process ranker does for a packed/unpacked pair), else 8 per byte.
+        known = sorted({b for b in meta[:, 7].tolist() if b >= 0})
+        if len(known) > 1:
+            raise ValueError(f"{fn}: code length differs across ranks: {known} bits")
+        self.bits = known[0] if known else 8 * local.nbytes
+        self.sizes = meta[:, 6].tolist()
         self.total = int(sum(self.sizes))
         self.offset = int(sum(self.sizes[:rank]))
         self.nq = local.nq
-        self.width = local.width
+        self.width = self.bits + 1  # histogram bins: distances 0..bits
 
 
 def _query_blocks(nq: int, per_query: int):
@@ -242,7 +243,7 @@ class _Candidates:
 
         def rank_locally():
             if k_local > 0:
-                d, i = _hamming_topk(q, local.db, k_local)
+                d, i = ops.hamming_topk(q, local.db, agreed.bits, k_local)
                 d = d.to(dev, torch.int64)
                 i = i.to(dev, torch.int64)
             else:
@@ -296,51 +297,21 @@ class _Candidates:
 
 
 def _unpack_bits(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """(nq, ceil(k/8)) uint8 -> (nq, k) uint8 0/1."""
     shifts = torch.arange(8, device=packed.device, dtype=torch.uint8)
     bits = (packed.unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(packed.shape[0], -1)[:, :k].bool()
+    return bits.reshape(packed.shape[0], -1)[:, :k].contiguous()
 
 
-def _relevance(local: _Local, lo: int, hi: int, local_index: torch.Tensor) -> torch.Tensor:
-    """(nq, m) bool: query shares a label with the shard item at local_index (nq, m)."""
-    if local_index.shape[1] == 0:
-        return torch.zeros(local_index.shape, dtype=torch.bool, device=local_index.device)
-    q = local.query_labels[lo:hi].unsqueeze(1)           # (nq, 1, label bytes)
-    db = local.db_labels[local_index]                     # (nq, m, label bytes)
-    return (q & db).ne(0).any(-1)
-
-
-# --- tie-group statistics for ties="expected" ---------------------------------------------------
-
-
-def _relevant_per_distance(local: _Local, lo: int, hi: int, hist: torch.Tensor,
-                           upto: torch.Tensor) -> torch.Tensor:
-    """(nq, bits + 1) int64: per query, the number of RELEVANT shard items at each distance
-    <= upto[q] (zero beyond). The items at distance <= upto are this shard's top c_q, c_q read off
-    its histogram `hist`, ranked by the fused hamming_topk in query blocks sized to a memory budget."""
-    dev = local.device
-    nq, width = hist.shape
-    out = torch.zeros(nq, width, dtype=torch.int64, device=dev)
-    if local.n == 0 or nq == 0:
-        return out
-    within = torch.arange(width, device=dev).unsqueeze(0) <= upto.unsqueeze(1)
-    counts = (hist * within).sum(1).tolist()  # items at distance <= cut, per query
-    start = 0
-    while start < nq:
-        # grow the block while its largest count times its length fits the budget
-        stop, widest = start + 1, max(1, counts[start])
-        while stop < nq and max(widest, counts[stop]) * (stop + 1 - start) <= _BLOCK_ELEMENTS:
-            widest = max(widest, counts[stop])
-            stop += 1
-        k = min(widest, local.n)
-        if max(counts[start:stop]) > 0:
-            d, i = _hamming_topk(local.query[lo + start : lo + stop], local.db, k)
-            d = d.to(dev, torch.int64)
-            rel = _relevance(local, lo + start, lo + stop, i.to(dev, torch.int64))
-            keep = rel & (d <= upto[start:stop].unsqueeze(1))
-            out[start:stop].scatter_add_(1, d, keep.to(torch.int64))
-        start = stop
-    return out
+def _ap_from_ranking(dist, relevant, cut_total, cut_relevant, expected: bool) -> torch.Tensor:
+    """Per-query AP from a known top-K list: the ranker's own arithmetic (csrc/core/hamming.cpp
+    `ap_from_ranking`, the function its fused single-process path calls for every query), run on
+    the CPU, so the result is the single-process result bit for bit.
+    ops.py has no wrapper for this op yet (the ranker calls it inline), hence torch.ops here."""
+    return torch.ops.dchml.hamming_ap_from_ranking(
+        dist.to("cpu", torch.int32).contiguous(), relevant.to("cpu", torch.uint8).contiguous(),
+        cut_total.to("cpu", torch.int64).contiguous(), cut_relevant.to("cpu", torch.int64).contiguous(),
+        expected)
 
 
 # --- public API ---------------------------------------------------------------------------------
@@ -357,7 +328,7 @@ def _check_k(value, name: str, allow_none: bool) -> int:
 
 
 def _setup(fn, group, query_codes, db_shard_codes, k_value, k_name, allow_none, ties="index",
-           query_labels=None, db_shard_labels=None):
+           query_labels=None, db_shard_labels=None, with_labels=False):
     """Validate locally, then agree across ranks; raises on every rank if any rank is wrong."""
     device = query_codes.device if isinstance(query_codes, torch.Tensor) else torch.device("cpu")
     g = _Group(group, device)
@@ -366,13 +337,14 @@ def _setup(fn, group, query_codes, db_shard_codes, k_value, k_name, allow_none, 
         if ties not in _TIES:
             raise ValueError(f"ties must be one of {_TIES}, got {ties!r}")
         k_requested = _check_k(k_value, k_name, allow_none)
-        local = _Local(query_codes, db_shard_codes, k_requested, query_labels, db_shard_labels)
+        local = _Local(query_codes, db_shard_codes, k_requested, query_labels, db_shard_labels, with_labels)
         meta = local.metadata(_TIES.index(ties))
     except Exception as exc:  # noqa: BLE001  (re-raised on every rank below)
         error = exc
-    g.raise_if_any_failed(error, f"dchml.distributed.{fn}")
+    where = f"dchml.distributed.{fn}"
+    g.raise_if_any_failed(error, where)
     metas = g.all_gather(meta)
-    agreed = _Agreed(local, metas, g.rank, f"dchml.distributed.{fn}")  # identical on all ranks
+    agreed = _Agreed(local, metas, g.rank, where)  # identical on all ranks: raises on all or none
     return g, local, agreed
 
 
@@ -380,27 +352,24 @@ def hamming_topk(query_codes, db_shard_codes, k: int, group=None):
     """Exact top-k of the global (sharded) database, on every rank.
 
     Every rank passes the SAME queries and its own shard (possibly empty: shape (0, code length));
-    the shards concatenated in rank order are the global database. Returns (distances int32 (nq, k),
-    global indices int64 (nq, k)) ascending by (distance, global index), on the device of
-    `query_codes`, identical on all ranks and identical to `dchml.hamming_topk` on the
-    concatenated database. Raises on every rank if k < 1, k > total database size, or the code
-    lengths or queries differ across ranks. Collective: every rank of `group` must call it.
+    the shards concatenated in rank order are the global database. Codes packed (uint8) or
+    unpacked, as for `dchml.hamming_topk`. Returns (distances int32 (nq, k), global indices int64
+    (nq, k)) ascending by (distance, global index), on the device of `query_codes`, identical on
+    all ranks and identical to `dchml.hamming_topk` on the concatenated database. Raises on every
+    rank if k < 1, k > the global database size, or the code lengths or queries differ across
+    ranks. Collective: every rank of `group` (default: the default group) must call it.
     """
     g, local, agreed = _setup("hamming_topk", group, query_codes, db_shard_codes, k, "k", False)
     if k > agreed.total:
-        raise ValueError(f"k = {k} is larger than the global database ({agreed.total} codes over "
-                         f"{g.world} ranks, shard sizes {agreed.sizes})")
+        raise ValueError(f"k must be in [1, {agreed.total}] (the global database size over {g.world} "
+                         f"ranks, shard sizes {agreed.sizes}), got {k}")
     dists, idxs = [], []
     for lo, hi in _query_blocks(agreed.nq, max(k, agreed.width)):
         cand = _Candidates(g, agreed, local, lo, hi, k)
         wire = _wire_dtype(agreed.total)
         idx = g.all_reduce_sum(cand.scatter((cand.local_index + agreed.offset).to(wire), k))
-        idx = idx.to(local.device, torch.int64)
+        idxs.append(idx.to(local.device, torch.int64))
         dists.append(cand.global_distances(k))
-        idxs.append(idx)
-    if not idxs:
-        empty = torch.zeros(0, k, device=local.device)
-        return empty.to(torch.int32), empty.to(torch.int64)
     return torch.cat(dists), torch.cat(idxs)
 
 
@@ -412,44 +381,51 @@ def mean_average_precision(query_codes, db_shard_codes, query_labels, db_shard_l
     (shards in rank order; a shard may be empty), returned on every rank: MAP as a float, or
     (MAP, per-query AP float64 tensor) with return_per_query=True. Every rank passes the same
     queries and query labels. ties="index" ranks tied items by global index; ties="expected" is
-    the exact expectation over random orders inside tie groups. topk=None ranks the whole database.
-    Collective: every rank of `group` must call it with the same options.
+    the exact expectation over random orders inside tie groups. topk=None ranks the whole
+    database; a topk larger than the database is clamped to it. Collective: every rank of `group`
+    (default: the default group) must call it with the same options.
     """
     g, local, agreed = _setup("mean_average_precision", group, query_codes, db_shard_codes, topk,
-                              "topk", True, ties, query_labels, db_shard_labels)
+                              "topk", True, ties, query_labels, db_shard_labels, with_labels=True)
     k = agreed.total if topk is None else min(topk, agreed.total)
-    per_query = []
-    for lo, hi in _query_blocks(agreed.nq, max(k, agreed.width)):
-        if ties == "index":
-            per_query.append(_average_precision_by_index(g, agreed, local, lo, hi, k))
-        else:
-            per_query.append(_average_precision_expected(g, agreed, local, lo, hi, k))
-    ap = torch.cat(per_query) if per_query else torch.zeros(0, dtype=torch.float64)
-    return _metrics._finish_map(ap, return_per_query)
+    if k == 0:  # an empty global database: nothing is retrieved, every AP is 0
+        ap = torch.zeros(agreed.nq, dtype=torch.float64, device=local.device)
+    else:
+        blocks = [_average_precision(g, agreed, local, lo, hi, k, ties == "expected")
+                  for lo, hi in _query_blocks(agreed.nq, max(k, agreed.width))]
+        ap = torch.cat(blocks).to(local.device)
+    mean = float(ap.mean())
+    return (mean, ap) if return_per_query else mean
 
 
-def _average_precision_by_index(g, agreed, local, lo, hi, k):
+def _average_precision(g, agreed, local, lo, hi, k, expected):
+    """Per-query AP of one block of queries: the global top-K relevance assembled on every rank,
+    then the ranker's AP arithmetic on it."""
     cand = _Candidates(g, agreed, local, lo, hi, k)
-    rel = _run_on_every_rank(g, "relevance", lambda: _relevance(local, lo, hi, cand.local_index))
-    packed = g.all_reduce_sum(cand.scatter_bits(rel, k)).to(local.device)
-    return _metrics._average_precision_from_relevance(_unpack_bits(packed, k))
+    ql = local.query_labels[lo:hi]
 
+    def relevance():
+        if cand.local_index.shape[1] == 0:
+            return torch.zeros(cand.local_index.shape, dtype=torch.bool, device=local.device)
+        return ops._relevance(ql, local.db_labels, cand.local_index).bool()
 
-def _average_precision_expected(g, agreed, local, lo, hi, k):
-    dev = local.device
+    rel = _run_on_every_rank(g, "relevance", relevance)
+    relevant = _unpack_bits(g.all_reduce_sum(cand.scatter_bits(rel, k)), k)
+    dist = cand.global_distances(k)
+    nq = hi - lo
+    cut_total = cut_relevant = torch.zeros(nq, dtype=torch.int64)
+    if expected:
+        # The tie group at the cut may extend past K: its full size and relevant count over the
+        # WHOLE database (2 numbers per query and rank, summed).
+        cut = dist[:, -1:].to(local.device, torch.int64)
 
-    def local_hist():
-        h = torch.zeros(hi - lo, agreed.width, dtype=torch.int64, device=dev)
-        if local.n:
-            h += _hamming_histogram(local.query[lo:hi], local.db, 8 * local.nbytes).to(dev, torch.int64)
-        return h
+        def cut_group():
+            if local.n == 0:
+                return torch.zeros(nq, 2, dtype=torch.int64, device=local.device)
+            every, rel_hist = ops.hamming_histogram_relevant(local.query[lo:hi], local.db, agreed.bits,
+                                                             ql, local.db_labels)
+            return torch.cat([every.gather(1, cut), rel_hist.gather(1, cut)], 1)
 
-    hist = _run_on_every_rank(g, "hamming_histogram", local_hist)
-    sizes = g.all_reduce_sum(hist).to(dev)
-    # the cut: the smallest distance whose cumulative count reaches k
-    cut = torch.searchsorted(torch.cumsum(sizes, 1), torch.full((hi - lo, 1), k, device=dev,
-                                                               dtype=torch.int64)).squeeze(1)
-    relevant = _run_on_every_rank(
-        g, "relevant counts", lambda: _relevant_per_distance(local, lo, hi, hist, cut))
-    relevant = g.all_reduce_sum(relevant).to(dev)
-    return _metrics._expected_average_precision_from_groups(sizes, relevant, k)
+        stats = g.all_reduce_sum(_run_on_every_rank(g, "hamming_histogram_relevant", cut_group)).cpu()
+        cut_total, cut_relevant = stats[:, 0], stats[:, 1]
+    return _ap_from_ranking(dist, relevant, cut_total, cut_relevant, expected)

@@ -19,7 +19,7 @@ import torch
 N_DB = 257          # global database size: odd, so shards are uneven
 N_QUERY = 23
 N_CLASSES = 5
-BITS = (8, 16, 64)  # 8/16: heavy ties (9/17 distinct distances); 64: light ties
+BITS = (8, 13, 16, 64)  # 8/13/16: heavy ties (9/14/17 distinct distances); 64: light ties
 TOPKS = (1, 100, None)
 TIES = ("index", "expected")
 # Shard sizes in rank order: uneven, and an EMPTY shard first, in the middle and last.
@@ -57,13 +57,20 @@ def shard(x: torch.Tensor, sizes, rank: int) -> torch.Tensor:
     return x[start : start + sizes[rank]]
 
 
-def as_input(codes: torch.Tensor, bits: int, rank: int):
-    """Feed 64-bit codes packed (uint8) and short codes as ±1 floats; and NumPy on odd ranks, so
-    both input forms meet across ranks."""
+def as_input(codes: torch.Tensor, bits: int, rank: int, shard: bool = False):
+    """The input forms meet across ranks: 64-bit codes packed (uint8); 8/16-bit codes as ±1
+    floats, NumPy on odd ranks; 13-bit shards packed on rank 0 WITH junk in the 3 padding bits
+    (the length then comes from the other ranks' unpacked codes, and the junk must be ignored)."""
     import dchml
 
-    x = dchml.pack_codes(codes) if bits == 64 else codes
-    return x.numpy() if rank % 2 else x
+    if bits == 64:
+        return dchml.pack_codes(codes)
+    if bits == 13 and shard and rank == 0:
+        packed = dchml.pack_codes(codes)
+        junk = torch.randint(0, 8, (packed.shape[0],), generator=torch.Generator().manual_seed(7))
+        packed[:, 1] |= (junk << 5).to(torch.uint8)
+        return packed
+    return codes.numpy() if rank % 2 else codes
 
 
 def run_cases(rank: int, world: int) -> dict:
@@ -74,7 +81,7 @@ def run_cases(rank: int, world: int) -> dict:
         q, db, ql, dbl = make_data(case["bits"])
         sizes = case["sizes"]
         m, ap = dd.mean_average_precision(
-            as_input(q, case["bits"], rank), as_input(shard(db, sizes, rank), case["bits"], rank),
+            as_input(q, case["bits"], rank), as_input(shard(db, sizes, rank), case["bits"], rank, True),
             ql, shard(dbl, sizes, rank), topk=case["topk"], ties=case["ties"],
             return_per_query=True)
         results[f"map/{case['name']}"] = torch.tensor([m], dtype=torch.float64)
@@ -83,7 +90,7 @@ def run_cases(rank: int, world: int) -> dict:
         for bits in BITS:
             q, db, _, _ = make_data(bits)
             for k in TOPK_KS:
-                d, i = dd.hamming_topk(as_input(q, bits, rank), as_input(shard(db, sizes, rank), bits, rank), k)
+                d, i = dd.hamming_topk(as_input(q, bits, rank), as_input(shard(db, sizes, rank), bits, rank, True), k)
                 results[f"topk_d/w{world}-s{s}-b{bits}-k{k}"] = d
                 results[f"topk_i/w{world}-s{s}-b{bits}-k{k}"] = i
     return results
