@@ -163,6 +163,8 @@ class _Local:
             if qc != dc:
                 raise ValueError(f"query_labels has {qc} label columns but db_shard_labels has {dc}")
             self.query_labels, self.db_labels = ql.to(self.device), dl.to(self.device)
+            self.query_words = _label_words(self.query_labels)
+            self.db_words = _label_words(self.db_labels)
             self.label_columns = qc
         fp = [self.query] + ([self.query_labels] if with_labels else [])
         self.query_fingerprint = _fingerprint(*fp)
@@ -244,13 +246,12 @@ class _Candidates:
         def rank_locally():
             if k_local > 0:
                 d, i = ops.hamming_topk(q, local.db, agreed.bits, k_local)
-                d = d.to(dev, torch.int64)
-                i = i.to(dev, torch.int64)
+                d, i = d.to(dev, torch.int64), i.to(dev)
             else:
                 d = torch.zeros(nq, 0, dtype=torch.int64, device=dev)
                 i = torch.zeros(nq, 0, dtype=torch.int64, device=dev)
             hist = torch.zeros(nq, agreed.width, dtype=torch.int64, device=dev)
-            hist.scatter_add_(1, d, torch.ones_like(d))
+            hist.scatter_add_(1, d, torch.ones(1, dtype=torch.int64, device=dev).expand_as(d))
             return d, i, hist
 
         d, i, hist = _run_on_every_rank(group, "local hamming_topk", rank_locally)
@@ -262,38 +263,41 @@ class _Candidates:
             + hists[: group.rank].sum(0)                    # same distance, lower ranks
             - _exclusive_cumsum(hist, 1)                    # (local position -> rank within group)
         )
-        position = torch.arange(d.shape[1], device=dev).expand(nq, -1)
-        self.rank = position + before.gather(1, d)
-        self.in_top = self.rank < k
-        self.distances = d
+        rank = before.gather(1, d)
+        rank += torch.arange(d.shape[1], device=dev)
+        # Candidates outside the global top K all go to one sink column, past every real one.
+        # (Global ranks grow along the local list, so the kept ones are a prefix of each row.)
+        self.slots = 8 * ((k + 7) // 8)
+        self.rank = rank.masked_fill_(rank >= k, self.slots)
         self.local_index = i
         self.total_hist = total
         self.nq = nq
+        self.device = dev
 
     def global_distances(self, k: int) -> torch.Tensor:
-        """(nq, k) int32 distances of the global top K, read off the candidates' histogram: the
-        union holds every item up to the cut, so its cumulative counts are exact below K."""
-        cum = torch.cumsum(self.total_hist, 1)
-        pos = torch.arange(k, device=cum.device, dtype=cum.dtype).expand(self.nq, -1).contiguous()
-        return torch.searchsorted(cum, pos, right=True).to(torch.int32)
+        """(nq, k) int32 distances of the global top K, read off the candidates' histogram (the
+        union holds every item up to the cut, so its cumulative counts are exact below K): the
+        distance steps up by one at each cumulative count."""
+        steps = torch.cumsum(self.total_hist[:, :-1], 1).clamp_(max=k)
+        marks = torch.zeros(self.nq, k + 1, dtype=torch.int32, device=self.device)
+        marks.scatter_add_(1, steps, torch.ones(1, dtype=torch.int32, device=self.device).expand_as(steps))
+        return torch.cumsum(marks[:, :k], 1, dtype=torch.int32)
 
     def scatter(self, values: torch.Tensor, k: int) -> torch.Tensor:
         """(nq, k) buffer with `values` of the candidates in the global top K at their global
-        ranks and zeros elsewhere (column k is a sink for the others)."""
-        out = torch.zeros(self.nq, k + 1, dtype=values.dtype, device=values.device)
-        where = torch.where(self.in_top, self.rank, torch.full_like(self.rank, k))
-        out.scatter_(1, where, torch.where(self.in_top, values, torch.zeros_like(values)))
+        ranks and zeros elsewhere."""
+        out = torch.zeros(self.nq, self.slots + 1, dtype=values.dtype, device=values.device)
+        out.scatter_(1, self.rank, values)
         return out[:, :k]
 
-    def scatter_bits(self, bits: torch.Tensor, k: int) -> torch.Tensor:
-        """Like `scatter` for booleans, packed 8 per byte (least significant first): (nq, ceil(k/8))."""
-        nbytes = (k + 7) // 8
-        keep = self.in_top & bits
-        byte = torch.where(keep, self.rank >> 3, torch.zeros_like(self.rank))
-        value = torch.where(keep, torch.ones_like(self.rank) << (self.rank & 7), torch.zeros_like(self.rank))
-        out = torch.zeros(self.nq, nbytes, dtype=torch.int64, device=bits.device)
-        out.scatter_add_(1, byte, value)  # bits of one byte are disjoint: add == or
-        return out.to(torch.uint8)
+    def scatter_bits(self, bits: torch.Tensor) -> torch.Tensor:
+        """Like `scatter` for 0/1 uint8 values, packed 8 per byte, least significant bit first:
+        (nq, ceil(k/8)) uint8."""
+        out = torch.zeros(self.nq, self.slots + 8, dtype=torch.uint8, device=bits.device)
+        out.scatter_(1, self.rank, bits)
+        grouped = out.view(self.nq, -1, 8)[:, :-1]
+        shifts = torch.arange(8, dtype=torch.uint8, device=bits.device)
+        return (grouped << shifts).sum(2, dtype=torch.uint8)  # disjoint bits: sum == or
 
 
 def _unpack_bits(packed: torch.Tensor, k: int) -> torch.Tensor:
@@ -301,6 +305,29 @@ def _unpack_bits(packed: torch.Tensor, k: int) -> torch.Tensor:
     shifts = torch.arange(8, device=packed.device, dtype=torch.uint8)
     bits = (packed.unsqueeze(-1) >> shifts) & 1
     return bits.reshape(packed.shape[0], -1)[:, :k].contiguous()
+
+
+def _label_words(packed_labels: torch.Tensor):
+    """Packed label rows as one int32 / int64 word each when they fit (<= 32 / 64 categories:
+    a smaller table to gather from), else None."""
+    n, nbytes = packed_labels.shape
+    if nbytes > 8:
+        return None
+    width, dtype = (4, torch.int32) if nbytes <= 4 else (8, torch.int64)
+    padded = torch.zeros(n, width, dtype=torch.uint8, device=packed_labels.device)
+    padded[:, :nbytes] = packed_labels
+    return padded.view(dtype).view(n)
+
+
+def _relevance(local: "_Local", lo: int, hi: int, index: torch.Tensor) -> torch.Tensor:
+    """(nq, m) uint8: query shares a label with the shard item at `index` (nq, m). One word AND
+    per pair when the labels fit in 64 bits (the common case); the ranker's bytewise test else."""
+    if index.shape[1] == 0:
+        return torch.zeros(index.shape, dtype=torch.uint8, device=index.device)
+    if local.db_words is not None:
+        both = local.db_words[index] & local.query_words[lo:hi, None]
+        return torch.ne(both, 0).view(torch.uint8)
+    return ops._relevance(local.query_labels[lo:hi], local.db_labels, index)
 
 
 def _ap_from_ranking(dist, relevant, cut_total, cut_relevant, expected: bool) -> torch.Tensor:
@@ -404,13 +431,8 @@ def _average_precision(g, agreed, local, lo, hi, k, expected):
     cand = _Candidates(g, agreed, local, lo, hi, k)
     ql = local.query_labels[lo:hi]
 
-    def relevance():
-        if cand.local_index.shape[1] == 0:
-            return torch.zeros(cand.local_index.shape, dtype=torch.bool, device=local.device)
-        return ops._relevance(ql, local.db_labels, cand.local_index).bool()
-
-    rel = _run_on_every_rank(g, "relevance", relevance)
-    relevant = _unpack_bits(g.all_reduce_sum(cand.scatter_bits(rel, k)), k)
+    rel = _run_on_every_rank(g, "relevance", lambda: _relevance(local, lo, hi, cand.local_index))
+    relevant = _unpack_bits(g.all_reduce_sum(cand.scatter_bits(rel)), k)
     dist = cand.global_distances(k)
     nq = hi - lo
     cut_total = cut_relevant = torch.zeros(nq, dtype=torch.int64)
