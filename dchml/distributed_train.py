@@ -27,6 +27,7 @@ runs agree only in distribution; the feature MLPs and the text net have no dropo
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import math
 import os
@@ -40,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import train as _single
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .distributed import _Group as _EvalGroup
 from .distributed import mean_average_precision as _sharded_map
 from .encode import continuous_codes, hash_codes
 from .models import sgn
@@ -89,17 +91,22 @@ def train(data, config: TrainConfig | None = None, *, nproc: int | None = None,
         device = _single._resolve_device(cfg.device)
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        # The group stays up for the rest of the process (later calls reuse it): destroying and
+        # re-creating the default group on torchrun's store can meet stale rendezvous keys.
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=_TIMEOUT)
-        try:
-            return _train_in_group(data, cfg, checkpoint_path, resume, progress, log, on_epoch_end)
-        finally:
-            dist.destroy_process_group()
+        atexit.register(_destroy_group)
+        return _train_in_group(data, cfg, checkpoint_path, resume, progress, log, on_epoch_end)
     if nproc is None or nproc == 1:
         return _single.train(data, cfg, checkpoint_path=checkpoint_path, resume=resume, progress=progress,
                              log=log, on_epoch_end=on_epoch_end)
     if on_epoch_end is not None:
         raise ValueError("on_epoch_end cannot be called inside spawned workers; run under torchrun instead")
     return _spawn(data, cfg, nproc, checkpoint_path, resume, progress, log)
+
+
+def _destroy_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _check_nproc(nproc, world: int) -> None:
@@ -206,6 +213,7 @@ def _run(data, cfg, device, rank, world, checkpoint_path, resume, progress, log,
         history, start_epoch = [], 0
         log(f"training {cfg.method} on {world} processes ({dist.get_backend()}), "
             f"{n_train} training pairs split across them")
+    group = _EvalGroup(None, device)  # rank agreement helpers of dchml.distributed
     ddp_kw = dict(device_ids=[device.index]) if device.type == "cuda" else {}
     image_net = DistributedDataParallel(model.image_net, **ddp_kw)
     text_net = DistributedDataParallel(model.text_net, **ddp_kw)
@@ -238,11 +246,18 @@ def _run(data, cfg, device, rank, world, checkpoint_path, resume, progress, log,
             record["i2t_map"], record["t2i_map"] = scores["i2t_map"], scores["t2i_map"]
         history.append(record)
         log(_single._epoch_line(cfg, record))
+        error = None
         if rank == 0:
             state = _single._checkpoint_state(model, cfg, epoch, opt_image, opt_text, codes_c, stored_image,
                                               stored_text, generator, device, history, diag, data, train_idx)
-            if checkpoint_path:
-                save_checkpoint(state, checkpoint_path)
+            try:
+                if checkpoint_path:
+                    save_checkpoint(state, checkpoint_path)
+            except Exception as exc:  # noqa: BLE001  (raised on every rank just below)
+                error = exc
+        # Also a barrier: when any rank moves on (or returns), the checkpoint is on disk, so a
+        # resume right after this call reads the finished file on every rank.
+        group.raise_if_any_failed(error, f"saving the checkpoint {checkpoint_path}")
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
     model.eval()

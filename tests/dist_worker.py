@@ -141,15 +141,64 @@ def run_bad_inputs(rank: int, world: int) -> dict:
     return errors
 
 
+# --- multi-process training (Algorithm 1 with DDP) ------------------------------------------------
+
+
+def tiny_training_setup(epochs: int = 3):
+    """Tiny synthetic data and a config that trains in seconds. 193 training pairs in batches of
+    32: the last batch holds ONE pair, so with 2 ranks one rank has an empty slice of it; 30 = 32
+    - 2 of the other batches split evenly, the uneven split is covered by 3 ranks."""
+    from dchml.data import make_synthetic
+    from dchml.train import TrainConfig
+
+    data = make_synthetic(n=600, n_labels=6, image_dim=32, text_dim=64, n_query=100, n_train=193, seed=1)
+    cfg = TrainConfig(bits=16, epochs=epochs, batch_size=32, eval_every=1, topk=100, proxy_steps=200,
+                      image_hidden=64, text_hidden=64, proxy_hidden=32, lr=1e-2, momentum=0.9)
+    return data, cfg
+
+
+def training_summary(result) -> dict:
+    """What the tests compare between runs: parameters, stored outputs, C, and the history."""
+    keys = ("objective", "loss_image", "loss_text", "i2t_map", "t2i_map")
+    out = {f"param/{k}": v.detach().cpu() for k, v in result.model.state_dict().items()}
+    for name in ("stored_image", "stored_text", "codes_c"):
+        out[name] = result.state[name].cpu()
+    out["history"] = torch.tensor([[float(r[k]) for k in keys] for r in result.history], dtype=torch.float64)
+    return out
+
+
+def run_torchrun_training(out_dir: str) -> int:
+    """Under torchrun: 1 epoch with a checkpoint, then resume it to the full run (each call joins the
+    group torchrun describes); rank 0 saves the summary."""
+    import dataclasses
+
+    import dchml.distributed_train as dt
+
+    data, cfg = tiny_training_setup()
+    path = os.path.join(out_dir, "torchrun-checkpoint.pt")
+    dt.train(data, dataclasses.replace(cfg, epochs=1), checkpoint_path=path, progress=False, log=None)
+    result = dt.train(data, cfg, checkpoint_path=path, resume=True, progress=False, log=None)
+    if dt.is_main_process():
+        summary = training_summary(result)
+        summary["world"] = torch.tensor([int(os.environ["WORLD_SIZE"])])
+        tmp = os.path.join(out_dir, "torchrun.pt.tmp")
+        torch.save(summary, tmp)
+        os.replace(tmp, os.path.join(out_dir, "torchrun.pt"))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rank", type=int, required=True)
-    parser.add_argument("--world-size", type=int, required=True)
-    parser.add_argument("--store-port", type=int, required=True)
+    parser.add_argument("--mode", choices=("eval", "torchrun-train"), default="eval")
+    parser.add_argument("--rank", type=int)
+    parser.add_argument("--world-size", type=int)
+    parser.add_argument("--store-port", type=int)
     parser.add_argument("--out", required=True)
     parser.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args()
     torch.set_num_threads(1)  # several ranks share a small CI machine
+    if args.mode == "torchrun-train":
+        return run_torchrun_training(args.out)
 
     import torch.distributed as dist
 
