@@ -10,6 +10,10 @@ from ._C import cuda_built
 from .codes import pack_codes, unpack_codes
 from .index import HammingIndex, hamming_distance, hamming_histogram, hamming_topk
 from .metrics import mean_average_precision, ndcg_at_k, pr_curve, precision_at_n
+from .encoding import encode
+from .models import CrossModalHashModel, IHNet, PHNet, THNet
+from .train import TrainConfig
+from . import data
 from . import distributed  # sharded evaluation over torch.distributed: dchml.distributed.*
 
 __version__ = "0.1.0"
@@ -20,3 +24,4 @@ __all__ = [
     "mean_average_precision", "precision_at_n", "pr_curve", "ndcg_at_k",
     "distributed",
 ]
+__all__ += ["data", "CrossModalHashModel", "IHNet", "PHNet", "THNet", "TrainConfig", "encode"]

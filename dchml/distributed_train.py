@@ -43,7 +43,7 @@ from . import train as _single
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .distributed import _Group as _EvalGroup
 from .distributed import mean_average_precision as _sharded_map
-from .encode import continuous_codes, hash_codes
+from .encoding import continuous_codes, hash_codes
 from .models import sgn
 from .objective import full_objective, step_loss
 from .train import TrainConfig, TrainResult

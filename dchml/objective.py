@@ -67,7 +67,7 @@ def step_loss(out, other_stored, codes_c, proxies, labels, weights: LossWeights)
     l_i = inter_modal_loss(out, other_stored, proxies, labels, weights)
     quant = (out - codes_c).pow(2).sum(1)
     total = (l_s + weights.lam * l_i + weights.gamma * quant).mean()
-    terms = {"intra": float(l_s.mean()), "inter": float(l_i.mean()), "quant": float(quant.mean())}
+    terms = {"intra": float(l_s.detach().mean()), "inter": float(l_i.detach().mean()), "quant": float(quant.detach().mean())}
     return total, terms
 
 

@@ -117,6 +117,24 @@ def proxy_diagnostics(proxies: torch.Tensor) -> dict:
 def train_proxies(model: CrossModalHashModel, cfg: TrainConfig, log=None) -> dict:
     """Train PHNet on L_PH until the relative improvement over 100 steps drops below proxy_tol (or
     proxy_steps), then freeze G = sgn(PHNet(Y)) into model.proxies. Returns the diagnostics."""
+    # PHNet's matrices are tiny (c x 512): on the CPU, thread start-up and contention cost far more
+    # than they save (measured 1 ms/step on one thread vs up to 60 ms on two busy cores).
+    threads = torch.get_num_threads()
+    if next(model.phnet.parameters()).device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        diag = _train_proxies(model, cfg)
+    finally:
+        torch.set_num_threads(threads)
+    if log:
+        log(f"PHNet: {diag['steps']} steps, L_PH {diag['loss']:.4g}, proxy Hamming distance min "
+            f"{diag['min_hamming']:.0f} / mean {diag['mean_hamming']:.1f} of {diag['bits']} bits")
+        if diag["min_hamming"] == 0:
+            log("warning: two proxies are identical; use more bits for this many labels")
+    return diag
+
+
+def _train_proxies(model: CrossModalHashModel, cfg: TrainConfig) -> dict:
     phnet = model.phnet
     optimizer = torch.optim.Adam(phnet.parameters(), lr=cfg.proxy_lr)
     window, previous, loss_value, step = 100, None, float("nan"), 0
@@ -125,20 +143,14 @@ def train_proxies(model: CrossModalHashModel, cfg: TrainConfig, log=None) -> dic
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
         if step % window == 0:
             if previous is not None and previous - loss_value <= cfg.proxy_tol * max(abs(previous), 1e-12):
                 break
             previous = loss_value
     with torch.no_grad():
         model.proxies.copy_(phnet.proxies())
-    diag = {"steps": step, "loss": loss_value, **proxy_diagnostics(model.proxies)}
-    if log:
-        log(f"PHNet: {step} steps, L_PH {loss_value:.4g}, proxy Hamming distance min "
-            f"{diag['min_hamming']:.0f} / mean {diag['mean_hamming']:.1f} of {diag['bits']} bits")
-        if diag["min_hamming"] == 0:
-            log("warning: two proxies are identical; use more bits for this many labels")
-    return diag
+    return {"steps": step, "loss": loss_value, **proxy_diagnostics(model.proxies)}
 
 
 # --- step 2a/2b: one pass of one modality ----------------------------------------------------------
@@ -167,7 +179,7 @@ def train_pass(net, optimizer, inputs, rows, positions, stored_self, stored_othe
         stored_self[pos_d] = out.detach()
         b = pos.numel()
         seen += b
-        totals["loss"] += float(loss) * b
+        totals["loss"] += float(loss.detach()) * b
         for key, value in terms.items():
             totals[key] += value * b
         if progress is not None:
@@ -195,8 +207,8 @@ def evaluate(model: CrossModalHashModel, data, *, topk: int = 5000, curves: bool
              batch_size: int = 1024) -> dict:
     """MAP@topk for I->T (image queries vs the text database) and T->I, with the ranker's metrics.
     With curves=True also precision@N and the precision-recall curve by Hamming radius."""
-    from . import mean_average_precision, pr_curve, precision_at_n
-    from .encode import hash_codes
+    from . import mean_average_precision
+    from .encoding import hash_codes
 
     kw = dict(batch_size=batch_size, device=device)
     q_img = hash_codes(model, data.image[data.query_idx], "image", **kw)
@@ -209,6 +221,8 @@ def evaluate(model: CrossModalHashModel, data, *, topk: int = 5000, curves: bool
     for task, (q, d) in tasks.items():
         out[f"{task}_map"] = float(mean_average_precision(q, d, ql, dl, topk=topk))
     if curves:
+        from . import pr_curve, precision_at_n
+
         ns = [n for n in PRECISION_AT_N if n <= d_img.shape[0]]
         out["curves"] = {}
         for task, (q, d) in tasks.items():
@@ -314,7 +328,7 @@ def _train(data, cfg, device, checkpoint_path, resume, progress, log, on_epoch_e
         opt_image, opt_text = _optimizer(model.image_net, cfg), _optimizer(model.text_net, cfg)
         codes_c = sgn(torch.randn(n_train, cfg.bits, generator=generator)).to(device)
         # Stored outputs start as the untrained nets' outputs, so l_I has a real partner from step 1.
-        from .encode import continuous_codes
+        from .encoding import continuous_codes
 
         stored_image = continuous_codes(model, data.image[train_idx], "image", device=device).to(device)
         stored_text = continuous_codes(model, data.text[train_idx], "text", device=device).to(device)

@@ -62,6 +62,11 @@ def test_synthetic_default_shape_like_nus_wide():
     assert 15 < words.mean() < 40 and d.text.mean() < 0.05  # sparse BoW
 
 
+def test_synthetic_small_n_uses_the_split_rule():
+    d = make_synthetic(n=300, n_labels=4, image_dim=8, text_dim=30)
+    assert (len(d.query_idx), len(d.retrieval_idx), len(d.train_idx)) == (50, 250, 125)
+
+
 def test_synthetic_text_counts_option():
     d = make_synthetic(**SMALL, seed=0, text_counts=True)
     assert d.text.max() > 1 and torch.equal(d.text, d.text.round())
@@ -198,6 +203,7 @@ def test_npz_roundtrip_keeps_everything(tiny, tmp_path):
     back = load_dataset(str(p))
     _same(tiny, back)
     assert back.name == "d.npz"
+    _same(tiny, load_dataset(p, format="npz"))  # a pathlib.Path and an explicit format work too
 
 
 def test_npz_pixels_and_split_from_seed(tmp_path):
@@ -507,3 +513,11 @@ def test_load_dataset_synthetic_passes_seed_and_sizes():
     assert (len(a.query_idx), len(a.train_idx)) == (100, 300)
     b = make_synthetic(seed=4, n_query=100, n_train=300)
     _same(a, b)
+
+
+def test_mat_v5_single_label_column_stays_2d(tmp_path):
+    rng = np.random.default_rng(0)
+    p = tmp_path / "one.mat"
+    scipy.io.savemat(p, {"XAll": rng.random((20, 4)), "tags": rng.random((20, 3)), "labels": np.ones((20, 1))})
+    d = load_dataset(str(p))
+    assert d.labels.shape == (20, 1) and d.image_dim == 4 and d.text_dim == 3

@@ -153,21 +153,17 @@ def from_arrays(image, text, labels, *, query_idx, retrieval_idx, train_idx, nam
     idx = {k: _as_tensor(v, k, name) for k, v in
            (("query_idx", query_idx), ("retrieval_idx", retrieval_idx), ("train_idx", train_idx))}
     for k, v in idx.items():
-        if v.is_floating_point():
-            if not torch.equal(v, v.round()):
-                _fail(name, f"{k} must hold integers, got non-integer values")
-        elif v.dtype == torch.bool:
-            _fail(name, f"{k} must hold integer indices, got a boolean array")
+        if v.is_floating_point() and not torch.equal(v, v.round()):
+            _fail(name, f"{k} must hold integers, got non-integer values")
         idx[k] = v.to(torch.int64).reshape(-1)
     if drop_unlabeled and labels.dim() == 2 and image.shape[0] == labels.shape[0] == text.shape[0]:
+        n = labels.shape[0]
         keep = labels.sum(1) != 0
-        if not keep.all():
+        in_range = all(len(v) == 0 or (v.min() >= 0 and v.max() < n) for v in idx.values())
+        # With an out-of-range index nothing is dropped, so validate() reports the index as given.
+        if not keep.all() and in_range:
             new_pos = torch.cumsum(keep.to(torch.int64), 0) - 1
-            n = labels.shape[0]
-            for k, v in idx.items():
-                if len(v) and (v.min() < 0 or v.max() >= n):
-                    break  # leave out-of-range indices for validate() to report
-                idx[k] = new_pos[v[keep[v]]]
+            idx = {k: new_pos[v[keep[v]]] for k, v in idx.items()}
             image, text, labels = image[keep], text[keep], labels[keep]
     return CrossModalData(image=image.contiguous(), text=text.contiguous(), labels=labels.contiguous(),
                           name=name, **{k: v.contiguous() for k, v in idx.items()})

@@ -76,7 +76,8 @@ def _read_v5(path: Path) -> dict[str, np.ndarray]:
     import scipy.sparse
 
     try:
-        raw = scipy.io.loadmat(str(path), simplify_cells=True)
+        # No squeezing: a (n, 1) label matrix must stay 2-D.
+        raw = scipy.io.loadmat(str(path), squeeze_me=False, struct_as_record=True)
     except NotImplementedError as e:  # scipy's message for v7.3 files lacking the HDF5 signature
         raise DataError(f"{path}: unsupported MATLAB file ({e})") from e
     except Exception as e:
@@ -84,15 +85,15 @@ def _read_v5(path: Path) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
 
     def add(name, value):
-        if isinstance(value, dict):
-            for k, v in value.items():
-                add(f"{name}.{k}", v)
-        elif scipy.sparse.issparse(value):
+        if scipy.sparse.issparse(value):
             out[name] = value.toarray()
-        elif isinstance(value, np.ndarray) and value.dtype != object and value.dtype.kind in "biuf":
+        elif isinstance(value, np.ndarray) and value.dtype.names:  # a struct: recurse into 1x1 ones
+            if value.size == 1:
+                rec = value.reshape(-1)[0]
+                for field in value.dtype.names:
+                    add(f"{name}.{field}", rec[field])
+        elif isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
             out[name] = value
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = np.asarray(value)
 
     for k, v in raw.items():
         if not k.startswith("__"):

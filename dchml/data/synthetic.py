@@ -12,7 +12,7 @@ from .splits import paper_split
 
 
 def make_synthetic(n: int = 12_000, n_labels: int = 21, image_dim: int = 512, text_dim: int = 1000, *,
-                   seed: int = 0, n_query: int | None = 2000, n_train: int | None = 5000,
+                   seed: int = 0, n_query: int | None = None, n_train: int | None = None,
                    n_topics: int | None = None, label_power: float = 0.8, mean_extra_labels: float = 1.0,
                    max_labels: int = 5, latent_dim: int = 64, image_noise: float = 1.5,
                    label_noise: float = 0.25,
@@ -34,7 +34,7 @@ def make_synthetic(n: int = 12_000, n_labels: int = 21, image_dim: int = 512, te
     word distribution of one of the item's labels (each label prefers `words_per_label` words).
     Binary presence by default (NUS-WIDE's tags are 0/1), counts with text_counts=True.
     Split: `n_query` queries, the rest is the database, `n_train` training items from the
-    database (None: the rule of splits.default_split_sizes).
+    database (None: the rule of splits.default_split_sizes: 2000 and 5000 for the default n).
     """
     if n < 2 or n_labels < 1 or image_dim < 1 or text_dim < 1:
         raise DataError(f"synthetic: need n >= 2, n_labels, image_dim, text_dim >= 1; got n={n}, "

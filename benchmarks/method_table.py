@@ -1,0 +1,94 @@
+"""The method comparison table of README: DCHML vs DCHML_P vs DCHML_Q at 32 and 64 bits on the
+built-in synthetic set, MAP@5000 I->T and T->I, seconds per epoch (median; one epoch = the image
+pass + the text pass + the C update, evaluation excluded).
+
+Writes benchmarks/results/methods.md and methods.csv. Run it alone (it times epochs):
+    flock /work/bench.lock python benchmarks/method_table.py [--epochs 50] [--bits 32 64]
+Settings are the demo's (SGD, momentum 0.9, lr 0.01; every loss weight at the paper's default).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from dchml.cli import DEMO_EPOCHS, DEMO_LR, DEMO_MOMENTUM  # noqa: E402
+from dchml.data import make_synthetic  # noqa: E402
+from dchml.experiment import describe_device, run_experiment  # noqa: E402
+from dchml.train import TrainConfig  # noqa: E402
+
+METHODS = ("dchml", "dchml_p", "dchml_q")
+NAMES = {"dchml": "DCHML", "dchml_p": "DCHML_P", "dchml_q": "DCHML_Q"}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
+    parser.add_argument("--bits", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    args = parser.parse_args(argv)
+    command = "python benchmarks/method_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    data = make_synthetic(seed=args.seed)
+    rows = []
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for bits in args.bits:
+            for method in METHODS:
+                cfg = TrainConfig(method=method, bits=bits, epochs=args.epochs, lr=DEMO_LR, momentum=DEMO_MOMENTUM,
+                                  eval_every=args.epochs, seed=args.seed)
+                metrics, _ = run_experiment(data, cfg, os.path.join(tmp, f"{method}_{bits}"), progress=False,
+                                            log=None)
+                rows.append({"method": NAMES[method], "bits": bits, "i2t_map": metrics["i2t_map"],
+                             "t2i_map": metrics["t2i_map"], "epochs": metrics["epochs"],
+                             "seconds_per_epoch": metrics["seconds_per_epoch"]})
+                print(f"{NAMES[method]:8s} {bits:3d} bits: I->T {metrics['i2t_map']:.4f}  T->I {metrics['t2i_map']:.4f}  "
+                      f"{metrics['seconds_per_epoch']:.2f} s/epoch", flush=True)
+    total = time.perf_counter() - began
+    device = describe_device("cpu")
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    commit = _commit()
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "methods.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) + ["device", "date", "commit"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "device": device, "date": date, "commit": commit})
+    d = data
+    lines = [
+        "# DCHML vs DCHML_P vs DCHML_Q on the synthetic set", "",
+        f"MAP@5000 on dchml's built-in synthetic set (seed {args.seed}: {d.n} pairs, {d.n_labels} labels, "
+        f"{d.image_dim}-d image features, {d.text_dim}-d BoW; {d.query_idx.numel()} queries, "
+        f"{d.retrieval_idx.numel()} database, {d.train_idx.numel()} training pairs). {args.epochs} epochs, SGD "
+        f"momentum {DEMO_MOMENTUM}, lr {DEMO_LR}, batch 128, eta = mu = 0.3, lambda = 0.001, gamma = 0.01 "
+        "(0 for DCHML_Q). Seconds per epoch: median wall time of one outer iteration (image pass + text pass + "
+        "C update), evaluation excluded.", "",
+        "| method | bits | MAP I->T | MAP T->I | s/epoch |", "|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['method']} | {r['bits']} | {r['i2t_map']:.4f} | {r['t2i_map']:.4f} | {r['seconds_per_epoch']:.2f} |"
+              for r in rows]
+    lines += ["", f"Device: {device}. Date: {date}. Commit: {commit}. Total wall time {total:.0f} s.",
+              f"Command: `flock /work/bench.lock {command.strip()}`", ""]
+    with open(os.path.join(args.out, "methods.md"), "w") as f:
+        f.write("\n".join(lines))
+    print("\n".join(lines))
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""One experiment = train (Algorithm 1) + final evaluation + DIR/metrics.json + DIR/checkpoint.pt.
+Shared by `dchml train`, `dchml demo` and benchmarks/method_table.py.
+
+Output directory policy [choice]: a run writes into DIR only when DIR does not exist, is empty,
+or the caller passes resume=True (continue DIR/checkpoint.pt) or force=True (replace dchml's own
+files there: checkpoint.pt, metrics.json, report.md, *.png; other files are never touched).
+Every file is written atomically (temporary file + os.replace).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+
+import torch
+
+from . import __version__
+from .checkpoint import atomic_write
+from .train import TrainConfig, evaluate, train
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+
+
+class OutputDirError(ValueError):
+    """The --out directory cannot be used as asked (exists and is not empty, nothing to resume...)."""
+
+
+def prepare_out_dir(path: str, *, resume: bool = False, force: bool = False) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputDirError(f"output path {path} exists and is not a directory")
+    if resume:
+        if not os.path.isfile(os.path.join(path, CHECKPOINT)):
+            raise OutputDirError(f"nothing to resume: {os.path.join(path, CHECKPOINT)} does not exist")
+        return
+    if os.path.isdir(path) and os.listdir(path) and not force:
+        raise OutputDirError(
+            f"output directory {path} already exists and is not empty; choose a new --out, "
+            "pass --resume to continue its run, or --force to replace dchml's files in it"
+        )
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise OutputDirError(f"cannot create output directory {path}: {exc.strerror}") from None
+
+
+def write_json(obj, path: str) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+
+    atomic_write(path, write)
+
+
+def describe_device(device: str) -> str:
+    """A human description of where a run happened, for reports and benchmark tables."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return f"GPU {torch.cuda.get_device_name(dev)}"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+        if names:
+            model = names[0]
+        if " avx512f" in info:
+            model += " with AVX-512"
+    except OSError:
+        pass
+    return f"{os.cpu_count()}-core {model}, CPU ({torch.get_num_threads()} torch threads), no GPU used"
+
+
+def data_summary(data) -> dict:
+    image = "pixels %s" % "x".join(map(str, data.image.shape[1:])) if data.image_is_pixels else f"{data.image_dim}-d features"
+    return {"name": data.name, "n": int(data.n), "n_labels": int(data.n_labels), "image": image,
+            "text_dim": int(data.text_dim), "n_query": int(data.query_idx.numel()),
+            "n_retrieval": int(data.retrieval_idx.numel()), "n_train": int(data.train_idx.numel())}
+
+
+def build_metrics(cfg: TrainConfig, result, scores: dict, data, *, command: str | None = None) -> dict:
+    seconds = [r["seconds"] for r in result.history]
+    return {
+        "method": cfg.method,
+        "bits": cfg.bits,
+        "topk": cfg.topk,
+        "i2t_map": scores["i2t_map"],
+        "t2i_map": scores["t2i_map"],
+        "epochs": len(result.history),
+        "seconds_per_epoch": statistics.median(seconds) if seconds else None,
+        "train_seconds": sum(seconds),
+        "history": result.history,
+        "curves": scores.get("curves", {}),
+        "proxies": result.proxy_diagnostics,
+        "config": cfg.to_dict(),
+        "data": data_summary(data),
+        "device": describe_device(cfg.device),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "dchml_version": __version__,
+        "torch_version": torch.__version__,
+        "command": command,
+    }
+
+
+def run_experiment(data, cfg: TrainConfig, out_dir: str, *, resume: bool = False, force: bool = False,
+                   progress=None, log=None, command: str | None = None):
+    """Train into out_dir (checkpoint every epoch), evaluate with curves, write metrics.json.
+    Returns (metrics dict, TrainResult)."""
+    prepare_out_dir(out_dir, resume=resume, force=force)
+    kwargs = {} if log is None else {"log": log}
+    result = train(data, cfg, checkpoint_path=os.path.join(out_dir, CHECKPOINT), resume=resume,
+                   progress=progress, **kwargs)
+    final_cfg = TrainConfig.from_dict(result.state["config"]) if result.state else cfg
+    scores = evaluate(result.model, data, topk=final_cfg.topk, curves=True, device=final_cfg.device)
+    metrics = build_metrics(final_cfg, result, scores, data, command=command)
+    write_json(metrics, os.path.join(out_dir, METRICS))
+    return metrics, result

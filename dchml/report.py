@@ -1,0 +1,145 @@
+"""The run report: report.md plus PNG plots (matplotlib, Agg backend) from one or more runs'
+metrics dicts (the content of metrics.json), so one report can compare methods side by side.
+
+Plots: pr_curves.png (precision-recall by Hamming radius, I->T and T->I), precision_at_n.png
+(precision@N, I->T and T->I), training.png (eq. 16 objective and MAP per epoch).
+"""
+from __future__ import annotations
+
+import io
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .checkpoint import atomic_write  # noqa: E402
+
+TASKS = (("i2t", "I->T (image query, text database)"), ("t2i", "T->I (text query, image database)"))
+LABELS = {"dchml": "DCHML", "dchml_p": "DCHML_P", "dchml_q": "DCHML_Q"}
+
+
+def _label(name: str, metrics: dict) -> str:
+    return f"{LABELS.get(metrics.get('method'), name)} ({metrics['bits']} bits)"
+
+
+def _save(fig, path: str) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(buffer.getvalue())
+
+    atomic_write(path, write)
+
+
+def plot_pr(runs: dict, path: str) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (task, title) in zip(axes, TASKS):
+        for name, m in runs.items():
+            curve = m.get("curves", {}).get(task, {}).get("pr")
+            if curve:
+                ax.plot(curve["recall"], curve["precision"], marker=".", label=_label(name, m))
+        ax.set(title=title, xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Precision-recall by Hamming radius r = 0..k")
+    _save(fig, path)
+
+
+def plot_precision_at_n(runs: dict, path: str) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (task, title) in zip(axes, TASKS):
+        for name, m in runs.items():
+            curve = m.get("curves", {}).get(task, {}).get("precision_at_n")
+            if curve:
+                ax.plot(curve["n"], curve["precision"], marker="o", markersize=3, label=_label(name, m))
+        ax.set(title=title, xlabel="N (top-N retrieved)", ylabel="precision@N", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_training(runs: dict, path: str) -> None:
+    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, m in runs.items():
+        hist = m.get("history", [])
+        epochs = [r["epoch"] for r in hist]
+        line, = ax_loss.plot(epochs, [r["objective"] for r in hist], label=_label(name, m))
+        evaluated = [r for r in hist if r.get("i2t_map") is not None]
+        ep = [r["epoch"] for r in evaluated]
+        ax_map.plot(ep, [r["i2t_map"] for r in evaluated], marker="o", markersize=3, color=line.get_color(),
+                    label=f"{_label(name, m)} I->T")
+        ax_map.plot(ep, [r["t2i_map"] for r in evaluated], marker="s", markersize=3, linestyle="--",
+                    color=line.get_color(), label=f"{_label(name, m)} T->I")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_loss, ax_map):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_loss.set(title="objective (eq. 16, per training pair)", xlabel="epoch", ylabel="loss")
+    ax_map.set(title="MAP@topk during training", xlabel="epoch", ylabel="MAP")
+    for ax in (ax_loss, ax_map):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _fmt(value, digits=4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def render_markdown(runs: dict, *, title: str, notes: list[str] | None = None) -> str:
+    first = next(iter(runs.values()))
+    d = first["data"]
+    lines = [f"# {title}", ""]
+    lines += [f"Data: **{d['name']}**, {d['n']} pairs, {d['n_labels']} labels, image {d['image']}, "
+              f"text {d['text_dim']}-d bag-of-words; {d['n_query']} queries, {d['n_retrieval']} database "
+              f"items, {d['n_train']} training pairs (from the database).",
+              f"Device: {first['device']}. Date: {first['date']}. dchml {first['dchml_version']}, "
+              f"torch {first['torch_version']}.", ""]
+    if first.get("command"):
+        lines += [f"Command: `{first['command']}`", ""]
+    lines += [f"## MAP@{first['topk']}", "",
+              "| method | bits | I->T | T->I | epochs | seconds/epoch | proxy Hamming min / mean |",
+              "|---|---|---|---|---|---|---|"]
+    for name, m in runs.items():
+        p = m.get("proxies", {})
+        lines.append(f"| {LABELS.get(m['method'], name)} | {m['bits']} | {_fmt(m['i2t_map'])} | {_fmt(m['t2i_map'])} "
+                     f"| {m['epochs']} | {_fmt(m['seconds_per_epoch'], 2)} | "
+                     f"{_fmt(p.get('min_hamming'), 0)} / {_fmt(p.get('mean_hamming'), 1)} |")
+    lines += ["", "## Settings", "", "| method | " + " | ".join(_SETTINGS) + " |",
+              "|---|" + "---|" * len(_SETTINGS)]
+    for name, m in runs.items():
+        c = m["config"]
+        lines.append(f"| {LABELS.get(m['method'], name)} | " + " | ".join(str(c[k]) for k in _SETTINGS) + " |")
+    if any(m["method"] == "dchml_q" for m in runs.values()):
+        lines += ["", "DCHML_Q trains with gamma = 0 whatever the gamma column says."]
+    lines += ["", "## Plots", "", "![precision-recall](pr_curves.png)", "", "![precision@N](precision_at_n.png)", "",
+              "![training](training.png)", ""]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(lines)
+
+
+_SETTINGS = ("epochs", "batch_size", "lr", "momentum", "eta", "mu", "lam", "gamma", "alpha", "beta", "seed")
+
+
+def write_report(out_dir: str, runs: dict, *, title: str = "dchml run report", notes: list[str] | None = None) -> str:
+    """Write out_dir/report.md and its three PNGs from {run name: metrics dict}; returns the .md path."""
+    if not runs:
+        raise ValueError("write_report needs at least one run")
+    plot_pr(runs, os.path.join(out_dir, "pr_curves.png"))
+    plot_precision_at_n(runs, os.path.join(out_dir, "precision_at_n.png"))
+    plot_training(runs, os.path.join(out_dir, "training.png"))
+    text = render_markdown(runs, title=title, notes=notes)
+    path = os.path.join(out_dir, "report.md")
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    atomic_write(path, write)
+    return path
