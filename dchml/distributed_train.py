@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import gc
 import math
 import os
 import sys
@@ -260,6 +261,10 @@ def _run(data, cfg, device, rank, world, checkpoint_path, resume, progress, log,
         group.raise_if_any_failed(error, f"saving the checkpoint {checkpoint_path}")
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
+    # Unwrap now: DDP's reducer keeps autograd hooks on the parameters (a later backward pass on
+    # the returned model would start all-reduces) and must not outlive the process group.
+    del image_net, text_net
+    gc.collect()
     model.eval()
     return TrainResult(model=model, history=history, proxy_diagnostics=diag, state=state)
 
@@ -297,7 +302,7 @@ def _sharded_pass(net, optimizer, inputs, rows, positions, stored_self, stored_o
             # DDP divides the summed gradients by `world`: weigh this rank's batch mean by its share
             # so the step is that of the mean over the WHOLE batch, as in one process.
             scaled = loss * (b * world / batch.numel())
-            sums += torch.tensor([float(loss) * b, terms["intra"] * b, terms["inter"] * b,
+            sums += torch.tensor([float(loss.detach()) * b, terms["intra"] * b, terms["inter"] * b,
                                   terms["quant"] * b, b], dtype=torch.float64)
         else:
             scaled = out.sum() * 0.0  # nothing here this step, but the gradient all-reduce needs us

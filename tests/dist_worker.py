@@ -144,17 +144,29 @@ def run_bad_inputs(rank: int, world: int) -> dict:
 # --- multi-process training (Algorithm 1 with DDP) ------------------------------------------------
 
 
+TRAIN_FLAGS = dict(bits=16, epochs=3, batch_size=32, eval_every=1, topk=100, proxy_steps=200, lr=1e-2,
+                   momentum=0.9)
+
+
+def tiny_training_data():
+    from dchml.data import make_synthetic
+
+    return make_synthetic(n=600, n_labels=6, image_dim=32, text_dim=64, n_query=100, n_train=193, seed=1)
+
+
 def tiny_training_setup(epochs: int = 3):
     """Tiny synthetic data and a config that trains in seconds. 193 training pairs in batches of
-    32: the last batch holds ONE pair, so with 2 ranks one rank has an empty slice of it; 30 = 32
-    - 2 of the other batches split evenly, the uneven split is covered by 3 ranks."""
-    from dchml.data import make_synthetic
+    32: the last batch holds ONE pair, so with 2 ranks one rank has an empty slice of it; with 3
+    ranks the batches of 32 split unevenly (11/11/10)."""
     from dchml.train import TrainConfig
 
-    data = make_synthetic(n=600, n_labels=6, image_dim=32, text_dim=64, n_query=100, n_train=193, seed=1)
-    cfg = TrainConfig(bits=16, epochs=epochs, batch_size=32, eval_every=1, topk=100, proxy_steps=200,
-                      image_hidden=64, text_hidden=64, proxy_hidden=32, lr=1e-2, momentum=0.9)
-    return data, cfg
+    return tiny_training_data(), TrainConfig(**dict(TRAIN_FLAGS, epochs=epochs))
+
+
+def train_cli_flags(epochs: int = 3) -> list:
+    """The command-line flags giving tiny_training_setup's config."""
+    flags = dict(TRAIN_FLAGS, epochs=epochs)
+    return [part for key, value in flags.items() for part in (f"--{key.replace('_', '-')}", str(value))]
 
 
 def training_summary(result) -> dict:

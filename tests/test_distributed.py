@@ -204,29 +204,51 @@ def _compare_training(got: dict, ref: dict, what: str) -> None:
         f"{what}: history differs\n{got['history']}\n{ref['history']}")
 
 
-def test_spawned_ddp_training_matches_one_process(single_process_training, tmp_path):
-    import dchml.distributed_train as dt
-    from dchml.checkpoint import load_checkpoint
+def _summary_of_checkpoint(path: str) -> dict:
+    from dchml.checkpoint import load_checkpoint, model_from_checkpoint
+    from dchml.train import TrainResult
 
-    data, cfg = W.tiny_training_setup()
-    path = str(tmp_path / "ckpt.pt")
-    result = dt.train(data, cfg, nproc=2, checkpoint_path=path, progress=False, log=None)
-    got = W.training_summary(result)
-    _compare_training(got, single_process_training, "2 spawned processes")
-    # the training really moved (so agreement is not trivial), and rank 0 wrote the checkpoint
-    first = single_process_training["history"][0, 0]
-    assert single_process_training["history"][-1, 0] < first
-    assert int(load_checkpoint(path)["epoch"]) == cfg.epochs
+    state = load_checkpoint(path)
+    result = TrainResult(model=model_from_checkpoint(state), history=state["history"], state=state)
+    return W.training_summary(result)
 
 
-def test_torchrun_training_with_resume_matches_one_process(single_process_training, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+    from dchml.data import save_npz
+
+    path = str(tmp_path_factory.mktemp("tiny") / "tiny.npz")
+    save_npz(W.tiny_training_data(), path)
+    return path
+
+
+def test_cli_nproc_2_trains_like_one_process(single_process_training, tiny_npz, tmp_path):
+    """`dchml train --nproc 2`: two spawned Gloo processes, rank 0 checkpoints, this process reports."""
+    import json
+
+    from dchml.cli import main
+
+    out = str(tmp_path / "run")
+    assert main(["train", "--data", tiny_npz, "--out", out, "--nproc", "2", "--quiet"] + W.train_cli_flags()) == 0
+    _compare_training(_summary_of_checkpoint(os.path.join(out, "checkpoint.pt")), single_process_training,
+                      "dchml train --nproc 2")
+    with open(os.path.join(out, "metrics.json")) as f:
+        metrics = json.load(f)
+    ref_i2t, ref_t2i = single_process_training["history"][-1, 3:].tolist()
+    assert abs(metrics["i2t_map"] - ref_i2t) <= TRAIN_ATOL and abs(metrics["t2i_map"] - ref_t2i) <= TRAIN_ATOL
+    assert os.path.isfile(os.path.join(out, "report.md"))
+    # the training really moved, so the agreement above is not trivial
+    assert single_process_training["history"][-1, 0] < single_process_training["history"][0, 0]
+
+
+def _torchrun(nproc: int, args: list, cwd: str) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-           "--nproc-per-node=3", WORKER, "--mode", "torchrun-train", "--out", str(tmp_path)]
+           f"--nproc-per-node={nproc}"] + args
     # its own session, so that on a timeout torchrun AND its workers are stopped (killpg)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=GROUP_TIMEOUT_S)
@@ -235,6 +257,18 @@ def test_torchrun_training_with_resume_matches_one_process(single_process_traini
         output, _ = proc.communicate()
         pytest.fail(f"torchrun did not finish within {GROUP_TIMEOUT_S} s:\n{output[-3000:]}")
     assert proc.returncode == 0, f"torchrun failed:\n{output[-3000:]}"
+
+
+def test_cli_under_torchrun_trains_like_one_process(single_process_training, tiny_npz, tmp_path):
+    out = str(tmp_path / "run")
+    _torchrun(2, ["-m", "dchml", "train", "--data", tiny_npz, "--out", out, "--quiet"] + W.train_cli_flags(), ROOT)
+    _compare_training(_summary_of_checkpoint(os.path.join(out, "checkpoint.pt")), single_process_training,
+                      "torchrun -m dchml train (2 processes)")
+    assert os.path.isfile(os.path.join(out, "metrics.json")) and os.path.isfile(os.path.join(out, "report.md"))
+
+
+def test_torchrun_training_with_resume_matches_one_process(single_process_training, tmp_path):
+    _torchrun(3, [WORKER, "--mode", "torchrun-train", "--out", str(tmp_path)], ROOT)
     got = torch.load(str(tmp_path / "torchrun.pt"), weights_only=True)
     assert int(got.pop("world")[0]) == 3
     _compare_training(got, single_process_training, "torchrun, 3 processes, resumed after epoch 1")
