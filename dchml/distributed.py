@@ -18,8 +18,11 @@ How (per block of queries; see docs/distributed.md for the volumes):
    ranks of a (queries x K) buffer, zeros elsewhere; one all_reduce(SUM) assembles it on every
    rank. Positions are owned by exactly one rank, so SUM is exact, even for bit-packed bytes
    (disjoint bits never carry).
-ties="expected" needs only tie-group statistics: all-reduced distance histograms, then the
-relevant count of each group up to the cut, all-reduced. Communication is O(bits) per query.
+4. every rank computes AP from the assembled list with the ranker's own `ap_from_ranking`, the
+   function the single-process fused path calls, hence the same double. ties="expected" also
+   needs the size and relevant count of the WHOLE tie group at the cut: two numbers per query
+   from each shard's fused `hamming_histogram_relevant`, summed by one more all_reduce.
+Communication per query: (W-1)(bits+1) int32 + ~K/4 bytes, independent of the database size.
 
 Errors: inputs are validated on each rank, then the ranks agree (one tiny all_gather) before any
 heavy work, so a bad input on one rank raises a clear exception on EVERY rank instead of leaving
@@ -166,15 +169,29 @@ class _Local:
             self.query_words = _label_words(self.query_labels)
             self.db_words = _label_words(self.db_labels)
             self.label_columns = qc
-        fp = [self.query] + ([self.query_labels] if with_labels else [])
-        self.query_fingerprint = _fingerprint(*fp)
 
     def metadata(self, ties_code: int) -> torch.Tensor:
         return torch.tensor(
-            [self.nbytes, self.label_columns, self.nq, self.k_requested, ties_code,
-             self.query_fingerprint, self.n, self.known_bits],
+            [self.nbytes, self.label_columns, self.nq, self.k_requested, ties_code, self.n, self.known_bits],
             dtype=torch.int64,
         )
+
+    def query_fingerprint(self, bits: int) -> int:
+        """Digest of the queries (and their labels) as the kernels read them: `bits`-bit codes."""
+        parts = [_clear_padding(self.query, bits)]
+        if self.query_labels is not None:
+            parts.append(self.query_labels)
+        return _fingerprint(*parts)
+
+
+def _clear_padding(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """Packed codes with the bits past `bits` in the last byte zeroed (the kernels ignore them,
+    so must the check that all ranks hold the same queries)."""
+    if bits < 0 or bits % 8 == 0 or packed.shape[1] == 0:
+        return packed
+    out = packed.clone()
+    out[:, -1] &= (1 << (bits % 8)) - 1
+    return out
 
 
 def _describe(packed: torch.Tensor, bits: int) -> str:
@@ -184,8 +201,7 @@ def _describe(packed: torch.Tensor, bits: int) -> str:
 class _Agreed:
     """What all ranks agreed on: code length, query set, options, shard sizes and offsets."""
 
-    _SAME = ("code length (packed bytes)", "label columns", "number of queries", "topk/k", "ties",
-             "query codes/labels (fingerprint)")
+    _SAME = ("code length (packed bytes)", "label columns", "number of queries", "topk/k", "ties")
 
     def __init__(self, local: _Local, meta: torch.Tensor, rank: int, fn: str):
         meta = meta.cpu()
@@ -197,11 +213,11 @@ class _Agreed:
                     "pass the same queries, code length, label columns and options")
         # Codes given packed carry no length of their own: take it from any rank that gave them
         # unpacked (as the single-process ranker does for a packed/unpacked pair), else 8 per byte.
-        known = sorted({b for b in meta[:, 7].tolist() if b >= 0})
+        known = sorted({b for b in meta[:, 6].tolist() if b >= 0})
         if len(known) > 1:
             raise ValueError(f"{fn}: code length differs across ranks: {known} bits")
         self.bits = known[0] if known else 8 * local.nbytes
-        self.sizes = meta[:, 6].tolist()
+        self.sizes = meta[:, 5].tolist()
         self.total = int(sum(self.sizes))
         self.offset = int(sum(self.sizes[:rank]))
         self.nq = local.nq
@@ -372,6 +388,11 @@ def _setup(fn, group, query_codes, db_shard_codes, k_value, k_name, allow_none, 
     g.raise_if_any_failed(error, where)
     metas = g.all_gather(meta)
     agreed = _Agreed(local, metas, g.rank, where)  # identical on all ranks: raises on all or none
+    # With the code length agreed, check that every rank holds the same queries (a digest).
+    digests = g.all_gather(torch.tensor([local.query_fingerprint(agreed.bits)], dtype=torch.int64))
+    if len(set(digests[:, 0].tolist())) > 1:
+        raise ValueError(f"{where}: query codes/labels (fingerprint) differ across ranks; every rank "
+                         "must pass the same queries and query labels")
     return g, local, agreed
 
 

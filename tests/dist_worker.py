@@ -57,15 +57,15 @@ def shard(x: torch.Tensor, sizes, rank: int) -> torch.Tensor:
     return x[start : start + sizes[rank]]
 
 
-def as_input(codes: torch.Tensor, bits: int, rank: int, shard: bool = False):
+def as_input(codes: torch.Tensor, bits: int, rank: int):
     """The input forms meet across ranks: 64-bit codes packed (uint8); 8/16-bit codes as ±1
-    floats, NumPy on odd ranks; 13-bit shards packed on rank 0 WITH junk in the 3 padding bits
+    floats, NumPy on odd ranks; 13-bit codes packed on rank 0 WITH junk in the 3 padding bits
     (the length then comes from the other ranks' unpacked codes, and the junk must be ignored)."""
     import dchml
 
     if bits == 64:
         return dchml.pack_codes(codes)
-    if bits == 13 and shard and rank == 0:
+    if bits == 13 and rank == 0:  # queries too: equal to the other ranks' up to the junk
         packed = dchml.pack_codes(codes)
         junk = torch.randint(0, 8, (packed.shape[0],), generator=torch.Generator().manual_seed(7))
         packed[:, 1] |= (junk << 5).to(torch.uint8)
@@ -81,7 +81,7 @@ def run_cases(rank: int, world: int) -> dict:
         q, db, ql, dbl = make_data(case["bits"])
         sizes = case["sizes"]
         m, ap = dd.mean_average_precision(
-            as_input(q, case["bits"], rank), as_input(shard(db, sizes, rank), case["bits"], rank, True),
+            as_input(q, case["bits"], rank), as_input(shard(db, sizes, rank), case["bits"], rank),
             ql, shard(dbl, sizes, rank), topk=case["topk"], ties=case["ties"],
             return_per_query=True)
         results[f"map/{case['name']}"] = torch.tensor([m], dtype=torch.float64)
@@ -90,7 +90,7 @@ def run_cases(rank: int, world: int) -> dict:
         for bits in BITS:
             q, db, _, _ = make_data(bits)
             for k in TOPK_KS:
-                d, i = dd.hamming_topk(as_input(q, bits, rank), as_input(shard(db, sizes, rank), bits, rank, True), k)
+                d, i = dd.hamming_topk(as_input(q, bits, rank), as_input(shard(db, sizes, rank), bits, rank), k)
                 results[f"topk_d/w{world}-s{s}-b{bits}-k{k}"] = d
                 results[f"topk_i/w{world}-s{s}-b{bits}-k{k}"] = i
     return results

@@ -146,7 +146,7 @@ def _expected_errors(world: int) -> dict:
         "ties_unknown": {r: r"ties must be one of .*'random'" for r in range(world)},
         "label_rows_one_rank": {r: (failed if r != last else "") + "db_shard_labels"
                                 for r in range(world)},
-        "queries_differ": {r: r"query codes/labels \(fingerprint\) differs" for r in range(world)},
+        "queries_differ": {r: r"query codes/labels \(fingerprint\) differ across ranks" for r in range(world)},
         "k_too_large": {r: rf"k must be in \[1, {W.N_DB}\] .*got {W.N_DB + 1}" for r in range(world)},
         "k_zero": {r: "k must be >= 1, got 0" for r in range(world)},
     }
