@@ -17,6 +17,11 @@ benchmarks measure the same codes.
 
   flock /work/bench.lock python benchmarks/bench_distributed.py            # W1, writes results
   python benchmarks/bench_distributed.py --queries 500 --db 100000 --no-write   # quick look
+
+--train: Algorithm 1 instead (dchml.distributed_train, the default synthetic set), one process x
+all cores against N processes x cores/N: seconds per epoch (median over the epochs that do not
+evaluate) and how far the N-process run ends from the one-process run.
+  flock /work/bench.lock python benchmarks/bench_distributed.py --train --epochs 4
 """
 from __future__ import annotations
 
@@ -254,6 +259,69 @@ def worker(args) -> None:
             json.dump(out, f)
 
 
+# --- training scaling ------------------------------------------------------------------------------
+
+
+def train_benchmark(args) -> None:
+    import torch
+
+    sys.path.insert(0, ROOT)
+    import dchml.distributed_train as dt
+    from dchml.data import make_synthetic
+    from dchml.train import TrainConfig, train
+
+    cores = args.cores or os.cpu_count() or 1
+    torch.set_num_threads(cores)
+    data = make_synthetic(seed=args.seed)
+    command = "python benchmarks/bench_distributed.py " + " ".join(sys.argv[1:])
+    rows, results = [], {}
+    for lr, momentum in ((1e-3, 0.0), (1e-2, 0.9)):  # the paper's SGD, and the demo's faster setting
+        cfg = TrainConfig(bits=args.bits, epochs=args.epochs, eval_every=10**6, lr=lr, momentum=momentum,
+                          seed=args.seed)
+        for nproc in [1] + args.procs:
+            t = time.perf_counter()
+            if nproc == 1:
+                result = train(data, cfg, progress=False, log=None)
+            else:
+                result = dt.train(data, cfg, nproc=nproc, progress=False, log=None)
+            total = time.perf_counter() - t
+            epochs = [r["seconds"] for r in result.history[:-1]] or [result.history[-1]["seconds"]]
+            results[(lr, nproc)] = result
+            ref = results[(lr, 1)]
+            sd, sd_ref = result.model.state_dict(), ref.model.state_dict()
+            param = max((sd[k].double() - sd_ref[k].double()).abs().max().item() for k in sd)
+            stored = max((result.state[k] - ref.state[k]).abs().max().item() for k in ("stored_image", "stored_text"))
+            same_c = (result.state["codes_c"] == ref.state["codes_c"]).double().mean().item()
+            rows.append(dict(lr=lr, momentum=momentum, nproc=nproc, threads=max(1, cores // nproc),
+                             epoch_s=statistics.median(epochs), total_s=total, param=param, stored=stored,
+                             same_c=same_c, i2t=result.history[-1]["i2t_map"], t2i=result.history[-1]["t2i_map"]))
+            print(rows[-1], flush=True)
+    date = datetime.date.today().isoformat()
+    base = {r["lr"]: r["epoch_s"] for r in rows if r["nproc"] == 1}
+    lines = [
+        "# dchml.distributed_train: Algorithm 1 on N processes vs one",
+        "",
+        f"Synthetic set ({data.train_idx.numel()} training pairs, {data.n_labels} labels, {data.image_dim}-d image "
+        f"features, {data.text_dim}-d text), {args.bits} bits, batch 128, {args.epochs} epochs; device: {DEVICE}; "
+        f"date {date}; commit {git_commit()}.",
+        f"Command: `{command}`",
+        "",
+        "| SGD | processes x threads | s / epoch | speed-up | max param diff | max stored-output diff | C equal | MAP I->T / T->I (last epoch) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| lr {r['lr']:g}, momentum {r['momentum']:g} | {r['nproc']} x {r['threads']} | {r['epoch_s']:.2f} | "
+                     f"{base[r['lr']] / r['epoch_s']:.2f}x | {r['param']:.1e} | {r['stored']:.1e} | "
+                     f"{100 * r['same_c']:.2f}% | {r['i2t']:.4f} / {r['t2i']:.4f} |")
+    lines += ["", "Differences are against the 1-process run of the same row group (0 for itself)."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        out = os.path.join(HERE, "results")
+        os.makedirs(out, exist_ok=True)
+        write_atomic(os.path.join(out, "distributed_train.md"), text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--queries", type=int, default=5000)
@@ -266,6 +334,8 @@ def main() -> None:
     p.add_argument("--cores", type=int, default=0, help="cores to use in total (default: all)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-write", action="store_true", help="print only; do not write results/")
+    p.add_argument("--train", action="store_true", help="benchmark multi-process training instead")
+    p.add_argument("--epochs", type=int, default=4, help="--train: epochs per run")
     # internal: a worker process
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
@@ -276,6 +346,8 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         worker(args)
+    elif args.train:
+        train_benchmark(args)
     else:
         parent(args)
 
