@@ -42,14 +42,27 @@ def _weights(device: torch.device) -> torch.Tensor:
     return _BIT_WEIGHTS[key]
 
 
+_CHUNK = 1 << 16  # rows per packing step: bounds the temporaries to a few MiB
+
+
+def _pack_rows(x: torch.Tensor, to_bits) -> torch.Tensor:
+    """(n, k) values -> (n, ceil(k/8)) uint8, little bit order, bit = to_bits(rows); chunked so
+    that no (n x k) temporary exists."""
+    n, k = x.shape
+    nbytes = (k + 7) // 8
+    out = torch.empty((n, nbytes), dtype=torch.uint8, device=x.device)
+    weights = _weights(x.device)
+    for s in range(0, n, _CHUNK):
+        bits = to_bits(x[s:s + _CHUNK])
+        padded = torch.zeros((bits.shape[0], nbytes * 8), dtype=torch.uint8, device=x.device)
+        padded[:, :k] = bits
+        out[s:s + _CHUNK] = (padded.view(-1, nbytes, 8) * weights).sum(dim=2, dtype=torch.int32).to(torch.uint8)
+    return out
+
+
 def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
     """(n, k) bool -> (n, ceil(k/8)) uint8, little bit order."""
-    n, k = bits.shape
-    nbytes = (k + 7) // 8
-    padded = torch.zeros((n, nbytes * 8), dtype=torch.uint8, device=bits.device)
-    padded[:, :k] = bits
-    grouped = padded.view(n, nbytes, 8)
-    return (grouped * _weights(bits.device)).sum(dim=2, dtype=torch.int32).to(torch.uint8)
+    return _pack_rows(bits, lambda rows: rows)
 
 
 def pack_codes(codes) -> torch.Tensor:
@@ -65,7 +78,7 @@ def pack_codes(codes) -> torch.Tensor:
         raise TypeError(f"codes has unsupported dtype {x.dtype}")
     if x.is_floating_point() and bool(torch.isnan(x).any()):
         raise ValueError("codes contain NaN")
-    return _pack_bits(x > 0)
+    return _pack_rows(x, lambda rows: rows > 0)
 
 
 def unpack_codes(packed, bits: int) -> torch.Tensor:
@@ -109,7 +122,7 @@ def as_packed(codes, name: str, bits: int | None = None) -> tuple[torch.Tensor, 
         raise ValueError(f"{name} has zero-length codes")
     if x.is_floating_point() and bool(torch.isnan(x).any()):
         raise ValueError(f"{name} contains NaN")
-    return _pack_bits(x > 0), int(x.shape[1])
+    return _pack_rows(x, lambda rows: rows > 0), int(x.shape[1])
 
 
 def packed_pair(query, db, bits: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -140,12 +153,16 @@ def as_label_bits(labels, name: str, rows: int) -> tuple[torch.Tensor, int]:
         raise TypeError(f"{name} has unsupported dtype {x.dtype}")
     if x.shape[1] < 1:
         raise ValueError(f"{name} has no label columns")
-    if x.dtype != torch.bool:
-        bad = (x != 0) & (x != 1)  # NaN is != 0 and != 1
-        if bool(bad.any()):
-            value = x[bad][0].item()
-            raise ValueError(f"{name} must be 0/1, found the value {value}")
-    return _pack_bits(x != 0), int(x.shape[1])
+
+    def checked(rows):
+        nonzero = rows != 0
+        if rows.dtype != torch.bool:
+            bad = nonzero & (rows != 1)  # NaN is != 0 and != 1
+            if bool(bad.any()):
+                raise ValueError(f"{name} must be 0/1, found the value {rows[bad][0].item()}")
+        return nonzero
+
+    return _pack_rows(x, checked), int(x.shape[1])
 
 
 def label_pair(query_labels, db_labels, nq: int, ndb: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -232,3 +232,17 @@ def test_ops_pass_opcheck():
     torch.library.opcheck(torch.ops.dchml.hamming_distance, (q, b, 40))
     torch.library.opcheck(torch.ops.dchml.hamming_average_precision, (q, b, 40, 9, lq, lb, True))
     torch.library.opcheck(torch.ops.dchml.hamming_histogram_relevant, (q, b, 40, lq, lb))
+
+
+def test_topk_compiles_fullgraph():
+    q = dchml.pack_codes(torch.randn(4, 64))
+    b = dchml.pack_codes(torch.randn(100, 64))
+
+    def nearest(x, y):
+        dist, index = torch.ops.dchml.hamming_topk(x, y, 64, 5)
+        return dist.sum(dim=1), index
+
+    compiled = torch.compile(nearest, fullgraph=True, backend="eager")
+    got = compiled(q, b)
+    want = nearest(q, b)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -14,7 +14,11 @@
 #include "core/hamming.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -178,6 +182,24 @@ struct Emitter {
 
 // ---------------------------------------------------------------------------------- the engine
 
+// Where the time goes, printed to stderr after each ranking call when DCHML_HAMMING_STATS is
+// set (thread-seconds summed over threads; used by benchmarks/bench_hamming.py).
+struct Stats {
+  std::atomic<int64_t> fast{0}, fallback{0}, exact{0};
+  std::atomic<int64_t> ns_plan{0}, ns_stream{0}, ns_finish{0}, ns_exact{0};
+  void reset() {
+    fast = fallback = exact = 0;
+    ns_plan = ns_stream = ns_finish = ns_exact = 0;
+  }
+};
+Stats g_stats;
+
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 struct Problem {
   Rows q, db;
   int64_t bits = 0, k = 0;
@@ -298,7 +320,7 @@ struct Sample {
 Sample make_sample(const Problem& P) {
   Sample s;
   const Geometry& g = P.g;
-  s.rows = std::min<int64_t>(P.db.n, 4096);
+  s.rows = std::min<int64_t>(P.db.n, 8192);
   s.ntiles = (s.rows + g.T - 1) / g.T;
   s.tiles.assign((size_t)s.ntiles * g.words * g.T, 0);
   std::vector<uint64_t> w((size_t)g.words);
@@ -314,7 +336,8 @@ Sample make_sample(const Problem& P) {
 struct FastPlan {
   bool fast = false;
   uint16_t threshold = 0;
-  int64_t capacity = 0;
+  int64_t expected = 0;  // estimated candidates (rows with d <= threshold)
+  int64_t capacity = 0;  // most candidates held before giving up on the fast path
 };
 
 FastPlan plan_query(const Problem& P, const Sample& s, const uint64_t* qw, std::vector<uint16_t>& dbuf,
@@ -327,10 +350,11 @@ FastPlan plan_query(const Problem& P, const Sample& s, const uint64_t* qw, std::
     const int64_t count = std::min(g.T, s.rows - t * g.T);
     for (int64_t jj = 0; jj < count; ++jj) ++shist[dbuf[jj]];
   }
-  // Aim at twice k (plus slack): the sample estimate of a count near k has a relative error
-  // of roughly 1/sqrt(k * sample / db), and too low a threshold costs an exact re-run.
+  // Aim at 1.5 k (plus slack): the sample estimate of a count near k has a relative error of
+  // about 1/sqrt(k * sample / db) (~13% for k = 5000 of 1M with 8192 samples), and too low a
+  // threshold costs an exact re-run of the query; too high a one costs candidates.
   const double scale = (double)P.db.n / (double)s.rows;
-  const double target = 2.0 * (double)P.k + 64.0;
+  const double target = 1.5 * (double)P.k + 64.0;
   int64_t cum = 0;
   FastPlan plan;
   for (int64_t d = 0; d < H; ++d) {
@@ -343,6 +367,7 @@ FastPlan plan_query(const Problem& P, const Sample& s, const uint64_t* qw, std::
       if (capacity > 16.0 * (double)P.k + 65536.0 || d >= 65535) return plan;
       plan.fast = true;
       plan.threshold = (uint16_t)d;
+      plan.expected = (int64_t)est;
       plan.capacity = (int64_t)capacity;
       return plan;
     }
@@ -358,9 +383,13 @@ void rank_block(const Problem& P, const Sample* sample, int64_t i0, int64_t i1, 
   for (int64_t i = i0; i < i1; ++i) all.push_back(i);
   std::vector<int64_t> exact;
   if (!sample) {
+    const int64_t t3 = now_ns();
     rank_exact(P, all, sink, scratch_dist, scratch_index);
+    g_stats.exact += (int64_t)all.size();
+    g_stats.ns_exact += now_ns() - t3;
     return;
   }
+  int64_t t0 = now_ns();
   std::vector<uint64_t> qwords;
   load_queries(P, all, qwords);
   std::vector<uint16_t> dbuf((size_t)g.T + 32);
@@ -372,12 +401,17 @@ void rank_block(const Problem& P, const Sample* sample, int64_t i0, int64_t i1, 
     if (plans[b].fast) fast.push_back((int64_t)b);
     else exact.push_back(all[b]);
   }
+  g_stats.exact += (int64_t)exact.size();
+  int64_t t1 = now_ns();
+  g_stats.ns_plan += t1 - t0;
   if (!fast.empty()) {
-    std::vector<std::unique_ptr<uint64_t[]>> keys(fast.size());
+    // Candidate buffers start at the estimate and grow on demand (up to the plan's capacity),
+    // so memory follows the actual candidate count.
+    std::vector<std::vector<uint64_t>> keys(fast.size());
     std::vector<int64_t> nkeys(fast.size(), 0);
     std::vector<char> overflow(fast.size(), 0);
     for (size_t f = 0; f < fast.size(); ++f)
-      keys[f].reset(new uint64_t[(size_t)(plans[fast[f]].capacity + g.T)]);
+      keys[f].resize((size_t)(std::min(plans[fast[f]].capacity, plans[fast[f]].expected + 1024) + g.T));
     std::vector<uint64_t> tile((size_t)g.words * g.T);
     for (int64_t j0 = 0; j0 < P.db.n; j0 += g.T) {
       const int64_t count = std::min(g.T, P.db.n - j0);
@@ -385,19 +419,30 @@ void rank_block(const Problem& P, const Sample* sample, int64_t i0, int64_t i1, 
       for (size_t f = 0; f < fast.size(); ++f) {
         if (overflow[f]) continue;
         const int64_t b = fast[f];
-        g.kernels.distances(tile.data(), g.words, g.T, &qwords[(size_t)b * g.words], dbuf.data());
-        nkeys[f] += g.kernels.select(dbuf.data(), count, plans[b].threshold, j0, keys[f].get() + nkeys[f]);
-        if (nkeys[f] > plans[b].capacity) overflow[f] = 1;
+        if (nkeys[f] + g.T > (int64_t)keys[f].size()) {
+          const int64_t room = (int64_t)keys[f].size() - g.T;
+          if (room >= plans[b].capacity) {
+            overflow[f] = 1;
+            continue;
+          }
+          keys[f].resize((size_t)(std::min(plans[b].capacity, 2 * room) + g.T));
+        }
+        nkeys[f] += g.kernels.scan(tile.data(), g.words, g.T, count, &qwords[(size_t)b * g.words],
+                                   plans[b].threshold, j0, keys[f].data() + nkeys[f], dbuf.data());
       }
     }
+    int64_t t2 = now_ns();
+    g_stats.ns_stream += t2 - t1;
     std::vector<int64_t> hist((size_t)H);
     for (size_t f = 0; f < fast.size(); ++f) {
       const int64_t i = all[fast[f]];
       if (overflow[f] || nkeys[f] < k) {  // the estimate missed: redo this query exactly
         exact.push_back(i);
+        ++g_stats.fallback;
         continue;
       }
-      const uint64_t* kk = keys[f].get();
+      ++g_stats.fast;
+      const uint64_t* kk = keys[f].data();
       std::fill(hist.begin(), hist.end(), 0);
       for (int64_t c = 0; c < nkeys[f]; ++c) ++hist[kk[c] >> kKeyShift];
       Emitter e = make_emitter(P, i);
@@ -410,19 +455,29 @@ void rank_block(const Problem& P, const Sample* sample, int64_t i0, int64_t i1, 
       e.start(hist.data(), P.bits, k, dd, ii);
       for (int64_t c = 0; c < nkeys[f]; ++c) e.offer((int64_t)(kk[c] >> kKeyShift), (int64_t)(kk[c] & kIndexMask));
       sink.done(i, e.dist, e.index, k, e.cut_total, e.cut_relevant);
-      keys[f].reset();
+      std::vector<uint64_t>().swap(keys[f]);
     }
+    g_stats.ns_finish += now_ns() - t2;
   }
-  if (!exact.empty()) rank_exact(P, exact, sink, scratch_dist, scratch_index);
+  if (!exact.empty()) {
+    const int64_t t3 = now_ns();
+    rank_exact(P, exact, sink, scratch_dist, scratch_index);
+    g_stats.ns_exact += now_ns() - t3;
+  }
 }
 
 void rank_all(const Problem& P, Sink& sink) {
   if (P.q.n == 0) return;
   // The fast path pays when k is a small part of the database.
   const bool use_fast = P.db.n >= 16384 && P.k * 8 <= P.db.n;
+  const bool report = std::getenv("DCHML_HAMMING_STATS") != nullptr;
+  const int64_t start = now_ns();
+  g_stats.reset();
   Sample sample;
   if (use_fast) sample = make_sample(P);
-  const int64_t B = block_size(P.q.n, 64);
+  // Blocks of 32 queries: each database tile is reused 32 times, and the candidate buffers of a
+  // block (~1.5 k keys per query) stay small next to the database.
+  const int64_t B = block_size(P.q.n, 32);
   const int64_t nblocks = (P.q.n + B - 1) / B;
 #pragma omp parallel
   {
@@ -434,6 +489,15 @@ void rank_all(const Problem& P, Sink& sink) {
       rank_block(P, use_fast ? &sample : nullptr, i0, i1, sink, scratch_dist, scratch_index);
     }
   }
+  if (report)
+    std::fprintf(stderr,
+                 "[dchml hamming] isa=%s bits=%lld k=%lld nq=%lld ndb=%lld wall=%.3fs | queries: "
+                 "fast %lld, fallback %lld, exact %lld | thread-seconds: plan %.3f, stream %.3f, "
+                 "select+rank %.3f (incl. AP), exact %.3f\n",
+                 isa_name(active_isa()), (long long)P.bits, (long long)P.k, (long long)P.q.n,
+                 (long long)P.db.n, (now_ns() - start) * 1e-9, (long long)g_stats.fast.load(),
+                 (long long)g_stats.fallback.load(), (long long)g_stats.exact.load(), g_stats.ns_plan * 1e-9,
+                 g_stats.ns_stream * 1e-9, g_stats.ns_finish * 1e-9, g_stats.ns_exact * 1e-9);
 }
 
 Problem make_problem(Rows q, Rows db, int64_t bits, int64_t k) {

@@ -143,7 +143,55 @@ DCHML_AVX512 int64_t select_avx512(const uint16_t* d, int64_t n, uint16_t thresh
   }
   return count;
 }
+
+// Fused: 32 rows per step, one branch per 32 rows (candidates are ~1% of rows), no store of
+// distances unless some row of the step is a candidate.
+template <int W>
+DCHML_AVX512 int64_t scan_avx512(const uint64_t* tile, int64_t words, int64_t T, int64_t count,
+                                 const uint64_t* q, uint16_t threshold, int64_t base, uint64_t* keys,
+                                 uint16_t*) {
+  const int64_t nw = W > 0 ? W : words;
+  const __m512i thr = _mm512_set1_epi64((long long)threshold);
+  int64_t n = 0;
+  for (int64_t j = 0; j < count; j += 32) {
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t w = 0; w < nw; ++w) {
+      const __m512i qv = _mm512_set1_epi64((long long)q[w]);
+      const uint64_t* row = tile + w * T + j;
+      a0 = _mm512_add_epi64(a0, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(row), qv)));
+      a1 = _mm512_add_epi64(a1, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(row + 8), qv)));
+      a2 = _mm512_add_epi64(a2, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(row + 16), qv)));
+      a3 = _mm512_add_epi64(a3, _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(row + 24), qv)));
+    }
+    uint32_t mask = (uint32_t)_mm512_cmple_epu64_mask(a0, thr) |
+                    ((uint32_t)_mm512_cmple_epu64_mask(a1, thr) << 8) |
+                    ((uint32_t)_mm512_cmple_epu64_mask(a2, thr) << 16) |
+                    ((uint32_t)_mm512_cmple_epu64_mask(a3, thr) << 24);
+    if (!mask) continue;
+    if (count - j < 32) mask &= (uint32_t)((uint64_t(1) << (count - j)) - 1);  // zero padding rows
+    alignas(64) uint64_t d[32];
+    _mm512_store_si512(d, a0);
+    _mm512_store_si512(d + 8, a1);
+    _mm512_store_si512(d + 16, a2);
+    _mm512_store_si512(d + 24, a3);
+    while (mask) {
+      const int b = __builtin_ctz(mask);
+      mask &= mask - 1;
+      keys[n++] = (d[b] << kKeyShift) | (uint64_t)(base + j + b);
+    }
+  }
+  return n;
+}
 #endif  // DCHML_X86
+
+// Unfused scan for the other instruction sets: distances into scratch, then select.
+template <int W>
+int64_t scan_composed(TileDistanceFn distances, SelectFn select, const uint64_t* tile, int64_t words,
+                      int64_t T, int64_t count, const uint64_t* q, uint16_t threshold, int64_t base,
+                      uint64_t* keys, uint16_t* scratch) {
+  distances(tile, words, T, q, scratch);
+  return select(scratch, count, threshold, base, keys);
+}
 
 TileDistanceFn pick_portable(int64_t words) {
   switch (words) {
@@ -191,13 +239,32 @@ TileDistanceFn distances_for(Isa isa, int64_t words) {
   }
 }
 
+namespace {
+#ifdef DCHML_X86
+int64_t scan_avx2_any(const uint64_t* tile, int64_t words, int64_t T, int64_t count, const uint64_t* q,
+                      uint16_t threshold, int64_t base, uint64_t* keys, uint16_t* scratch) {
+  return scan_composed<0>(distances_for(Isa::avx2, words), select_avx2, tile, words, T, count, q,
+                          threshold, base, keys, scratch);
+}
+#endif
+int64_t scan_portable_any(const uint64_t* tile, int64_t words, int64_t T, int64_t count,
+                          const uint64_t* q, uint16_t threshold, int64_t base, uint64_t* keys,
+                          uint16_t* scratch) {
+  return scan_composed<0>(distances_for(Isa::portable, words), select_portable, tile, words, T, count,
+                          q, threshold, base, keys, scratch);
+}
+}  // namespace
+
 Kernels kernels_for(Isa isa, int64_t words) {
   switch (isa) {
 #ifdef DCHML_X86
-    case Isa::avx512: return {distances_for(isa, words), select_avx512};
-    case Isa::avx2: return {distances_for(isa, words), select_avx2};
+    case Isa::avx512: {
+      ScanFn scan = words == 1 ? scan_avx512<1> : words == 2 ? scan_avx512<2> : words == 4 ? scan_avx512<4> : scan_avx512<0>;
+      return {distances_for(isa, words), select_avx512, scan};
+    }
+    case Isa::avx2: return {distances_for(isa, words), select_avx2, scan_avx2_any};
 #endif
-    default: return {distances_for(isa, words), select_portable};
+    default: return {distances_for(isa, words), select_portable, scan_portable_any};
   }
 }
 

@@ -21,9 +21,16 @@ using TileDistanceFn = void (*)(const uint64_t* tile, int64_t words, int64_t T, 
 using SelectFn = int64_t (*)(const uint16_t* d, int64_t n, uint16_t threshold, int64_t base,
                              uint64_t* keys);
 
+// Fused distances + select over the first `count` rows of a tile: appends the keys of rows with
+// distance <= threshold, in row order, and returns how many. `scratch` holds T + 32 uint16.
+using ScanFn = int64_t (*)(const uint64_t* tile, int64_t words, int64_t T, int64_t count,
+                           const uint64_t* q, uint16_t threshold, int64_t base, uint64_t* keys,
+                           uint16_t* scratch);
+
 struct Kernels {
   TileDistanceFn distances;
   SelectFn select;
+  ScanFn scan;
 };
 
 // The variants for `isa`, with the fixed-width distance loop for 1, 2 or 4 words when it applies.
