@@ -51,14 +51,16 @@ def make_data(args, folder: str) -> None:
     """W1 data from the ranker's generator, packed, saved as .npy for the workers to slice."""
     sys.path.insert(0, HERE)
     sys.path.insert(0, ROOT)
-    import dchml
-    from bench_hamming import make_workload  # the ranker's W1 generator (benchmarks/bench_hamming.py)
+    from bench_hamming import N_LABELS, make_data  # the ranker's W1 generator, not a copy
 
-    q, db, ql, dbl = make_workload(args.queries, args.db, args.bits, seed=args.seed)
-    np.save(os.path.join(folder, "q.npy"), dchml.pack_codes(q).numpy())
-    np.save(os.path.join(folder, "db.npy"), dchml.pack_codes(db).numpy())
-    np.save(os.path.join(folder, "ql.npy"), np.asarray(ql, dtype=np.uint8))
-    np.save(os.path.join(folder, "dbl.npy"), np.asarray(dbl, dtype=np.uint8))
+    # The ranker's W1 recipe (bench_hamming.w1): one generator seeded 0, label prototypes, then the
+    # database and the queries drawn from it in that order; so with the defaults the codes are W1's.
+    rng = np.random.default_rng(args.seed)
+    protos = rng.integers(0, 2, (N_LABELS, args.bits), dtype=np.uint8)
+    db, dbl = make_data(rng, args.db, args.bits, protos)
+    q, ql = make_data(rng, args.queries, args.bits, protos)
+    for name, array in (("q", q), ("db", db), ("ql", ql), ("dbl", dbl)):
+        np.save(os.path.join(folder, f"{name}.npy"), array)
 
 
 def launch(config: str, world: int, threads: int, args, folder: str) -> dict:
