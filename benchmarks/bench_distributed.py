@@ -130,7 +130,10 @@ def report(rows: list[dict], args, command: str, out_dir: str, write: bool) -> N
                              local_topk_s=f"{r.get('local_topk_s', float('nan')):.4f}",
                              comm_s=f"{r.get('comm_s', float('nan')):.4f}",
                              peak_rss_mib=f"{r['peak_rss_mib']:.0f}", map=f"{r['map']:.9f}"))
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines += ["", "Per-query AP of every configuration equals the single-process one exactly (checked in the run).",
+              f"Load average at the end of the run (1/5/15 min): {load} (the 2 cores are shared with other jobs; "
+              "timed runs hold /work/bench.lock, builds and tests of others do not).",
               f"Communication per query (dist-N): {rows[-1].get('bytes_per_query', 0):.0f} bytes sent by each rank "
               "(histograms all_gather + relevance bits all_reduce, Gloo ring)."]
     text = "\n".join(lines) + "\n"
@@ -315,7 +318,9 @@ def train_benchmark(args) -> None:
         lines.append(f"| lr {r['lr']:g}, momentum {r['momentum']:g} | {r['nproc']} x {r['threads']} | {r['epoch_s']:.2f} | "
                      f"{base[r['lr']] / r['epoch_s']:.2f}x | {r['param']:.1e} | {r['stored']:.1e} | "
                      f"{100 * r['same_c']:.2f}% | {r['i2t']:.4f} / {r['t2i']:.4f} |")
-    lines += ["", "Differences are against the 1-process run of the same row group (0 for itself)."]
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines += ["", "Differences are against the 1-process run of the same row group (0 for itself).",
+              f"Load average at the end of the run (1/5/15 min): {load}."]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
