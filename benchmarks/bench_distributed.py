@@ -283,21 +283,24 @@ def train_benchmark(args) -> None:
     for lr, momentum in ((1e-3, 0.0), (1e-2, 0.9)):  # the paper's SGD, and the demo's faster setting
         cfg = TrainConfig(bits=args.bits, epochs=args.epochs, eval_every=10**6, lr=lr, momentum=momentum,
                           seed=args.seed)
-        for nproc in [1] + args.procs:
+        for nproc in [1] + args.procs + [f"1 (halves x{n})" for n in args.procs]:
             t = time.perf_counter()
             if nproc == 1:
                 result = train(data, cfg, progress=False, log=None)
+            elif isinstance(nproc, str):  # one process computing each batch in slices as DDP does
+                result = _train_in_slices(data, cfg, int(nproc.split("x")[1].rstrip(")")))
             else:
                 result = dt.train(data, cfg, nproc=nproc, progress=False, log=None)
             total = time.perf_counter() - t
             epochs = [r["seconds"] for r in result.history[:-1]] or [result.history[-1]["seconds"]]
             results[(lr, nproc)] = result
-            ref = results[(lr, 1)]
+            ref = results[(lr, 1)]  # the 1-process run of this SGD setting
             sd, sd_ref = result.model.state_dict(), ref.model.state_dict()
             param = max((sd[k].double() - sd_ref[k].double()).abs().max().item() for k in sd)
             stored = max((result.state[k] - ref.state[k]).abs().max().item() for k in ("stored_image", "stored_text"))
             same_c = (result.state["codes_c"] == ref.state["codes_c"]).double().mean().item()
-            rows.append(dict(lr=lr, momentum=momentum, nproc=nproc, threads=max(1, cores // nproc),
+            rows.append(dict(lr=lr, momentum=momentum, nproc=nproc,
+                             threads=cores if isinstance(nproc, str) else max(1, cores // nproc),
                              epoch_s=statistics.median(epochs), total_s=total, param=param, stored=stored,
                              same_c=same_c, i2t=result.history[-1]["i2t_map"], t2i=result.history[-1]["t2i_map"]))
             print(rows[-1], flush=True)
@@ -319,7 +322,10 @@ def train_benchmark(args) -> None:
                      f"{base[r['lr']] / r['epoch_s']:.2f}x | {r['param']:.1e} | {r['stored']:.1e} | "
                      f"{100 * r['same_c']:.2f}% | {r['i2t']:.4f} / {r['t2i']:.4f} |")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    lines += ["", "Differences are against the 1-process run of the same row group (0 for itself).",
+    lines += ["", "Differences are against the 1-process run of the same row group (0 for itself). "
+              "'1 (halves xN)': one process that computes each batch in the N slices the N ranks take and "
+              "accumulates their scaled gradients: the arithmetic of the N-process run without any "
+              "communication, to tell distribution effects from floating-point ones.",
               f"Load average at the end of the run (1/5/15 min): {load}."]
     text = "\n".join(lines) + "\n"
     print(text)
@@ -327,6 +333,38 @@ def train_benchmark(args) -> None:
         out = os.path.join(HERE, "results")
         os.makedirs(out, exist_ok=True)
         write_atomic(os.path.join(out, "distributed_train.md"), text)
+
+
+def _train_in_slices(data, cfg, slices: int):
+    """dchml.train.train with each batch computed in `slices` contiguous slices (gradients of the
+    slices accumulated, each weighted by its share of the batch): what the DDP run computes."""
+    import dchml.train as single
+    from dchml.objective import step_loss
+
+    def sliced_pass(net, optimizer, inputs, rows, positions, stored_self, stored_other, codes_c, labels,
+                    proxies, weights, batch_size, device, progress=None):
+        net.train()
+        for start in range(0, positions.numel(), batch_size):
+            batch = positions[start:start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            outputs = []
+            for pos in batch.tensor_split(slices):
+                if pos.numel():
+                    out = net(inputs[rows[pos]].to(device))
+                    loss, _ = step_loss(out, stored_other[pos], codes_c[pos], proxies, labels[pos], weights)
+                    (loss * (pos.numel() / batch.numel())).backward()
+                    outputs.append((pos, out.detach()))
+            optimizer.step()
+            for pos, out in outputs:
+                stored_self[pos] = out
+        return {"loss": 0.0, "intra": 0.0, "inter": 0.0, "quant": 0.0}
+
+    original = single.train_pass
+    single.train_pass = sliced_pass
+    try:
+        return single.train(data, cfg, progress=False, log=None)
+    finally:
+        single.train_pass = original
 
 
 def main() -> None:
