@@ -77,7 +77,8 @@ def train(data, config: TrainConfig | None = None, *, nproc: int | None = None,
     match it). Returns the TrainResult on every rank of an existing / torchrun group, and in this
     process when it spawned the workers (model, history, diagnostics and state read back from
     rank 0's checkpoint). on_epoch_end is called on every rank; it cannot cross into spawned
-    workers, so it is refused with nproc > 1.
+    workers, so it is refused with nproc > 1; spawned workers log to stderr (rank 0 only) when
+    `log` is not None, whatever callable it is.
     """
     cfg = config or TrainConfig()
     if nproc is not None and (isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1):
@@ -360,6 +361,8 @@ def evaluate_sharded(model, data, *, topk: int = 5000, device=None) -> dict:
     d_img = hash_codes(model, data.image[mine], "image", **kw)
     d_txt = hash_codes(model, data.text[mine], "text", **kw)
     ql, dl = data.labels[data.query_idx], data.labels[mine]
+    if device is not None:  # rank on the training device (the GPU kernels under NCCL)
+        q_img, q_txt, d_img, d_txt = (t.to(device) for t in (q_img, q_txt, d_img, d_txt))
     return {"topk": topk,
             "i2t_map": float(_sharded_map(q_img, d_txt, ql, dl, topk=topk)),
             "t2i_map": float(_sharded_map(q_txt, d_img, ql, dl, topk=topk))}
