@@ -20,7 +20,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from dchml.cli import DEMO_EPOCHS, DEMO_LR, DEMO_MOMENTUM  # noqa: E402
+import torch  # noqa: E402
+
+from dchml.cli import DEMO_EPOCHS, DEMO_LR, DEMO_MOMENTUM, DEMO_THREADS  # noqa: E402
 from dchml.data import make_synthetic  # noqa: E402
 from dchml.experiment import describe_device, run_experiment  # noqa: E402
 from dchml.train import TrainConfig  # noqa: E402
@@ -34,8 +36,10 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     parser.add_argument("--bits", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=DEMO_THREADS, help="torch CPU threads (default: the demo's)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     command = "python benchmarks/method_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
     data = make_synthetic(seed=args.seed)
     rows = []
@@ -58,10 +62,10 @@ def main(argv=None):
     commit = _commit()
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "methods.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) + ["device", "date", "commit"])
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) + ["threads", "device", "date", "commit"])
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "device": device, "date": date, "commit": commit})
+            writer.writerow({**row, "threads": args.threads, "device": device, "date": date, "commit": commit})
     d = data
     lines = [
         "# DCHML vs DCHML_P vs DCHML_Q on the synthetic set", "",
@@ -70,7 +74,7 @@ def main(argv=None):
         f"{d.retrieval_idx.numel()} database, {d.train_idx.numel()} training pairs). {args.epochs} epochs, SGD "
         f"momentum {DEMO_MOMENTUM}, lr {DEMO_LR}, batch 128, eta = mu = 0.3, lambda = 0.001, gamma = 0.01 "
         "(0 for DCHML_Q). Seconds per epoch: median wall time of one outer iteration (image pass + text pass + "
-        "C update), evaluation excluded.", "",
+        f"C update), evaluation excluded; {args.threads} torch thread(s), as in `dchml demo`.", "",
         "| method | bits | MAP I->T | MAP T->I | s/epoch |", "|---|---|---|---|---|",
     ]
     lines += [f"| {r['method']} | {r['bits']} | {r['i2t_map']:.4f} | {r['t2i_map']:.4f} | {r['seconds_per_epoch']:.2f} |"

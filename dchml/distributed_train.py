@@ -69,7 +69,7 @@ def is_main_process() -> bool:
 
 def train(data, config: TrainConfig | None = None, *, nproc: int | None = None,
           checkpoint_path: str | None = None, resume: bool = False, progress: bool | None = None,
-          log=_single._stderr_log, on_epoch_end=None) -> TrainResult:
+          log=_single.log_to_stderr, on_epoch_end=None) -> TrainResult:
     """Algorithm 1 over several processes; same arguments and result as `dchml.train.train`.
 
     nproc: processes to spawn on this machine (None or 1: one process, unless a process group
@@ -155,7 +155,7 @@ def _worker(rank, world, port, data, cfg, path, resume, progress, logging, threa
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
                             world_size=world, timeout=_TIMEOUT)
     try:
-        log = _single._stderr_log if logging else None
+        log = _single.log_to_stderr if logging else None
         _train_in_group(data, cfg, path, resume, progress, log, None)
     finally:
         dist.destroy_process_group()

@@ -273,12 +273,12 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
-def _stderr_log(message: str) -> None:
+def log_to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 def train(data, config: TrainConfig | None = None, *, checkpoint_path: str | None = None,
-          resume: bool = False, progress: bool | None = None, log=_stderr_log, on_epoch_end=None) -> TrainResult:
+          resume: bool = False, progress: bool | None = None, log=log_to_stderr, on_epoch_end=None) -> TrainResult:
     """Run Algorithm 1 on `data` (a dchml.data.CrossModalData).
 
     checkpoint_path: written atomically after every epoch. resume=True continues from that file

@@ -111,9 +111,10 @@ def test_search_lists_top_k(trained, tiny_npz, tmp_path, capsys):
     assert "text query" in capsys.readouterr().out
 
 
-def test_resume_continues_a_cli_run(tiny_npz, tmp_path):
+def test_resume_continues_a_cli_run(tiny_npz, tmp_path, capsys):
     out = str(tmp_path / "run")
     assert main(["train", "--data", tiny_npz, "--out", out] + TINY_TRAIN) == 0
+    assert capsys.readouterr().err == ""  # --quiet: no progress, no epoch lines
     before = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
     assert main(["train", "--data", tiny_npz, "--out", out, "--resume", "--epochs", "3", "--quiet"]) == 0
     after = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
@@ -121,6 +122,8 @@ def test_resume_continues_a_cli_run(tiny_npz, tmp_path):
     assert after["config"]["lr"] == 0.05  # flags not given keep the run's values
     with open(os.path.join(out, "metrics.json")) as f:
         assert len(json.load(f)["history"]) == 3
+    code = main(["train", "--data", tiny_npz, "--out", out, "--resume", "--epochs", "4", "--lr", "0.1", "--quiet"])
+    assert "cannot change lr" in _one_error_line(capsys, code)
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -174,6 +177,7 @@ def test_demo_on_a_small_synthetic_set(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(dchml.data, "make_synthetic", lambda seed=0: _tiny())
     out = str(tmp_path / "demo")
+    threads = torch.get_num_threads()
     assert main(["demo", "--out", out, "--epochs", "1", "--bits", "16", "--topk", "100", "--proxy-steps", "100",
                  "--quiet"]) == 0
     report = open(os.path.join(out, "report.md")).read()
@@ -181,3 +185,5 @@ def test_demo_on_a_small_synthetic_set(tmp_path, monkeypatch, capsys):
     for sub in ("dchml", "dchml_p"):
         assert os.path.isfile(os.path.join(out, sub, "metrics.json"))
     assert "report:" in capsys.readouterr().out
+    assert "torch threads: 1" in report  # the demo's default, recorded in its report
+    assert torch.get_num_threads() == threads  # and restored after main() returns

@@ -148,19 +148,18 @@ def test_proxy_network_loss_hand_computed():
 
 
 def test_proxy_network_loss_spreads_proxies():
+    from dchml.train import TrainConfig, train_proxies
+
     torch.manual_seed(0)
-    net = PHNet(6, 32)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    before = proxy_network_loss(net.continuous_proxies()).item()
-    for _ in range(300):
-        loss = proxy_network_loss(net.continuous_proxies())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < before / 2
-    g = net.proxies()
+    model = CrossModalHashModel(32, 6, text_dim=4, image_dim=4, image_hidden=4, text_hidden=4)
+    before = proxy_network_loss(model.phnet.continuous_proxies()).item()
+    diag = train_proxies(model, TrainConfig(bits=32, proxy_steps=300))
+    assert diag["loss"] < before / 2
+    g = model.proxies
+    assert torch.equal(g, model.phnet.proxies())
     dist = (32 - g @ g.T) / 2
     assert dist[~torch.eye(6, dtype=torch.bool)].min() >= 8  # far apart, not collapsed
+    assert diag["min_hamming"] == dist[~torch.eye(6, dtype=torch.bool)].min()
 
 
 def test_encode_packs_sign_of_the_net():

@@ -250,3 +250,12 @@ def test_pixel_images_train_with_alexnet():
     result = train(data, cfg, progress=False, log=None)
     assert result.model.image_net.uses_pixels
     assert result.history[-1]["i2t_map"] is not None
+
+
+def test_progress_bar_and_epoch_lines(tiny, capsys):
+    messages = []
+    train(tiny, _cfg(epochs=1), progress=True, log=messages.append)
+    err = capsys.readouterr().err
+    assert "dchml epoch 1/1" in err and "loss=" in err  # tqdm bar with the running loss
+    assert messages[0].startswith("PHNet:") and "Hamming distance min" in messages[0]
+    assert "MAP@100 I->T" in messages[-1]
