@@ -19,6 +19,7 @@ from .encoding import encode
 from .models import CrossModalHashModel, IHNet, PHNet, THNet
 from .train import TrainConfig
 from . import data
+from . import distributed  # sharded evaluation over torch.distributed: dchml.distributed.*
 
 __version__ = "0.1.0"
 
@@ -28,5 +29,5 @@ __all__ = [
     "mean_average_precision", "precision_at_n", "pr_curve", "ndcg_at_k",
     "margin_dynamic_softmax", "partial_softmax", "MarginDynamicSoftmax", "nn",
     "encode", "CrossModalHashModel", "IHNet", "PHNet", "THNet", "TrainConfig",
-    "data",
+    "data", "distributed",
 ]

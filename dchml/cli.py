@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-weights", default=None, help="local torchvision AlexNet state dict (pixel data only)")
     p.add_argument("--out", required=True, help="output directory (metrics.json, checkpoint.pt, report.md, PNGs)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
+    p.add_argument("--nproc", type=_positive_int, default=None,
+                   help="train on N local processes (torch.distributed: Gloo on CPU, NCCL with --device cuda); "
+                        "under torchrun the launcher's processes are used instead")
 
     p = sub.add_parser("eval", help="MAP@K of a checkpoint on a data set")
     p.add_argument("--checkpoint", required=True)
@@ -217,7 +220,9 @@ def cmd_train(args, argv):
     data = _load_data(args, cfg.seed)
     metrics, _ = run_experiment(data, cfg, args.out, resume=args.resume, force=args.force,
                                 progress=None if not args.quiet else False, log=_log(args),
-                                command=_command_line(argv))
+                                command=_command_line(argv), nproc=args.nproc)
+    if metrics is None:  # a rank > 0 of a torchrun job: rank 0 writes the outputs
+        return
     write_report(args.out, {cfg.method: metrics}, title=f"dchml: {cfg.method.upper()} at {cfg.bits} bits on {data.name}")
     print(f"{cfg.method} {cfg.bits} bits: MAP@{cfg.topk} I->T {metrics['i2t_map']:.4f}  T->I {metrics['t2i_map']:.4f}"
           f"  ({metrics['epochs']} epochs, {metrics['seconds_per_epoch']:.2f} s/epoch); report: "

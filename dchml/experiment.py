@@ -106,13 +106,25 @@ def build_metrics(cfg: TrainConfig, result, scores: dict, data, *, command: str 
 
 
 def run_experiment(data, cfg: TrainConfig, out_dir: str, *, resume: bool = False, force: bool = False,
-                   progress=None, log=log_to_stderr, command: str | None = None):
+                   progress=None, log=log_to_stderr, command: str | None = None, nproc: int | None = None):
     """Train into out_dir (checkpoint every epoch), evaluate with curves, write metrics.json.
     log: callable for one-line progress messages (default: stderr), None for silence.
-    Returns (metrics dict, TrainResult)."""
-    prepare_out_dir(out_dir, resume=resume, force=force)
-    result = train(data, cfg, checkpoint_path=os.path.join(out_dir, CHECKPOINT), resume=resume,
-                   progress=progress, log=log)
+    Returns (metrics dict, TrainResult).
+    nproc > 1 (or a torchrun launch) trains on several processes (dchml/distributed_train.py); only
+    rank 0 of a torchrun job evaluates and writes, the other ranks get (None, TrainResult)."""
+    from . import distributed_train
+
+    main = distributed_train.is_main_process()
+    if main:
+        prepare_out_dir(out_dir, resume=resume, force=force)
+    if nproc is not None or distributed_train.launched_by_torchrun():
+        result = distributed_train.train(data, cfg, nproc=nproc, checkpoint_path=os.path.join(out_dir, CHECKPOINT),
+                                         resume=resume, progress=progress, log=log)
+        if not main:
+            return None, result
+    else:
+        result = train(data, cfg, checkpoint_path=os.path.join(out_dir, CHECKPOINT), resume=resume,
+                       progress=progress, log=log)
     final_cfg = TrainConfig.from_dict(result.state["config"]) if result.state else cfg
     scores = evaluate(result.model, data, topk=final_cfg.topk, curves=True, device=final_cfg.device)
     metrics = build_metrics(final_cfg, result, scores, data, command=command)

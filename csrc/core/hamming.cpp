@@ -413,9 +413,16 @@ void rank_block(const Problem& P, const Sample* sample, int64_t i0, int64_t i1, 
     for (size_t f = 0; f < fast.size(); ++f)
       keys[f].resize((size_t)(std::min(plans[fast[f]].capacity, plans[fast[f]].expected + 1024) + g.T));
     std::vector<uint64_t> tile((size_t)g.words * g.T);
+    std::vector<const uint64_t*> gq(fast.size());
+    std::vector<uint16_t> gthr(fast.size());
+    std::vector<uint64_t*> gkeys(fast.size());
+    std::vector<int64_t> gn(fast.size());
+    std::vector<size_t> gf(fast.size());
     for (int64_t j0 = 0; j0 < P.db.n; j0 += g.T) {
       const int64_t count = std::min(g.T, P.db.n - j0);
       fill_tile(P.db, g, j0, count, tile.data());
+      // The queries still on the fast path, with room for a whole tile of candidates each.
+      int na = 0;
       for (size_t f = 0; f < fast.size(); ++f) {
         if (overflow[f]) continue;
         const int64_t b = fast[f];
@@ -427,9 +434,19 @@ void rank_block(const Problem& P, const Sample* sample, int64_t i0, int64_t i1, 
           }
           keys[f].resize((size_t)(std::min(plans[b].capacity, 2 * room) + g.T));
         }
-        nkeys[f] += g.kernels.scan(tile.data(), g.words, g.T, count, &qwords[(size_t)b * g.words],
-                                   plans[b].threshold, j0, keys[f].data() + nkeys[f], dbuf.data());
+        gq[na] = &qwords[(size_t)b * g.words];
+        gthr[na] = plans[b].threshold;
+        gkeys[na] = keys[f].data();
+        gn[na] = nkeys[f];
+        gf[na] = f;
+        ++na;
       }
+      for (int a0 = 0; a0 < na; a0 += detail::kScanGroup) {
+        const int nq = std::min(na - a0, detail::kScanGroup);
+        g.kernels.scan_many(tile.data(), g.words, g.T, count, nq, &gq[a0], &gthr[a0], j0, &gkeys[a0],
+                            &gn[a0], dbuf.data());
+      }
+      for (int a = 0; a < na; ++a) nkeys[gf[a]] = gn[a];
     }
     int64_t t2 = now_ns();
     g_stats.ns_stream += t2 - t1;

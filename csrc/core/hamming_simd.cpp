@@ -8,6 +8,7 @@
 // GCC 12 flags its own AVX-512 headers (_mm512_undefined) as maybe-uninitialised.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 
@@ -182,6 +183,79 @@ DCHML_AVX512 int64_t scan_avx512(const uint64_t* tile, int64_t words, int64_t T,
   }
   return n;
 }
+
+// Register-blocked scan in two phases per chunk of up to 1024 rows.
+//  A: Q queries (broadcast words and thresholds held in registers) against one vector of 8
+//     database rows at a time: XOR, VPOPCNTQ, compare into a mask, and the 8-bit mask stored
+//     in a per-query hit bitmap. No branch: with ~0.5-1% of rows being candidates, a branch per
+//     vector (or per group of queries) mispredicts often enough to dominate the loop.
+//  B: per query, walk the bitmap 64 rows at a time and emit the keys of the set bits in row
+//     order, recomputing each hit's distance with a scalar POPCNT.
+template <int W, int Q>
+DCHML_AVX512 void scan_group_avx512(const uint64_t* tile, int64_t T, int64_t count,
+                                    const uint64_t* const* q, const uint16_t* thresholds,
+                                    int64_t base, uint64_t* const* keys, int64_t* nkeys) {
+  constexpr int64_t kChunk = 1024;
+  alignas(64) uint64_t bitmap[Q][kChunk / 64];
+  __m512i qv[Q][W];
+  __m512i thr[Q];
+  for (int g = 0; g < Q; ++g) {
+    for (int w = 0; w < W; ++w) qv[g][w] = _mm512_set1_epi64((long long)q[g][w]);
+    thr[g] = _mm512_set1_epi64((long long)thresholds[g]);
+  }
+  for (int64_t c0 = 0; c0 < count; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, count - c0);
+    const int64_t nwords = (n + 63) / 64;
+    for (int g = 0; g < Q; ++g) bitmap[g][nwords - 1] = 0;  // the tail vectors may not fill it
+    for (int64_t j = 0; j < n; j += 8) {
+      __m512i row[W];
+      for (int w = 0; w < W; ++w) row[w] = _mm512_loadu_si512(tile + w * T + c0 + j);
+      for (int g = 0; g < Q; ++g) {
+        __m512i d = _mm512_popcnt_epi64(_mm512_xor_si512(row[0], qv[g][0]));
+        for (int w = 1; w < W; ++w)
+          d = _mm512_add_epi64(d, _mm512_popcnt_epi64(_mm512_xor_si512(row[w], qv[g][w])));
+        reinterpret_cast<uint8_t*>(bitmap[g])[j >> 3] = (uint8_t)_mm512_cmple_epu64_mask(d, thr[g]);
+      }
+    }
+    const uint64_t tail = (n % 64) ? ((uint64_t(1) << (n % 64)) - 1) : ~uint64_t(0);  // padding rows
+    for (int g = 0; g < Q; ++g) {
+      uint64_t* out = keys[g] + nkeys[g];
+      int64_t m = 0;
+      for (int64_t wi = 0; wi < nwords; ++wi) {
+        uint64_t bits = bitmap[g][wi];
+        if (wi == nwords - 1) bits &= tail;
+        while (bits) {
+          const int64_t j = c0 + wi * 64 + __builtin_ctzll(bits);
+          bits &= bits - 1;
+          uint64_t d = 0;
+          for (int w = 0; w < W; ++w) d += (uint64_t)__builtin_popcountll(tile[w * T + j] ^ q[g][w]);
+          out[m++] = (d << kKeyShift) | (uint64_t)(base + j);
+        }
+      }
+      nkeys[g] += m;
+    }
+  }
+}
+
+template <int W>
+DCHML_AVX512 void scan_many_avx512(const uint64_t* tile, int64_t, int64_t T, int64_t count, int nq,
+                                   const uint64_t* const* q, const uint16_t* thresholds, int64_t base,
+                                   uint64_t* const* keys, int64_t* nkeys, uint16_t*) {
+  // Widest group first; W = 4 uses groups of at most 4 so the broadcasts stay in registers.
+  constexpr int kMax = W >= 4 ? 4 : 8;
+  int g = 0;
+  for (; nq - g >= kMax; g += kMax)
+    scan_group_avx512<W, kMax>(tile, T, count, q + g, thresholds + g, base, keys + g, nkeys + g);
+  if (nq - g >= 4 && kMax > 4) {
+    scan_group_avx512<W, 4>(tile, T, count, q + g, thresholds + g, base, keys + g, nkeys + g);
+    g += 4;
+  }
+  if (nq - g >= 2) {
+    scan_group_avx512<W, 2>(tile, T, count, q + g, thresholds + g, base, keys + g, nkeys + g);
+    g += 2;
+  }
+  if (nq - g >= 1) scan_group_avx512<W, 1>(tile, T, count, q + g, thresholds + g, base, keys + g, nkeys + g);
+}
 #endif  // DCHML_X86
 
 // Unfused scan for the other instruction sets: distances into scratch, then select.
@@ -191,6 +265,15 @@ int64_t scan_composed(TileDistanceFn distances, SelectFn select, const uint64_t*
                       uint64_t* keys, uint16_t* scratch) {
   distances(tile, words, T, q, scratch);
   return select(scratch, count, threshold, base, keys);
+}
+
+// Any instruction set / length: one query at a time through the single-query scan.
+template <ScanFn F>
+void scan_many_each(const uint64_t* tile, int64_t words, int64_t T, int64_t count, int nq,
+                    const uint64_t* const* q, const uint16_t* thresholds, int64_t base,
+                    uint64_t* const* keys, int64_t* nkeys, uint16_t* scratch) {
+  for (int g = 0; g < nq; ++g)
+    nkeys[g] += F(tile, words, T, count, q[g], thresholds[g], base, keys[g] + nkeys[g], scratch);
 }
 
 TileDistanceFn pick_portable(int64_t words) {
@@ -253,18 +336,27 @@ int64_t scan_portable_any(const uint64_t* tile, int64_t words, int64_t T, int64_
   return scan_composed<0>(distances_for(Isa::portable, words), select_portable, tile, words, T, count,
                           q, threshold, base, keys, scratch);
 }
+#ifdef DCHML_X86
+constexpr ScanManyFn scan_many_avx2 = scan_many_each<scan_avx2_any>;
+constexpr ScanManyFn scan_many_generic_avx512 = scan_many_each<scan_avx512<0>>;
+#endif
+constexpr ScanManyFn scan_many_portable = scan_many_each<scan_portable_any>;
 }  // namespace
 
 Kernels kernels_for(Isa isa, int64_t words) {
   switch (isa) {
 #ifdef DCHML_X86
     case Isa::avx512: {
-      ScanFn scan = words == 1 ? scan_avx512<1> : words == 2 ? scan_avx512<2> : words == 4 ? scan_avx512<4> : scan_avx512<0>;
-      return {distances_for(isa, words), select_avx512, scan};
+      switch (words) {
+        case 1: return {distances_for(isa, words), select_avx512, scan_avx512<1>, scan_many_avx512<1>};
+        case 2: return {distances_for(isa, words), select_avx512, scan_avx512<2>, scan_many_avx512<2>};
+        case 4: return {distances_for(isa, words), select_avx512, scan_avx512<4>, scan_many_avx512<4>};
+        default: return {distances_for(isa, words), select_avx512, scan_avx512<0>, scan_many_generic_avx512};
+      }
     }
-    case Isa::avx2: return {distances_for(isa, words), select_avx2, scan_avx2_any};
+    case Isa::avx2: return {distances_for(isa, words), select_avx2, scan_avx2_any, scan_many_avx2};
 #endif
-    default: return {distances_for(isa, words), select_portable, scan_portable_any};
+    default: return {distances_for(isa, words), select_portable, scan_portable_any, scan_many_portable};
   }
 }
 

@@ -27,10 +27,19 @@ using ScanFn = int64_t (*)(const uint64_t* tile, int64_t words, int64_t T, int64
                            const uint64_t* q, uint16_t threshold, int64_t base, uint64_t* keys,
                            uint16_t* scratch);
 
+// The same scan for up to kScanGroup queries at once (register blocking: each database vector is
+// loaded once and compared against every query of the group). Query g appends to
+// keys[g] + nkeys[g] and advances nkeys[g]; keys[g] needs room for `count` more keys.
+constexpr int kScanGroup = 8;
+using ScanManyFn = void (*)(const uint64_t* tile, int64_t words, int64_t T, int64_t count, int nq,
+                            const uint64_t* const* q, const uint16_t* thresholds, int64_t base,
+                            uint64_t* const* keys, int64_t* nkeys, uint16_t* scratch);
+
 struct Kernels {
   TileDistanceFn distances;
   SelectFn select;
   ScanFn scan;
+  ScanManyFn scan_many;
 };
 
 // The variants for `isa`, with the fixed-width distance loop for 1, 2 or 4 words when it applies.

@@ -99,6 +99,21 @@ DCHML_TEST(hamming_topk_fast_path_sizes) {
   h::force_isa(h::best_isa());
 }
 
+DCHML_TEST(hamming_topk_fast_path_query_groups) {
+  // The AVX-512 fast path scans groups of 8/4/2/1 queries at once (4/2/1 for 256 bits) and
+  // walks a hit bitmap: 19 queries give mixed group sizes, 20003 rows a last tile that ends
+  // inside a 64-row bitmap word and inside an 8-row vector.
+  std::mt19937_64 rng(3);
+  for (int isa = 0; isa <= (int)h::best_isa(); ++isa) {
+    h::force_isa((h::Isa)isa);
+    for (int64_t bits : {64, 256}) {
+      Codes db = random_codes(rng, 20003, bits, 6), q = random_codes(rng, 19, bits, 6);
+      check_topk(q, db, 2000);
+    }
+  }
+  h::force_isa(h::best_isa());
+}
+
 DCHML_TEST(hamming_ap_hand_worked) {
   const int32_t dist[4] = {0, 1, 1, 2};
   const uint8_t rel[4] = {1, 0, 1, 0};

@@ -1,0 +1,368 @@
+"""Algorithm 1 (dchml.train) on several processes: torch.distributed + DistributedDataParallel.
+
+Three ways in, one code path (`train`):
+- `dchml train --nproc N` / `train(..., nproc=N)`: spawns N local processes (Gloo on the CPU, or
+  NCCL when training on CUDA with one GPU per process), rendezvous on 127.0.0.1 through a store on a
+  free port that this process holds; rank 0 writes the checkpoint, this process reads it back.
+- under `torchrun` (RANK / WORLD_SIZE in the environment): joins the group torchrun describes.
+- inside an already initialised process group: uses it.
+
+What is distributed, and why it matches one process up to floating-point reduction order:
+- Every rank draws the SAME shuffle (same seed, same generator) and takes a contiguous 1/N slice of
+  each global mini-batch. The loss has no term that couples samples of a batch, so the gradient of
+  the global batch mean is the sum over ranks of (rank's mean x its share of the batch); DDP
+  averages gradients over N, so each rank scales its loss by b_rank * N / b_batch. This stays
+  exact for batches that do not split evenly, and a rank with an empty slice still joins the
+  all-reduce (with a zero loss). Gradients are averaged by DDP (bucketed, overlapped with the
+  backward pass) rather than a hand-written all_reduce: same arithmetic, less code, faster.
+- The stored outputs B^v / B^t: each rank writes the outputs of its own samples, then the pass's
+  outputs are all-gathered, so after every pass all ranks hold the same complete B^v, B^t and hence
+  the same C = sgn(B^v + B^t). (Within a pass only the OTHER modality's stored outputs are read,
+  so one gather per pass suffices.)
+- Evaluation: every rank encodes the queries and a 1/N slice of the database (slices aligned to the
+  encoder's batch size, so each code is computed exactly as one process computes it), and MAP
+  comes from dchml.distributed.mean_average_precision (exact).
+Dropout (AlexNet on pixels) draws its masks from each rank's own generator, so with dropout the
+runs agree only in distribution; the feature MLPs and the text net have no dropout.
+"""
+from __future__ import annotations
+
+import atexit
+import datetime
+import gc
+import math
+import os
+import sys
+import tempfile
+import time
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from . import train as _single
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .distributed import _Group as _EvalGroup
+from .distributed import mean_average_precision as _sharded_map
+from .encoding import continuous_codes, hash_codes
+from .models import sgn
+from .objective import full_objective, step_loss
+from .train import TrainConfig, TrainResult
+
+__all__ = ["train", "launched_by_torchrun", "is_main_process"]
+
+_ENCODE_BATCH = 1024  # dchml.train.evaluate's encoder batch; database slices are aligned to it
+_TIMEOUT = datetime.timedelta(minutes=10)
+
+
+def launched_by_torchrun() -> bool:
+    """True in a process started by torchrun (or any launcher that sets RANK and WORLD_SIZE)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized()
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or no process group at all): the process that should write outputs and reports."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train(data, config: TrainConfig | None = None, *, nproc: int | None = None,
+          checkpoint_path: str | None = None, resume: bool = False, progress: bool | None = None,
+          log=_single.log_to_stderr, on_epoch_end=None) -> TrainResult:
+    """Algorithm 1 over several processes; same arguments and result as `dchml.train.train`.
+
+    nproc: processes to spawn on this machine (None or 1: one process, unless a process group
+    exists or torchrun launched us, in which case that group is used and nproc must be None or
+    match it). Returns the TrainResult on every rank of an existing / torchrun group, and in this
+    process when it spawned the workers (model, history, diagnostics and state read back from
+    rank 0's checkpoint). on_epoch_end is called on every rank; it cannot cross into spawned
+    workers, so it is refused with nproc > 1; spawned workers log to stderr (rank 0 only) when
+    `log` is not None, whatever callable it is.
+    """
+    cfg = config or TrainConfig()
+    if nproc is not None and (isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1):
+        raise ValueError(f"nproc must be a positive integer, got {nproc!r}")
+    if resume and not checkpoint_path:
+        raise ValueError("resume=True needs checkpoint_path")
+    if dist.is_available() and dist.is_initialized():
+        _check_nproc(nproc, dist.get_world_size())
+        return _train_in_group(data, cfg, checkpoint_path, resume, progress, log, on_epoch_end)
+    if launched_by_torchrun():
+        _check_nproc(nproc, int(os.environ["WORLD_SIZE"]))
+        device = _single._resolve_device(cfg.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        # The group stays up for the rest of the process (later calls reuse it): destroying and
+        # re-creating the default group on torchrun's store can meet stale rendezvous keys.
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=_TIMEOUT)
+        atexit.register(_destroy_group)
+        return _train_in_group(data, cfg, checkpoint_path, resume, progress, log, on_epoch_end)
+    if nproc is None or nproc == 1:
+        return _single.train(data, cfg, checkpoint_path=checkpoint_path, resume=resume, progress=progress,
+                             log=log, on_epoch_end=on_epoch_end)
+    if on_epoch_end is not None:
+        raise ValueError("on_epoch_end cannot be called inside spawned workers; run under torchrun instead")
+    return _spawn(data, cfg, nproc, checkpoint_path, resume, progress, log)
+
+
+def _destroy_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _check_nproc(nproc, world: int) -> None:
+    if nproc is not None and nproc != world:
+        raise ValueError(f"nproc={nproc} but this process group already has {world} processes")
+
+
+# --- spawning local workers ---------------------------------------------------------------------
+
+
+def _spawn(data, cfg, nproc, checkpoint_path, resume, progress, log) -> TrainResult:
+    device = _single._resolve_device(cfg.device)  # a clear error here, before any process starts
+    if device.type == "cuda" and torch.cuda.device_count() < nproc:
+        raise ValueError(f"nproc={nproc} CUDA processes need {nproc} GPUs, found {torch.cuda.device_count()}")
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=_TIMEOUT)
+    with tempfile.TemporaryDirectory(prefix="dchml-ddp-") as tmp:
+        # rank 0 writes every epoch's checkpoint; without a user path it goes to a temporary file
+        path = checkpoint_path or os.path.join(tmp, "checkpoint.pt")
+        threads = max(1, (os.cpu_count() or 1) // nproc)  # the cores shared, not oversubscribed
+        args = (nproc, store.port, data, cfg, path, resume, progress, log is not None, threads)
+        try:
+            torch.multiprocessing.start_processes(_worker, args=args, nprocs=nproc, join=True,
+                                                  start_method="spawn")
+        except torch.multiprocessing.ProcessRaisedException as exc:
+            lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+            raise RuntimeError(f"distributed training failed: {lines[-1] if lines else exc}") from None
+        except torch.multiprocessing.ProcessExitedException as exc:
+            raise RuntimeError(f"distributed training failed: a worker exited ({exc})") from None
+        state = load_checkpoint(path)
+    model = model_from_checkpoint(state).to(device)
+    state = {k: v for k, v in state.items() if k not in ("format", "version")}
+    return TrainResult(model=model, history=list(state["history"]), proxy_diagnostics=dict(state["phnet"]),
+                       state=state)
+
+
+def _worker(rank, world, port, data, cfg, path, resume, progress, logging, threads):
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(threads)
+    device = _single._resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(rank)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # all ranks are on this machine
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=_TIMEOUT)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
+                            world_size=world, timeout=_TIMEOUT)
+    try:
+        log = _single.log_to_stderr if logging else None
+        _train_in_group(data, cfg, path, resume, progress, log, None)
+    finally:
+        dist.destroy_process_group()
+
+
+# --- Algorithm 1 on every rank --------------------------------------------------------------------
+
+
+def _train_in_group(data, cfg, checkpoint_path, resume, progress, log, on_epoch_end) -> TrainResult:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = _single._resolve_device(cfg.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    main = rank == 0
+    if progress is None:
+        progress = sys.stderr.isatty()
+    log = log if (log is not None and main) else (lambda message: None)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return _run(data, cfg, device, rank, world, checkpoint_path, resume, progress and main, log,
+                    on_epoch_end)
+
+
+def _run(data, cfg, device, rank, world, checkpoint_path, resume, progress, log, on_epoch_end):
+    train_idx = data.train_idx.to(torch.int64)
+    labels = data.labels[train_idx].to(device, torch.float32)
+    n_train = train_idx.numel()
+    generator = torch.Generator()
+    if resume:  # every rank reads the same checkpoint
+        state = load_checkpoint(checkpoint_path)
+        cfg = _single._resumed_config(state, cfg)
+        _single._check_same_data(state, data, checkpoint_path)
+        model = model_from_checkpoint(state).to(device)
+        opt_image, opt_text = _single._optimizer(model.image_net, cfg), _single._optimizer(model.text_net, cfg)
+        opt_image.load_state_dict(state["optim_image"])
+        opt_text.load_state_dict(state["optim_text"])
+        codes_c = state["codes_c"].to(device)
+        stored_image, stored_text = state["stored_image"].to(device), state["stored_text"].to(device)
+        generator.set_state(state["rng"]["generator"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        history, diag, start_epoch = list(state["history"]), dict(state["phnet"]), int(state["epoch"])
+        log(f"resuming {cfg.method} on {world} processes from {checkpoint_path} after epoch {start_epoch}")
+    else:
+        torch.manual_seed(cfg.seed)
+        generator.manual_seed(cfg.seed)
+        model = _single.build_model(data, cfg).to(device)
+        diag = _single.train_proxies(model, cfg, log)
+        # One source of truth for the frozen proxies and PHNet (identical already on the CPU).
+        for tensor in list(model.phnet.parameters()) + [model.proxies]:
+            dist.broadcast(tensor.data, src=0)
+        opt_image, opt_text = _single._optimizer(model.image_net, cfg), _single._optimizer(model.text_net, cfg)
+        codes_c = sgn(torch.randn(n_train, cfg.bits, generator=generator)).to(device)
+        stored_image = continuous_codes(model, data.image[train_idx], "image", device=device).to(device)
+        stored_text = continuous_codes(model, data.text[train_idx], "text", device=device).to(device)
+        history, start_epoch = [], 0
+        log(f"training {cfg.method} on {world} processes ({dist.get_backend()}), "
+            f"{n_train} training pairs split across them")
+    group = _EvalGroup(None, device)  # rank agreement helpers of dchml.distributed
+    ddp_kw = dict(device_ids=[device.index]) if device.type == "cuda" else {}
+    image_net = DistributedDataParallel(model.image_net, **ddp_kw)
+    text_net = DistributedDataParallel(model.text_net, **ddp_kw)
+    weights = cfg.loss_weights()
+    proxies = model.proxies
+    steps_per_pass = math.ceil(n_train / cfg.batch_size)
+    state = {}
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        began = time.perf_counter()
+        bar = _single._progress(2 * steps_per_pass, f"{cfg.method} epoch {epoch}/{cfg.epochs} x{world}", progress)
+        try:
+            order = torch.randperm(n_train, generator=generator)
+            image_stats = _sharded_pass(image_net, opt_image, data.image, train_idx, order, stored_image,
+                                        stored_text, codes_c, labels, proxies, weights, cfg.batch_size,
+                                        device, bar, rank, world)
+            order = torch.randperm(n_train, generator=generator)
+            text_stats = _sharded_pass(text_net, opt_text, data.text, train_idx, order, stored_text,
+                                       stored_image, codes_c, labels, proxies, weights, cfg.batch_size,
+                                       device, bar, rank, world)
+        finally:
+            if bar is not None:
+                bar.close()
+        codes_c = _single.update_codes(stored_image, stored_text)  # identical on every rank
+        seconds = _slowest(time.perf_counter() - began, device)
+        objective = full_objective(stored_image, stored_text, codes_c, proxies, labels, weights)
+        record = {"epoch": epoch, "seconds": seconds, "loss_image": image_stats["loss"],
+                  "loss_text": text_stats["loss"], **objective, "i2t_map": None, "t2i_map": None}
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            scores = evaluate_sharded(model, data, topk=cfg.topk, device=device)
+            record["i2t_map"], record["t2i_map"] = scores["i2t_map"], scores["t2i_map"]
+        history.append(record)
+        log(_single._epoch_line(cfg, record))
+        error = None
+        if rank == 0:
+            state = _single._checkpoint_state(model, cfg, epoch, opt_image, opt_text, codes_c, stored_image,
+                                              stored_text, generator, device, history, diag, data, train_idx)
+            try:
+                if checkpoint_path:
+                    save_checkpoint(state, checkpoint_path)
+            except Exception as exc:  # noqa: BLE001  (raised on every rank just below)
+                error = exc
+        # Also a barrier: when any rank moves on (or returns), the checkpoint is on disk, so a
+        # resume right after this call reads the finished file on every rank.
+        group.raise_if_any_failed(error, f"saving the checkpoint {checkpoint_path}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+    # Unwrap now: DDP's reducer keeps autograd hooks on the parameters (a later backward pass on
+    # the returned model would start all-reduces) and must not outlive the process group.
+    del image_net, text_net
+    gc.collect()
+    model.eval()
+    return TrainResult(model=model, history=history, proxy_diagnostics=diag, state=state)
+
+
+def _slowest(seconds: float, device) -> float:
+    t = torch.tensor([seconds], dtype=torch.float64, device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t[0])
+
+
+def _rank_slices(positions: torch.Tensor, batch_size: int, world: int) -> list[torch.Tensor]:
+    """The positions each rank trains on in one pass: a contiguous 1/world slice of every batch."""
+    batches = positions.split(batch_size)
+    return [torch.cat([b.tensor_split(world)[r] for b in batches]) if batches else positions[:0]
+            for r in range(world)]
+
+
+def _sharded_pass(net, optimizer, inputs, rows, positions, stored_self, stored_other, codes_c, labels, proxies,
+                  weights, batch_size, device, progress, rank, world) -> dict:
+    """One pass of the DDP-wrapped `net` over `positions` (shuffled identically on every rank), this
+    rank taking its slice of each batch; then the pass's outputs are shared so every rank's
+    stored_self is complete. Returns the pass's mean step loss and terms, over all ranks."""
+    net.train()
+    sums = torch.zeros(5, dtype=torch.float64)  # loss, intra, inter, quant (sample-weighted), samples
+    outputs = []
+    for start in range(0, positions.numel(), batch_size):
+        batch = positions[start:start + batch_size]
+        pos = batch.tensor_split(world)[rank]
+        x = inputs[rows[pos]].to(device, non_blocking=True)
+        pos_d = pos.to(device)
+        out = net(x)
+        b = pos.numel()
+        if b:
+            loss, terms = step_loss(out, stored_other[pos_d], codes_c[pos_d], proxies, labels[pos_d], weights)
+            # DDP divides the summed gradients by `world`: weigh this rank's batch mean by its share
+            # so the step is that of the mean over the WHOLE batch, as in one process.
+            scaled = loss * (b * world / batch.numel())
+            sums += torch.tensor([float(loss.detach()) * b, terms["intra"] * b, terms["inter"] * b,
+                                  terms["quant"] * b, b], dtype=torch.float64)
+        else:
+            scaled = out.sum() * 0.0  # nothing here this step, but the gradient all-reduce needs us
+        optimizer.zero_grad(set_to_none=True)
+        scaled.backward()
+        optimizer.step()
+        outputs.append(out.detach())
+        if progress is not None:
+            progress.update(1)
+    _share_outputs(stored_self, positions, batch_size, outputs, rank, world)
+    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    totals = sums.to(comm)
+    dist.all_reduce(totals)
+    totals = totals.cpu()
+    if not all(math.isfinite(float(v)) for v in totals):
+        raise FloatingPointError("the training loss became NaN or infinite; lower the learning rate (--lr)")
+    seen = max(float(totals[4]), 1.0)
+    return {"loss": float(totals[0]) / seen, "intra": float(totals[1]) / seen,
+            "inter": float(totals[2]) / seen, "quant": float(totals[3]) / seen}
+
+
+def _share_outputs(stored: torch.Tensor, positions, batch_size, outputs, rank, world) -> None:
+    """All-gather this pass's outputs and write every rank's rows into `stored`."""
+    slices = _rank_slices(positions, batch_size, world)  # known on every rank: no need to send them
+    mine = torch.cat(outputs) if outputs else stored[:0]
+    longest = max(s.numel() for s in slices)
+    comm = stored.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    padded = torch.zeros(longest, stored.shape[1], dtype=stored.dtype, device=comm)
+    padded[: mine.shape[0]] = mine.to(comm)
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    for r, pos in enumerate(slices):
+        stored[pos.to(stored.device)] = gathered[r][: pos.numel()].to(stored.device)
+
+
+# --- evaluation with the database sharded ----------------------------------------------------------
+
+
+def _aligned_slice(n: int, rank: int, world: int, unit: int = _ENCODE_BATCH) -> tuple[int, int]:
+    blocks = -(-n // unit)
+    lo, hi = blocks * rank // world, blocks * (rank + 1) // world
+    return min(n, lo * unit), min(n, hi * unit)
+
+
+def evaluate_sharded(model, data, *, topk: int = 5000, device=None) -> dict:
+    """MAP@topk I->T and T->I like dchml.train.evaluate, with the retrieval set split across the
+    ranks of the default group: each rank encodes all queries and its slice of the database, and
+    dchml.distributed.mean_average_precision merges the slices exactly. Collective."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    kw = dict(batch_size=_ENCODE_BATCH, device=device)
+    q_img = hash_codes(model, data.image[data.query_idx], "image", **kw)
+    q_txt = hash_codes(model, data.text[data.query_idx], "text", **kw)
+    lo, hi = _aligned_slice(data.retrieval_idx.numel(), rank, world)
+    mine = data.retrieval_idx[lo:hi]
+    d_img = hash_codes(model, data.image[mine], "image", **kw)
+    d_txt = hash_codes(model, data.text[mine], "text", **kw)
+    ql, dl = data.labels[data.query_idx], data.labels[mine]
+    if device is not None:  # rank on the training device (the GPU kernels under NCCL)
+        q_img, q_txt, d_img, d_txt = (t.to(device) for t in (q_img, q_txt, d_img, d_txt))
+    return {"topk": topk,
+            "i2t_map": float(_sharded_map(q_img, d_txt, ql, dl, topk=topk)),
+            "t2i_map": float(_sharded_map(q_txt, d_img, ql, dl, topk=topk))}
