@@ -44,8 +44,7 @@ from . import train as _single
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .distributed import _Group as _EvalGroup
 from .distributed import mean_average_precision as _sharded_map
-from .encoding import continuous_codes, hash_codes
-from .models import sgn
+from .encoding import hash_codes
 from .objective import full_objective, step_loss
 from .train import TrainConfig, TrainResult
 
@@ -183,36 +182,17 @@ def _run(data, cfg, device, rank, world, checkpoint_path, resume, progress, log,
     train_idx = data.train_idx.to(torch.int64)
     labels = data.labels[train_idx].to(device, torch.float32)
     n_train = train_idx.numel()
-    generator = torch.Generator()
-    if resume:  # every rank reads the same checkpoint
-        state = load_checkpoint(checkpoint_path)
-        cfg = _single._resumed_config(state, cfg)
-        _single._check_same_data(state, data, checkpoint_path)
-        model = model_from_checkpoint(state).to(device)
-        opt_image, opt_text = _single._optimizer(model.image_net, cfg), _single._optimizer(model.text_net, cfg)
-        opt_image.load_state_dict(state["optim_image"])
-        opt_text.load_state_dict(state["optim_text"])
-        codes_c = state["codes_c"].to(device)
-        stored_image, stored_text = state["stored_image"].to(device), state["stored_text"].to(device)
-        generator.set_state(state["rng"]["generator"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        history, diag, start_epoch = list(state["history"]), dict(state["phnet"]), int(state["epoch"])
+    # Every rank reads the same checkpoint, or runs the same seeded start.
+    run = _single.start_run(data, cfg, device, train_idx, checkpoint_path, resume, log)
+    cfg, model, opt_image, opt_text = run.cfg, run.model, run.opt_image, run.opt_text
+    codes_c, stored_image, stored_text, generator = run.codes_c, run.stored_image, run.stored_text, run.generator
+    history, diag, start_epoch = run.history, run.diag, run.start_epoch
+    if resume:
         log(f"resuming {cfg.method} on {world} processes from {checkpoint_path} after epoch {start_epoch}")
     else:
-        torch.manual_seed(cfg.seed)
-        generator.manual_seed(cfg.seed)
-        model = _single.build_model(data, cfg).to(device)
-        diag = _single.train_proxies(model, cfg, log)
         # One source of truth for the frozen proxies and PHNet (identical already on the CPU).
         for tensor in list(model.phnet.parameters()) + [model.proxies]:
             dist.broadcast(tensor.data, src=0)
-        opt_image, opt_text = _single._optimizer(model.image_net, cfg), _single._optimizer(model.text_net, cfg)
-        codes_c = sgn(torch.randn(n_train, cfg.bits, generator=generator)).to(device)
-        stored_image = continuous_codes(model, data.image[train_idx], "image", device=device).to(device)
-        stored_text = continuous_codes(model, data.text[train_idx], "text", device=device).to(device)
-        history, start_epoch = [], 0
         log(f"training {cfg.method} on {world} processes ({dist.get_backend()}), "
             f"{n_train} training pairs split across them")
     group = _EvalGroup(None, device)  # rank agreement helpers of dchml.distributed

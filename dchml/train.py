@@ -298,10 +298,29 @@ def train(data, config: TrainConfig | None = None, *, checkpoint_path: str | Non
         return _train(data, cfg, device, checkpoint_path, resume, progress, log, on_epoch_end)
 
 
-def _train(data, cfg, device, checkpoint_path, resume, progress, log, on_epoch_end) -> TrainResult:
-    train_idx = data.train_idx.to(torch.int64)
-    labels = data.labels[train_idx].to(device, torch.float32)
-    n_train = train_idx.numel()
+@dataclass
+class RunState:
+    """What Algorithm 1 carries from one epoch to the next, fresh or restored from a checkpoint."""
+
+    cfg: TrainConfig
+    model: CrossModalHashModel
+    opt_image: torch.optim.Optimizer
+    opt_text: torch.optim.Optimizer
+    codes_c: torch.Tensor
+    stored_image: torch.Tensor
+    stored_text: torch.Tensor
+    generator: torch.Generator
+    history: list
+    diag: dict
+    start_epoch: int
+    checkpoint: dict  # the restored checkpoint's entries; empty for a fresh run
+
+
+def start_run(data, cfg: TrainConfig, device, train_idx, checkpoint_path, resume: bool, log) -> RunState:
+    """Step 1 of Algorithm 1 and the initial C and stored outputs, or all of it from a checkpoint.
+
+    Shared by the single-process and the distributed drivers, so both restore exactly the same state.
+    """
     generator = torch.Generator()
     if resume:
         state = load_checkpoint(checkpoint_path)
@@ -311,28 +330,38 @@ def _train(data, cfg, device, checkpoint_path, resume, progress, log, on_epoch_e
         opt_image, opt_text = _optimizer(model.image_net, cfg), _optimizer(model.text_net, cfg)
         opt_image.load_state_dict(state["optim_image"])
         opt_text.load_state_dict(state["optim_text"])
-        codes_c = state["codes_c"].to(device)
-        stored_image, stored_text = state["stored_image"].to(device), state["stored_text"].to(device)
         generator.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        history, diag, start_epoch = list(state["history"]), dict(state["phnet"]), int(state["epoch"])
-        state = {k: v for k, v in state.items() if k not in ("format", "version")}
-        log(f"resuming {cfg.method} from {checkpoint_path} after epoch {start_epoch} of {cfg.epochs}")
-    else:
-        torch.manual_seed(cfg.seed)
-        generator.manual_seed(cfg.seed)
-        model = build_model(data, cfg).to(device)
-        diag = train_proxies(model, cfg, log)
-        opt_image, opt_text = _optimizer(model.image_net, cfg), _optimizer(model.text_net, cfg)
-        codes_c = sgn(torch.randn(n_train, cfg.bits, generator=generator)).to(device)
-        # Stored outputs start as the untrained nets' outputs, so l_I has a real partner from step 1.
-        from .encoding import continuous_codes
+        return RunState(cfg, model, opt_image, opt_text, state["codes_c"].to(device),
+                        state["stored_image"].to(device), state["stored_text"].to(device), generator,
+                        list(state["history"]), dict(state["phnet"]), int(state["epoch"]),
+                        {k: v for k, v in state.items() if k not in ("format", "version")})
+    torch.manual_seed(cfg.seed)
+    generator.manual_seed(cfg.seed)
+    model = build_model(data, cfg).to(device)
+    diag = train_proxies(model, cfg, log)
+    opt_image, opt_text = _optimizer(model.image_net, cfg), _optimizer(model.text_net, cfg)
+    codes_c = sgn(torch.randn(train_idx.numel(), cfg.bits, generator=generator)).to(device)
+    # Stored outputs start as the untrained nets' outputs, so l_I has a real partner from step 1.
+    from .encoding import continuous_codes
 
-        stored_image = continuous_codes(model, data.image[train_idx], "image", device=device).to(device)
-        stored_text = continuous_codes(model, data.text[train_idx], "text", device=device).to(device)
-        history, start_epoch, state = [], 0, {}
+    stored_image = continuous_codes(model, data.image[train_idx], "image", device=device).to(device)
+    stored_text = continuous_codes(model, data.text[train_idx], "text", device=device).to(device)
+    return RunState(cfg, model, opt_image, opt_text, codes_c, stored_image, stored_text, generator, [], diag, 0, {})
+
+
+def _train(data, cfg, device, checkpoint_path, resume, progress, log, on_epoch_end) -> TrainResult:
+    train_idx = data.train_idx.to(torch.int64)
+    labels = data.labels[train_idx].to(device, torch.float32)
+    n_train = train_idx.numel()
+    run = start_run(data, cfg, device, train_idx, checkpoint_path, resume, log)
+    cfg, model, opt_image, opt_text = run.cfg, run.model, run.opt_image, run.opt_text
+    codes_c, stored_image, stored_text, generator = run.codes_c, run.stored_image, run.stored_text, run.generator
+    history, diag, start_epoch, state = run.history, run.diag, run.start_epoch, run.checkpoint
+    if resume:
+        log(f"resuming {cfg.method} from {checkpoint_path} after epoch {start_epoch} of {cfg.epochs}")
     weights = cfg.loss_weights()
     proxies = model.proxies
     steps_per_pass = math.ceil(n_train / cfg.batch_size)
