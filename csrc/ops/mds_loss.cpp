@@ -151,10 +151,19 @@ const auto& partial_softmax_loss_backward_op() {
 
 // On the CPU the sum is a plain loop into a scalar tensor: at::mean costs ~17 us at n = 128 on the
 // 2-core test machine (sum, division, dtype round trip), as much as the loss kernel itself.
+// A real CPU tensor whose memory can be read here (not a fake / functional tensor of a
+// torch.compile trace, which runs this same autograd code).
+bool readable_cpu(const at::Tensor& t) {
+  return t.is_cpu() &&
+         !t.key_set().has_any(c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::Functionalize,
+                                                   c10::DispatchKey::PythonTLSSnapshot})) &&
+         t.has_storage() && t.storage().data() != nullptr;
+}
+
 at::Tensor reduce_rows(const at::Tensor& rows, int64_t reduction) {
   TORCH_CHECK_VALUE(reduction == 1 || reduction == 2, "reduction must be 1 (mean) or 2 (sum), got ", reduction);
   const int64_t n = rows.numel();
-  if (rows.is_cpu() && rows.is_contiguous()) {
+  if (readable_cpu(rows) && rows.is_contiguous()) {
     double acc = 0;  // float64 accumulation for both dtypes
     AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "reduce_rows", [&] {
       const scalar_t* r = rows.const_data_ptr<scalar_t>();
@@ -171,7 +180,7 @@ at::Tensor reduce_rows(const at::Tensor& rows, int64_t reduction) {
 // the scalar is read directly (no device sync there) and one filled tensor made.
 at::Tensor expand_reduced_grad(const at::Tensor& grad, int64_t n, int64_t reduction) {
   const double scale = reduction == 1 && n > 0 ? 1.0 / static_cast<double>(n) : 1.0;
-  if (grad.is_cpu()) return at::full({n}, grad.item<double>() * scale, grad.options());
+  if (readable_cpu(grad)) return at::full({n}, grad.item<double>() * scale, grad.options());
   return (scale == 1.0 ? grad : grad.mul(scale)).expand({n});
 }
 
