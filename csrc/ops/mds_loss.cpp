@@ -162,8 +162,8 @@ bool readable_cpu(const at::Tensor& t) {
 
 at::Tensor reduce_rows(const at::Tensor& rows, int64_t reduction) {
   TORCH_CHECK_VALUE(reduction == 1 || reduction == 2, "reduction must be 1 (mean) or 2 (sum), got ", reduction);
-  const int64_t n = rows.numel();
   if (readable_cpu(rows) && rows.is_contiguous()) {
+    const int64_t n = rows.numel();
     double acc = 0;  // float64 accumulation for both dtypes
     AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "reduce_rows", [&] {
       const scalar_t* r = rows.const_data_ptr<scalar_t>();
@@ -172,16 +172,20 @@ at::Tensor reduce_rows(const at::Tensor& rows, int64_t reduction) {
     if (reduction == 1 && n > 0) acc /= static_cast<double>(n);
     return at::scalar_tensor(acc, rows.options());
   }
-  if (reduction == 2 || n == 0) return rows.sum();
+  if (reduction == 2 || rows.sym_numel() == 0) return rows.sum();
   return rows.mean();
 }
 
 // d(reduced)/d(rows): grad (a scalar) for sum, grad / n for mean, as an (n,) tensor. On the CPU
 // the scalar is read directly (no device sync there) and one filled tensor made.
-at::Tensor expand_reduced_grad(const at::Tensor& grad, int64_t n, int64_t reduction) {
-  const double scale = reduction == 1 && n > 0 ? 1.0 / static_cast<double>(n) : 1.0;
-  if (readable_cpu(grad)) return at::full({n}, grad.item<double>() * scale, grad.options());
-  return (scale == 1.0 ? grad : grad.mul(scale)).expand({n});
+at::Tensor expand_reduced_grad(const at::Tensor& grad, const c10::SymInt& n, int64_t reduction) {
+  if (readable_cpu(grad)) {
+    const int64_t rows = n.expect_int();
+    const double scale = reduction == 1 && rows > 0 ? 1.0 / static_cast<double>(rows) : 1.0;
+    return at::full({rows}, grad.item<double>() * scale, grad.options());
+  }
+  const at::Tensor g = reduction == 1 && n > 0 ? grad.div(c10::Scalar(n)) : grad;
+  return g.expand_symint({n});
 }
 
 const auto& mds_loss_op() {
@@ -243,7 +247,7 @@ class MdsLossReducedFunction : public torch::autograd::Function<MdsLossReducedFu
     const auto saved = ctx->get_saved_variables();
     const bool has_other = ctx->saved_data["has_other"].toBool();
     const at::Tensor grad_rows =
-        expand_reduced_grad(grads[0], saved[0].size(0), ctx->saved_data["reduction"].toInt());
+        expand_reduced_grad(grads[0], saved[0].sym_size(0), ctx->saved_data["reduction"].toInt());
     auto [grad_codes, grad_other] = mds_loss_backward_op().call(
         grad_rows, saved[0], has_other ? std::optional<at::Tensor>(saved[1]) : std::nullopt, saved[2], saved[3],
         saved[4], saved[5], ctx->saved_data["eta"].toDouble(), ctx->saved_data["mu"].toDouble());
@@ -272,7 +276,7 @@ class PartialSoftmaxReducedFunction : public torch::autograd::Function<PartialSo
     if (!grads[0].defined()) return variable_list(7);
     const auto saved = ctx->get_saved_variables();
     const at::Tensor grad_rows =
-        expand_reduced_grad(grads[0], saved[0].size(0), ctx->saved_data["reduction"].toInt());
+        expand_reduced_grad(grads[0], saved[0].sym_size(0), ctx->saved_data["reduction"].toInt());
     at::Tensor grad_codes =
         partial_softmax_loss_backward_op().call(grad_rows, saved[0], saved[1], saved[2], saved[3], saved[4],
                                                 ctx->saved_data["gamma"].toDouble(), ctx->saved_data["sigma"].toDouble());
