@@ -7,6 +7,8 @@ never sees an input it was not written for.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _C
@@ -24,9 +26,11 @@ def require_device_support(name: str, tensor: torch.Tensor) -> None:
 
 
 def require_same_device(**tensors: torch.Tensor) -> None:
-    present = [t for t in tensors.values() if t is not None]
     # fast path (called on every loss step): all on the CPU
-    if all(t.device.type == "cpu" for t in present):
+    for t in tensors.values():
+        if t is not None and t.device.type != "cpu":
+            break
+    else:
         return
     devices = {name: t.device for name, t in tensors.items() if t is not None}
     if len(set(devices.values())) > 1:
@@ -76,7 +80,7 @@ def _prepare_proxies(proxies, codes):
 def _check_scalar(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return float(value)
 

@@ -1,10 +1,11 @@
 // CPU kernels of the loss operators (schemas in ops/mds_loss.cpp).
 //
 // Two paths, both fused (no (n x c) tensor) and both built on the row math of core/:
-// - direct (c <= kDirectMaxClasses = 64): one pass per row over the proxies (core/mds_loss_engine.h),
-//   rows spread over OpenMP threads, inner loops vectorised with the widest SIMD the CPU has,
-//   picked at run time (target_clones), and no temporaries: the paper's scale (c <= 255) is
-//   bound by call overhead, so nothing is allocated beyond the outputs.
+// - small c (c <= kSmallMaxClasses = 512): proxies unpacked once per call (k x c transposed and
+//   c x k), scores of 4 rows x 16 proxies accumulated in SIMD registers (GCC vector types, the
+//   SIMD width picked at run time with target_clones), and a backward that folds every proxy's
+//   coefficient into one weight so a row's gradient is one weights x proxies product. Work below
+//   ~256K multiply-adds stays on the calling thread (the paper's scale is bound by call overhead).
 // - tiled (large c): scores of a (<= 4096 rows) x (<= 2048 proxies) tile through at::mm (MKL /
 //   oneDNN sgemm, near peak), then one vectorised pass per row of the tile that masks the
 //   positives and merges the tile's log-sum-exp into the row's; backward recomputes the tile,
