@@ -31,8 +31,8 @@ namespace {
 #define DCHML_SIMD_CLONES
 #endif
 
-// Above this many classes the GEMM-tiled path wins (measured on the 2-core test machine at
-// n = 128, k = 64: direct faster at c = 21, tiled faster from c = 80).
+// The row-engine-only route (c <= 64) is now shadowed by the small-c path (c <= 512, below);
+// above 512 every call takes the GEMM tiles, whose per-row finish still uses the row engine.
 constexpr int64_t kDirectMaxClasses = 64;
 // Tile of at most 4096 x 2048 scores (32 MiB in float): large enough that the few parallel
 // regions per tile (one GEMM, one row pass) cost little even on a busy machine, where each
