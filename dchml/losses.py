@@ -38,16 +38,18 @@ def margin_dynamic_softmax(codes, proxies, labels, *, eta=0.3, mu=0.3, other=Non
     from `other`; gradients flow to both. reduction: "mean", "sum" or "none" (per-row losses).
     """
     _check_reduction(reduction)
-    rows = ops.mds_loss_rows(codes, proxies, labels, eta=eta, mu=mu, other=other)
-    return _reduce(rows, reduction)
+    if reduction != "none":
+        return ops.mds_loss_reduced(codes, proxies, labels, reduction, eta=eta, mu=mu, other=other)
+    return ops.mds_loss_rows(codes, proxies, labels, eta=eta, mu=mu, other=other)
 
 
 def partial_softmax(codes, proxies, labels, *, gamma=0.2, sigma=0.2, reduction="mean"):
     """PSLDH partial-softmax loss (§6): one softmax per positive p, {gamma (b.g_p - sigma k)}
     against the row's negatives {gamma b.g_q}, averaged over the row's positives."""
     _check_reduction(reduction)
-    rows = ops.partial_softmax_rows(codes, proxies, labels, gamma=gamma, sigma=sigma)
-    return _reduce(rows, reduction)
+    if reduction != "none":
+        return ops.partial_softmax_reduced(codes, proxies, labels, reduction, gamma=gamma, sigma=sigma)
+    return ops.partial_softmax_rows(codes, proxies, labels, gamma=gamma, sigma=sigma)
 
 
 # --- Method-layer losses (issue 4): DCHML_P's pairwise proxy loss and PHNet's loss ------------

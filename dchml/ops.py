@@ -7,6 +7,8 @@ never sees an input it was not written for.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _C
@@ -24,6 +26,12 @@ def require_device_support(name: str, tensor: torch.Tensor) -> None:
 
 
 def require_same_device(**tensors: torch.Tensor) -> None:
+    # fast path (called on every loss step): all on the CPU
+    for t in tensors.values():
+        if t is not None and t.device.type != "cpu":
+            break
+    else:
+        return
     devices = {name: t.device for name, t in tensors.items() if t is not None}
     if len(set(devices.values())) > 1:
         listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
@@ -191,7 +199,7 @@ def _prepare_proxies(proxies, codes):
 def _check_scalar(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return float(value)
 
@@ -257,7 +265,7 @@ def normalise_labels(labels, n: int, c: int, device):
         raise ValueError(f"labels must be dense or torch.sparse_csr, got layout {labels.layout}")
     if labels.is_complex():
         raise TypeError(f"labels must be 0/1 as bool, integer or float, got {labels.dtype}")
-    return torch.ops.dchml.labels_to_csr(labels)
+    return torch.ops.dchml.labels_to_csr.default(labels)
 
 
 def _prepare_loss_inputs(codes, proxies, labels, other):
@@ -276,15 +284,39 @@ def _prepare_loss_inputs(codes, proxies, labels, other):
 def mds_loss_rows(codes, proxies, labels, *, eta=0.3, mu=0.3, other=None):
     """Per-row margin-dynamic-softmax loss (eq. 13; eq. 14's inter-modal term with `other`)."""
     proxies, offsets, indices = _prepare_loss_inputs(codes, proxies, labels, other)
-    loss, _ = torch.ops.dchml.mds_loss(codes, other, proxies, offsets, indices,
+    loss, _ = torch.ops.dchml.mds_loss.default(codes, other, proxies, offsets, indices,
                                        _check_scalar("eta", eta), _check_scalar("mu", mu))
+    return loss
+
+
+# reduction codes of the *_reduced ops (as at::Reduction): the reduction runs inside the op, so
+# loss.backward() is one autograd node (a separate mean() and its node cost ~35 us per step at the
+# paper's scale, more than the kernels; measured, benchmarks/results/loss.md)
+_REDUCTION_CODES = {"mean": 1, "sum": 2}
+
+
+def mds_loss_reduced(codes, proxies, labels, reduction, *, eta=0.3, mu=0.3, other=None):
+    """Margin-dynamic-softmax loss reduced over rows ("mean" or "sum") in the op itself."""
+    proxies, offsets, indices = _prepare_loss_inputs(codes, proxies, labels, other)
+    loss, _ = torch.ops.dchml.mds_loss_reduced.default(codes, other, proxies, offsets, indices,
+                                                       _check_scalar("eta", eta), _check_scalar("mu", mu),
+                                                       _REDUCTION_CODES[reduction])
+    return loss
+
+
+def partial_softmax_reduced(codes, proxies, labels, reduction, *, gamma=0.2, sigma=0.2):
+    """PSLDH partial-softmax loss reduced over rows ("mean" or "sum") in the op itself."""
+    proxies, offsets, indices = _prepare_loss_inputs(codes, proxies, labels, None)
+    loss, _ = torch.ops.dchml.partial_softmax_loss_reduced.default(
+        codes, proxies, offsets, indices, _check_scalar("gamma", gamma), _check_scalar("sigma", sigma),
+        _REDUCTION_CODES[reduction])
     return loss
 
 
 def partial_softmax_rows(codes, proxies, labels, *, gamma=0.2, sigma=0.2):
     """Per-row PSLDH partial-softmax loss (§6)."""
     proxies, offsets, indices = _prepare_loss_inputs(codes, proxies, labels, None)
-    loss, _ = torch.ops.dchml.partial_softmax_loss(codes, proxies, offsets, indices,
+    loss, _ = torch.ops.dchml.partial_softmax_loss.default(codes, proxies, offsets, indices,
                                                    _check_scalar("gamma", gamma), _check_scalar("sigma", sigma))
     return loss
 
@@ -308,6 +340,16 @@ def _mds_loss_backward_fake(grad_loss, codes, other, proxies, offsets, indices, 
 @torch.library.register_fake("dchml::partial_softmax_loss")
 def _partial_softmax_loss_fake(codes, proxies, offsets, indices, gamma, sigma):
     return codes.new_empty(codes.shape[0]), codes.new_empty(codes.shape[0])
+
+
+@torch.library.register_fake("dchml::mds_loss_reduced")
+def _mds_loss_reduced_fake(codes, other, proxies, offsets, indices, eta, mu, reduction):
+    return codes.new_empty(()), codes.new_empty(codes.shape[0])
+
+
+@torch.library.register_fake("dchml::partial_softmax_loss_reduced")
+def _partial_softmax_loss_reduced_fake(codes, proxies, offsets, indices, gamma, sigma, reduction):
+    return codes.new_empty(()), codes.new_empty(codes.shape[0])
 
 
 @torch.library.register_fake("dchml::partial_softmax_loss_backward")

@@ -204,6 +204,12 @@ def test_opcheck():
         for o in (None, other):
             torch.library.opcheck(torch.ops.dchml.mds_loss, (codes, o, proxies, offsets, indices, ETA, MU))
         torch.library.opcheck(torch.ops.dchml.partial_softmax_loss, (codes, proxies, offsets, indices, GAMMA, SIGMA))
+        for reduction in (1, 2):  # the reduced ops (mean, sum): one autograd node per loss
+            for o in (None, other):
+                torch.library.opcheck(torch.ops.dchml.mds_loss_reduced,
+                                      (codes, o, proxies, offsets, indices, ETA, MU, reduction))
+            torch.library.opcheck(torch.ops.dchml.partial_softmax_loss_reduced,
+                                  (codes, proxies, offsets, indices, GAMMA, SIGMA, reduction))
 
 
 def test_torch_compile_fullgraph():

@@ -1,10 +1,11 @@
 // CPU kernels of the loss operators (schemas in ops/mds_loss.cpp).
 //
 // Two paths, both fused (no (n x c) tensor) and both built on the row math of core/:
-// - direct (c <= kDirectMaxClasses = 64): one pass per row over the proxies (core/mds_loss_engine.h),
-//   rows spread over OpenMP threads, inner loops vectorised with the widest SIMD the CPU has,
-//   picked at run time (target_clones), and no temporaries: the paper's scale (c <= 255) is
-//   bound by call overhead, so nothing is allocated beyond the outputs.
+// - small c (c <= kSmallMaxClasses = 512): proxies unpacked once per call (k x c transposed and
+//   c x k), scores of 4 rows x 16 proxies accumulated in SIMD registers (GCC vector types, the
+//   SIMD width picked at run time with target_clones), and a backward that folds every proxy's
+//   coefficient into one weight so a row's gradient is one weights x proxies product. Work below
+//   ~256K multiply-adds stays on the calling thread (the paper's scale is bound by call overhead).
 // - tiled (large c): scores of a (<= 4096 rows) x (<= 2048 proxies) tile through at::mm (MKL /
 //   oneDNN sgemm, near peak), then one vectorised pass per row of the tile that masks the
 //   positives and merges the tile's log-sum-exp into the row's; backward recomputes the tile,
@@ -30,8 +31,8 @@ namespace {
 #define DCHML_SIMD_CLONES
 #endif
 
-// Above this many classes the GEMM-tiled path wins (measured on the 2-core test machine at
-// n = 128, k = 64: direct faster at c = 21, tiled faster from c = 80).
+// The row-engine-only route (c <= 64) is now shadowed by the small-c path (c <= 512, below);
+// above 512 every call takes the GEMM tiles, whose per-row finish still uses the row engine.
 constexpr int64_t kDirectMaxClasses = 64;
 // Tile of at most 4096 x 2048 scores (32 MiB in float): large enough that the few parallel
 // regions per tile (one GEMM, one row pass) cost little even on a busy machine, where each
@@ -70,16 +71,23 @@ std::tuple<at::Tensor, at::Tensor> labels_to_csr_cpu(const at::Tensor& labels_in
   int64_t bad_value_at = -1, empty_rows = 0, first_empty = -1;
   AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, labels.scalar_type(), "labels_to_csr", [&] {
     const scalar_t* l = labels.const_data_ptr<scalar_t>();
+    // branch-free counting pass (vectorises); the offending value is located only on failure
+    bool any_bad = false;
     for (int64_t i = 0; i < n; ++i) {
       int64_t count = 0;
+      const scalar_t* row = l + i * c;
       for (int64_t q = 0; q < c; ++q) {
-        const scalar_t v = l[i * c + q];
-        if (v == scalar_t(0)) continue;
-        if (!(v == scalar_t(1)) && bad_value_at < 0) bad_value_at = i * c + q;
-        ++count;
+        count += row[q] != scalar_t(0);
+        any_bad |= (row[q] != scalar_t(0)) & (row[q] != scalar_t(1));
       }
       if (count == 0 && empty_rows++ == 0) first_empty = i;
       off[i + 1] = off[i] + count;
+    }
+    for (int64_t j = 0; any_bad && j < n * c; ++j) {
+      if (l[j] != scalar_t(0) && l[j] != scalar_t(1)) {
+        bad_value_at = j;
+        break;
+      }
     }
     if (bad_value_at >= 0) {
       TORCH_CHECK_VALUE(false, "labels must be 0/1, got ", static_cast<double>(l[bad_value_at]), " at row ",
@@ -92,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor> labels_to_csr_cpu(const at::Tensor& labels_in
   int64_t* idx = indices.data_ptr<int64_t>();
   AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, labels.scalar_type(), "labels_to_csr", [&] {
     const scalar_t* l = labels.const_data_ptr<scalar_t>();
-    at::parallel_for(0, n, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, c)), [&](int64_t b, int64_t e) {
+    at::parallel_for(0, n, std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(1, c)), [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         int64_t out = off[i];
         for (int64_t q = 0; q < c; ++q)
@@ -107,8 +115,12 @@ template <typename P>
 void check_plus_minus_one(const at::Tensor& proxies) {
   const P* g = proxies.const_data_ptr<P>();
   const int64_t total = proxies.numel();
+  // branch-free scan first (vectorises: a call-overhead-bound step must not pay a scalar loop),
+  // then locate the first offender only on failure
+  bool any_bad = false;
+  for (int64_t j = 0; j < total; ++j) any_bad |= (g[j] != P(1)) & (g[j] != P(-1));
   int64_t bad = -1;
-  for (int64_t j = 0; j < total; ++j) {
+  for (int64_t j = 0; any_bad && j < total; ++j) {
     if (g[j] != P(1) && g[j] != P(-1)) {
       bad = j;
       break;
@@ -275,6 +287,315 @@ void dispatch_proxies(const at::Tensor& codes, const at::Tensor& proxies, F&& bo
   });
 }
 
+// ---- small-c path (c <= kSmallMaxClasses): proxies unpacked once per call, register-tiled ----
+// The paper's scale (n = 128, c <= 255, k = 64) is a few million multiply-adds: the row-by-row
+// dot products of the direct engine spent their time in horizontal sums. Here the proxies are
+// unpacked once per call into the codes' dtype, twice: transposed (k x cp, cp = c rounded up to
+// a 16-proxy tile, zero padded) for the scores, and row-major (c x k) for the gradient. Scores of
+// 4 rows x 16 proxies accumulate in registers (one broadcast-FMA per code entry, no horizontal
+// sum); the backward folds every proxy's coefficient (softmax weight on a negative, gbar share on
+// a positive) into one weight per proxy, so a row's gradient is ONE weights x proxies product,
+// again accumulated in registers. Per-thread scratch: 4 rows of scores plus one row (c values).
+constexpr int64_t kSmallMaxClasses = 512;
+constexpr int kTile = 16;  // proxies per score tile / code entries per gradient tile
+constexpr int kBlockRows = 4;
+
+template <typename T>
+struct Panel {
+  std::vector<T> g;   // (c, k) row-major
+  std::vector<T> gt;  // (k, cp) zero padded
+  int64_t c, k, cp;
+};
+
+template <typename T, typename P>
+Panel<T> make_panel(const P* proxies, int64_t c, int64_t k) {
+  Panel<T> p{{}, {}, c, k, (c + kTile - 1) / kTile * kTile};
+  p.g.resize(c * k);
+  p.gt.assign(k * p.cp, T(0));
+  for (int64_t j = 0; j < c * k; ++j) p.g[j] = static_cast<T>(proxies[j]);
+  for (int64_t j = 0; j < k; ++j)  // write the transpose sequentially (reads hit L1/L2)
+    for (int64_t q = 0; q < c; ++q) p.gt[j * p.cp + q] = p.g[q * k + j];
+  return p;
+}
+
+// One tile of 16 values as a GCC vector (unaligned loads allowed): each SIMD clone lowers it to
+// its own registers (1 zmm for float on AVX-512, 2 ymm on AVX2, ...). Written explicitly because
+// the plain-array form of these loops was not kept in registers by GCC (measured 10x slower).
+template <typename T>
+struct TileVec;
+template <>
+struct TileVec<float> {
+  typedef float type __attribute__((vector_size(kTile * sizeof(float)), aligned(alignof(float))));
+};
+template <>
+struct TileVec<double> {
+  typedef double type __attribute__((vector_size(kTile * sizeof(double)), aligned(alignof(double))));
+};
+
+// s[r * cp + q] = rows[r] . g_q for r < NR, q < cp (padding proxies give 0).
+template <int NR, typename T>
+DCHML_ROW_INLINE void block_scores_n(const T* rows, const Panel<T>& p, T* s) {
+  using V = typename TileVec<T>::type;
+  const int64_t k = p.k, cp = p.cp;
+  const T* gt = p.gt.data();
+  for (int64_t q0 = 0; q0 < cp; q0 += kTile) {
+    V acc[NR] = {};
+    for (int64_t j = 0; j < k; ++j) {
+      const V col = *reinterpret_cast<const V*>(gt + j * cp + q0);
+      for (int r = 0; r < NR; ++r) acc[r] += rows[r * k + j] * col;
+    }
+    for (int r = 0; r < NR; ++r) *reinterpret_cast<V*>(s + r * cp + q0) = acc[r];
+  }
+}
+
+// out[r * k + j] = sum_{q < c} w[r * cp + q] g_q[j] for r < NR (written, not added).
+template <int NR, typename T>
+DCHML_ROW_INLINE void block_combine_n(const T* w, const Panel<T>& p, T* out) {
+  using V = typename TileVec<T>::type;
+  const int64_t k = p.k, c = p.c, cp = p.cp;
+  const T* g = p.g.data();
+  int64_t j0 = 0;
+  for (; j0 + kTile <= k; j0 += kTile) {
+    V acc[NR] = {};
+    for (int64_t q = 0; q < c; ++q) {
+      const V gq = *reinterpret_cast<const V*>(g + q * k + j0);
+      for (int r = 0; r < NR; ++r) acc[r] += w[r * cp + q] * gq;
+    }
+    for (int r = 0; r < NR; ++r) *reinterpret_cast<V*>(out + r * k + j0) = acc[r];
+  }
+  if (j0 < k) {
+    const int width = static_cast<int>(k - j0);
+    T acc[NR][kTile] = {};
+    for (int64_t q = 0; q < c; ++q) {
+      const T* gq = g + q * k + j0;
+      for (int r = 0; r < NR; ++r) {
+        const T wq = w[r * cp + q];
+        for (int l = 0; l < width; ++l) acc[r][l] += wq * gq[l];
+      }
+    }
+    for (int r = 0; r < NR; ++r)
+      for (int l = 0; l < width; ++l) out[r * k + j0 + l] = acc[r][l];
+  }
+}
+
+template <typename T>
+DCHML_ROW_INLINE void block_scores(const T* rows, int nr, const Panel<T>& p, T* s) {
+  switch (nr) {
+    case 4: block_scores_n<4>(rows, p, s); break;
+    case 3: block_scores_n<3>(rows, p, s); break;
+    case 2: block_scores_n<2>(rows, p, s); break;
+    default: block_scores_n<1>(rows, p, s); break;
+  }
+}
+
+template <typename T>
+DCHML_ROW_INLINE void block_combine(const T* w, int nr, const Panel<T>& p, T* out) {
+  switch (nr) {
+    case 4: block_combine_n<4>(w, p, out); break;
+    case 3: block_combine_n<3>(w, p, out); break;
+    case 2: block_combine_n<2>(w, p, out); break;
+    default: block_combine_n<1>(w, p, out); break;
+  }
+}
+
+struct RowLabels {
+  const int64_t* pos;
+  int64_t npos;
+};
+
+inline RowLabels row_labels(const int64_t* offsets, const int64_t* indices, int64_t i) {
+  return {indices + offsets[i], offsets[i + 1] - offsets[i]};
+}
+
+template <typename T>
+DCHML_ROW_INLINE T mean_at(const T* s, RowLabels l) {
+  T acc = T(0);
+  for (int64_t e = 0; e < l.npos; ++e) acc += s[l.pos[e]];
+  return acc / T(l.npos);
+}
+
+// mean over positives of b . g_e, from the row-major panel
+template <typename T>
+DCHML_ROW_INLINE T mean_positive_dot_panel(const T* b, const Panel<T>& p, RowLabels l) {
+  T acc = T(0);
+  for (int64_t e = 0; e < l.npos; ++e) {
+    const T* g = p.g.data() + l.pos[e] * p.k;
+    T d = T(0);
+    for (int64_t j = 0; j < p.k; ++j) d += b[j] * g[j];
+    acc += d;
+  }
+  return acc / T(l.npos);
+}
+
+// max and sum of x[0, cp) with 16 independent lanes (vectorised without reassociation flags);
+// x[c, cp) must hold the neutral element.
+template <typename T>
+DCHML_ROW_INLINE T tile_max(const T* x, int64_t cp) {
+  using V = typename TileVec<T>::type;
+  V m = *reinterpret_cast<const V*>(x);
+  for (int64_t q0 = kTile; q0 < cp; q0 += kTile) {
+    const V v = *reinterpret_cast<const V*>(x + q0);
+    m = v > m ? v : m;
+  }
+  T r = m[0];
+  for (int l = 1; l < kTile; ++l) r = m[l] > r ? m[l] : r;
+  return r;
+}
+
+template <typename T>
+DCHML_ROW_INLINE T tile_sum(const T* x, int64_t cp) {
+  using V = typename TileVec<T>::type;
+  V a = *reinterpret_cast<const V*>(x);
+  for (int64_t q0 = kTile; q0 < cp; q0 += kTile) a += *reinterpret_cast<const V*>(x + q0);
+  T r = T(0);
+  for (int l = 0; l < kTile; ++l) r += a[l];
+  return r;
+}
+
+// logsumexp of {extra} U {scale * s[q] : q negative}; tmp holds cp values (overwritten).
+template <typename T>
+DCHML_ROW_INLINE T negatives_lse(const T* s, int64_t c, int64_t cp, RowLabels l, T scale, T extra, T* tmp) {
+  for (int64_t q = 0; q < c; ++q) tmp[q] = scale * s[q];
+  for (int64_t q = c; q < cp; ++q) tmp[q] = neg_infinity<T>();
+  for (int64_t e = 0; e < l.npos; ++e) tmp[l.pos[e]] = neg_infinity<T>();
+  T m = tile_max(tmp, cp);
+  m = extra > m ? extra : m;
+  if (m == neg_infinity<T>()) return m;
+  exp_shifted_inplace(tmp, cp, m);
+  for (int64_t e = 0; e < l.npos; ++e) tmp[l.pos[e]] = T(0);  // float exp clamps exp(-inf) to 1.6e-38
+  for (int64_t q = c; q < cp; ++q) tmp[q] = T(0);
+  T sum = extra == neg_infinity<T>() ? T(0) : exp_(extra - m);
+  return m + log_(sum + tile_sum(tmp, cp));
+}
+
+template <typename T>
+struct SmallScratch {
+  std::vector<T> s, tmp;
+  explicit SmallScratch(int64_t cp) : s(kBlockRows * cp), tmp(cp) {}
+};
+
+template <typename T>
+DCHML_SIMD_CLONES void small_mds_forward(const T* codes, const T* den, const Panel<T>& p, const int64_t* offsets,
+                                         const int64_t* indices, T eta, T mu, T* loss, T* lse, int64_t r0,
+                                         int64_t r1) {
+  SmallScratch<T> sc(p.cp);
+  for (int64_t i0 = r0; i0 < r1; i0 += kBlockRows) {
+    const int nr = static_cast<int>(std::min<int64_t>(kBlockRows, r1 - i0));
+    block_scores(den + i0 * p.k, nr, p, sc.s.data());
+    for (int r = 0; r < nr; ++r) {
+      const int64_t i = i0 + r;
+      const T* s = sc.s.data() + r * p.cp;
+      const RowLabels l = row_labels(offsets, indices, i);
+      const T u_den = surrogate_score(mean_at(s, l), mu, p.k);
+      const T u_num = den == codes ? u_den : surrogate_score(mean_positive_dot_panel(codes + i * p.k, p, l), mu, p.k);
+      lse[i] = negatives_lse(s, p.c, p.cp, l, eta, eta * u_den, sc.tmp.data());
+      loss[i] = mds_row_loss(eta, u_num, lse[i]);
+    }
+  }
+}
+
+template <typename T>
+DCHML_SIMD_CLONES void small_mds_backward(const T* codes, const T* den, const Panel<T>& p, const int64_t* offsets,
+                                          const int64_t* indices, T eta, T mu, const T* lse, const T* grad_loss,
+                                          T* grad_codes, T* grad_den, int64_t r0, int64_t r1) {
+  SmallScratch<T> sc(p.cp);
+  const bool separate = den != codes;
+  for (int64_t i0 = r0; i0 < r1; i0 += kBlockRows) {
+    const int nr = static_cast<int>(std::min<int64_t>(kBlockRows, r1 - i0));
+    block_scores(den + i0 * p.k, nr, p, sc.s.data());
+    for (int r = 0; r < nr; ++r) {
+      const int64_t i = i0 + r;
+      T* w = sc.s.data() + r * p.cp;
+      const RowLabels l = row_labels(offsets, indices, i);
+      const T u_den = surrogate_score(mean_at(w, l), mu, p.k);
+      const MdsGradCoefficients<T> co =
+          mds_grad_coefficients(eta, grad_loss[i], softmax_weight(eta * u_den, lse[i]));
+      // negatives: denominator_scale * exp(eta s_q - lse); positives: their gbar share
+      for (int64_t q = 0; q < p.c; ++q) w[q] *= eta;
+      exp_shifted_inplace(w, p.c, lse[i]);
+      for (int64_t q = 0; q < p.c; ++q) w[q] *= co.denominator_scale;
+      const T positive = (co.denominator_gbar + (separate ? T(0) : co.numerator_gbar)) / T(l.npos);
+      for (int64_t e = 0; e < l.npos; ++e) w[l.pos[e]] = positive;
+      if (separate) {  // numerator part on codes: numerator_gbar * gbar
+        T* out = grad_codes + i * p.k;
+        for (int64_t j = 0; j < p.k; ++j) out[j] = T(0);
+        const T a = co.numerator_gbar / T(l.npos);
+        for (int64_t e = 0; e < l.npos; ++e) {
+          const T* g = p.g.data() + l.pos[e] * p.k;
+          for (int64_t j = 0; j < p.k; ++j) out[j] += a * g[j];
+        }
+      }
+    }
+    block_combine(sc.s.data(), nr, p, (separate ? grad_den : grad_codes) + i0 * p.k);
+  }
+}
+
+template <typename T>
+DCHML_SIMD_CLONES void small_psl_forward(const T* codes, const Panel<T>& p, const int64_t* offsets,
+                                         const int64_t* indices, T gamma, T sigma, T* loss, T* lse_neg, int64_t r0,
+                                         int64_t r1) {
+  SmallScratch<T> sc(p.cp);
+  for (int64_t i0 = r0; i0 < r1; i0 += kBlockRows) {
+    const int nr = static_cast<int>(std::min<int64_t>(kBlockRows, r1 - i0));
+    block_scores(codes + i0 * p.k, nr, p, sc.s.data());
+    for (int r = 0; r < nr; ++r) {
+      const int64_t i = i0 + r;
+      const T* s = sc.s.data() + r * p.cp;
+      const RowLabels l = row_labels(offsets, indices, i);
+      const T ln = negatives_lse(s, p.c, p.cp, l, gamma, neg_infinity<T>(), sc.tmp.data());
+      T acc = T(0);
+      for (int64_t e = 0; e < l.npos; ++e)
+        acc += psl_positive_term(psl_positive_logit(gamma, sigma, s[l.pos[e]], p.k), ln);
+      loss[i] = acc / T(l.npos);
+      lse_neg[i] = ln;
+    }
+  }
+}
+
+template <typename T>
+DCHML_SIMD_CLONES void small_psl_backward(const T* codes, const Panel<T>& p, const int64_t* offsets,
+                                          const int64_t* indices, T gamma, T sigma, const T* lse_neg,
+                                          const T* grad_loss, T* grad_codes, int64_t r0, int64_t r1) {
+  SmallScratch<T> sc(p.cp);
+  for (int64_t i0 = r0; i0 < r1; i0 += kBlockRows) {
+    const int nr = static_cast<int>(std::min<int64_t>(kBlockRows, r1 - i0));
+    block_scores(codes + i0 * p.k, nr, p, sc.s.data());
+    for (int r = 0; r < nr; ++r) {
+      const int64_t i = i0 + r;
+      T* w = sc.s.data() + r * p.cp;
+      const RowLabels l = row_labels(offsets, indices, i);
+      const T ln = lse_neg[i];
+      const T scale = gamma * grad_loss[i] / T(l.npos);
+      T negative_mass = T(0);  // sum_p (1 - sigma_p)
+      for (int64_t e = 0; e < l.npos; ++e) {
+        const T sig = psl_positive_weight(psl_positive_logit(gamma, sigma, w[l.pos[e]], p.k), ln);
+        sc.tmp[e] = scale * (sig - T(1));
+        negative_mass += T(1) - sig;
+      }
+      if (ln == neg_infinity<T>()) {  // no negatives
+        for (int64_t q = 0; q < p.c; ++q) w[q] = T(0);
+      } else {
+        for (int64_t q = 0; q < p.c; ++q) w[q] *= gamma;
+        exp_shifted_inplace(w, p.c, ln);
+        const T a = scale * negative_mass;
+        for (int64_t q = 0; q < p.c; ++q) w[q] *= a;
+      }
+      for (int64_t e = 0; e < l.npos; ++e) w[l.pos[e]] = sc.tmp[e];
+    }
+    block_combine(sc.s.data(), nr, p, grad_codes + i0 * p.k);
+  }
+}
+
+bool use_small(int64_t c) { return c <= kSmallMaxClasses; }
+
+// Rows per OpenMP chunk on the small path: up to ~256K multiply-adds a step runs on the calling
+// thread (waking the pool costs more than it saves there; measured, see benchmarks/results/loss.md).
+int64_t small_grain_rows(int64_t n, int64_t c, int64_t k) {
+  constexpr int64_t kSerialWork = int64_t(1) << 18;
+  if (n * c * k <= kSerialWork) return n;
+  return std::max<int64_t>(kBlockRows, ((int64_t(1) << 18) / std::max<int64_t>(1, c * k) + 3) / 4 * 4);
+}
+
 // ---- operators ----
 
 std::tuple<at::Tensor, at::Tensor> mds_loss_cpu(const at::Tensor& codes_in, const std::optional<at::Tensor>& other_in,
@@ -293,6 +614,15 @@ std::tuple<at::Tensor, at::Tensor> mds_loss_cpu(const at::Tensor& codes_in, cons
     check_plus_minus_one<P>(proxies);
     const Batch<T, P> b{codes.const_data_ptr<T>(), den.const_data_ptr<T>(), proxies.const_data_ptr<P>(),
                         offsets.const_data_ptr<int64_t>(), indices.const_data_ptr<int64_t>(), c, k};
+    if (use_small(c)) {
+      const Panel<T> panel = make_panel<T>(b.proxies, c, k);
+      T* lo = loss.data_ptr<T>();
+      T* ls = lse.data_ptr<T>();
+      at::parallel_for(0, n, small_grain_rows(n, c, k), [&](int64_t r0, int64_t r1) {
+        small_mds_forward<T>(b.codes, b.den, panel, b.offsets, b.indices, T(eta), T(mu), lo, ls, r0, r1);
+      });
+      return;
+    }
     at::Tensor neg_lse;
     if (use_tiles(c))
       neg_lse = tiled_negatives_lse<T>(den * eta, gemm_proxies(proxies, codes), b.offsets, b.indices);
@@ -328,6 +658,16 @@ std::tuple<at::Tensor, at::Tensor> mds_loss_backward_cpu(const at::Tensor& grad_
     using P = decltype(p_tag);
     const Batch<T, P> b{codes.const_data_ptr<T>(), den.const_data_ptr<T>(), proxies.const_data_ptr<P>(),
                         offsets.const_data_ptr<int64_t>(), indices.const_data_ptr<int64_t>(), c, k};
+    if (use_small(c)) {
+      const Panel<T> panel = make_panel<T>(b.proxies, c, k);
+      T* gc = grad_codes.data_ptr<T>();
+      T* go = separate ? grad_other.data_ptr<T>() : nullptr;
+      at::parallel_for(0, n, small_grain_rows(n, c, k), [&](int64_t r0, int64_t r1) {
+        small_mds_backward<T>(b.codes, b.den, panel, b.offsets, b.indices, T(eta), T(mu), lse.const_data_ptr<T>(),
+                              grad_loss.const_data_ptr<T>(), gc, go, r0, r1);
+      });
+      return;
+    }
     at::Tensor neg_sum;
     if (use_tiles(c))
       neg_sum = tiled_negatives_softmax_sum<T>(den * eta, gemm_proxies(proxies, codes), b.offsets, b.indices, lse);
@@ -357,6 +697,15 @@ std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_cpu(const at::Tensor& co
     check_plus_minus_one<P>(proxies);
     const Batch<T, P> b{codes.const_data_ptr<T>(), codes.const_data_ptr<T>(), proxies.const_data_ptr<P>(),
                         offsets.const_data_ptr<int64_t>(), indices.const_data_ptr<int64_t>(), c, k};
+    if (use_small(c)) {
+      const Panel<T> panel = make_panel<T>(b.proxies, c, k);
+      T* lo = loss.data_ptr<T>();
+      T* ln = lse_neg.data_ptr<T>();
+      at::parallel_for(0, n, small_grain_rows(n, c, k), [&](int64_t r0, int64_t r1) {
+        small_psl_forward<T>(b.codes, panel, b.offsets, b.indices, T(gamma), T(sigma), lo, ln, r0, r1);
+      });
+      return;
+    }
     at::Tensor neg_lse;
     if (use_tiles(c))
       neg_lse = tiled_negatives_lse<T>(codes * gamma, gemm_proxies(proxies, codes), b.offsets, b.indices);
@@ -388,6 +737,15 @@ at::Tensor partial_softmax_loss_backward_cpu(const at::Tensor& grad_loss_in, con
     using P = decltype(p_tag);
     const Batch<T, P> b{codes.const_data_ptr<T>(), codes.const_data_ptr<T>(), proxies.const_data_ptr<P>(),
                         offsets.const_data_ptr<int64_t>(), indices.const_data_ptr<int64_t>(), c, k};
+    if (use_small(c)) {
+      const Panel<T> panel = make_panel<T>(b.proxies, c, k);
+      T* gc = grad_codes.data_ptr<T>();
+      at::parallel_for(0, n, small_grain_rows(n, c, k), [&](int64_t r0, int64_t r1) {
+        small_psl_backward<T>(b.codes, panel, b.offsets, b.indices, T(gamma), T(sigma), lse_neg.const_data_ptr<T>(),
+                              grad_loss.const_data_ptr<T>(), gc, r0, r1);
+      });
+      return;
+    }
     at::Tensor neg_sum;
     if (use_tiles(c))
       neg_sum = tiled_negatives_softmax_sum<T>(codes * gamma, gemm_proxies(proxies, codes), b.offsets, b.indices,
