@@ -31,9 +31,8 @@ namespace {
 #define DCHML_SIMD_CLONES
 #endif
 
-// The row-engine-only route (c <= 64) is now shadowed by the small-c path (c <= 512, below);
-// above 512 every call takes the GEMM tiles, whose per-row finish still uses the row engine.
-constexpr int64_t kDirectMaxClasses = 64;
+// Up to kSmallMaxClasses (512, below) the register-tiled small-c path runs; above it every call
+// takes the GEMM tiles for the negatives, and the row engine finishes each row.
 // Tile of at most 4096 x 2048 scores (32 MiB in float): large enough that the few parallel
 // regions per tile (one GEMM, one row pass) cost little even on a busy machine, where each
 // OpenMP fork/join can wait for a descheduled thread.
@@ -130,7 +129,7 @@ void check_plus_minus_one(const at::Tensor& proxies) {
                     bad / proxies.size(1), ", column ", bad % proxies.size(1));
 }
 
-// ---- direct path (one pass per row) ----
+// ---- per-row finish of the tiled path (the negatives' log-sum-exp comes from the tiles) ----
 
 template <typename T, typename P>
 DCHML_SIMD_CLONES void mds_forward_range(const Batch<T, P>& b, T eta, T mu, const T* neg_lse, T* loss, T* lse,
@@ -269,8 +268,6 @@ at::Tensor tiled_negatives_softmax_sum(const at::Tensor& den_scaled, const at::T
   }
   return sum;
 }
-
-bool use_tiles(int64_t c) { return c > kDirectMaxClasses; }
 
 // Proxies in the codes' dtype, for at::mm (int8 proxies are converted once per call).
 at::Tensor gemm_proxies(const at::Tensor& proxies, const at::Tensor& codes) {
@@ -623,13 +620,11 @@ std::tuple<at::Tensor, at::Tensor> mds_loss_cpu(const at::Tensor& codes_in, cons
       });
       return;
     }
-    at::Tensor neg_lse;
-    if (use_tiles(c))
-      neg_lse = tiled_negatives_lse<T>(den * eta, gemm_proxies(proxies, codes), b.offsets, b.indices);
-    const T* nl = neg_lse.defined() ? neg_lse.const_data_ptr<T>() : nullptr;
+    const at::Tensor neg_lse = tiled_negatives_lse<T>(den * eta, gemm_proxies(proxies, codes), b.offsets, b.indices);
+    const T* nl = neg_lse.const_data_ptr<T>();
     T* lo = loss.data_ptr<T>();
     T* ls = lse.data_ptr<T>();
-    at::parallel_for(0, n, grain_rows(use_tiles(c) ? 1 : c, k), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, n, grain_rows(1, k), [&](int64_t r0, int64_t r1) {
       mds_forward_range<T, P>(b, T(eta), T(mu), nl, lo, ls, r0, r1);
     });
   });
@@ -668,13 +663,11 @@ std::tuple<at::Tensor, at::Tensor> mds_loss_backward_cpu(const at::Tensor& grad_
       });
       return;
     }
-    at::Tensor neg_sum;
-    if (use_tiles(c))
-      neg_sum = tiled_negatives_softmax_sum<T>(den * eta, gemm_proxies(proxies, codes), b.offsets, b.indices, lse);
-    const T* ns = neg_sum.defined() ? neg_sum.const_data_ptr<T>() : nullptr;
+    const at::Tensor neg_sum = tiled_negatives_softmax_sum<T>(den * eta, gemm_proxies(proxies, codes), b.offsets, b.indices, lse);
+    const T* ns = neg_sum.const_data_ptr<T>();
     T* gc = grad_codes.data_ptr<T>();
     T* go = separate ? grad_other.data_ptr<T>() : nullptr;
-    at::parallel_for(0, n, grain_rows(use_tiles(c) ? 1 : c, k), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, n, grain_rows(1, k), [&](int64_t r0, int64_t r1) {
       mds_backward_range<T, P>(b, T(eta), T(mu), lse.const_data_ptr<T>(), grad_loss.const_data_ptr<T>(), ns, gc, go,
                                r0, r1);
     });
@@ -706,13 +699,11 @@ std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_cpu(const at::Tensor& co
       });
       return;
     }
-    at::Tensor neg_lse;
-    if (use_tiles(c))
-      neg_lse = tiled_negatives_lse<T>(codes * gamma, gemm_proxies(proxies, codes), b.offsets, b.indices);
-    const T* nl = neg_lse.defined() ? neg_lse.const_data_ptr<T>() : nullptr;
+    const at::Tensor neg_lse = tiled_negatives_lse<T>(codes * gamma, gemm_proxies(proxies, codes), b.offsets, b.indices);
+    const T* nl = neg_lse.const_data_ptr<T>();
     T* lo = loss.data_ptr<T>();
     T* ln = lse_neg.data_ptr<T>();
-    at::parallel_for(0, n, grain_rows(use_tiles(c) ? 1 : c, k), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, n, grain_rows(1, k), [&](int64_t r0, int64_t r1) {
       psl_forward_range<T, P>(b, T(gamma), T(sigma), nl, lo, ln, r0, r1);
     });
   });
@@ -746,13 +737,11 @@ at::Tensor partial_softmax_loss_backward_cpu(const at::Tensor& grad_loss_in, con
       });
       return;
     }
-    at::Tensor neg_sum;
-    if (use_tiles(c))
-      neg_sum = tiled_negatives_softmax_sum<T>(codes * gamma, gemm_proxies(proxies, codes), b.offsets, b.indices,
+    const at::Tensor neg_sum = tiled_negatives_softmax_sum<T>(codes * gamma, gemm_proxies(proxies, codes), b.offsets, b.indices,
                                                lse_neg);
-    const T* ns = neg_sum.defined() ? neg_sum.const_data_ptr<T>() : nullptr;
+    const T* ns = neg_sum.const_data_ptr<T>();
     T* gc = grad_codes.data_ptr<T>();
-    at::parallel_for(0, n, grain_rows(use_tiles(c) ? 1 : c, k), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, n, grain_rows(1, k), [&](int64_t r0, int64_t r1) {
       psl_backward_range<T, P>(b, T(gamma), T(sigma), lse_neg.const_data_ptr<T>(), grad_loss.const_data_ptr<T>(),
                                ns, gc, r0, r1);
     });
