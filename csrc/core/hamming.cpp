@@ -185,10 +185,10 @@ struct Emitter {
 // Where the time goes, printed to stderr after each ranking call when DCHML_HAMMING_STATS is
 // set (thread-seconds summed over threads; used by benchmarks/bench_hamming.py).
 struct Stats {
-  std::atomic<int64_t> fast{0}, fallback{0}, exact{0};
+  std::atomic<int64_t> fast{0}, fallback{0}, exact{0}, candidates{0};
   std::atomic<int64_t> ns_plan{0}, ns_stream{0}, ns_finish{0}, ns_exact{0};
   void reset() {
-    fast = fallback = exact = 0;
+    fast = fallback = exact = candidates = 0;
     ns_plan = ns_stream = ns_finish = ns_exact = 0;
   }
 };
@@ -459,6 +459,7 @@ void rank_block(const Problem& P, const Sample* sample, int64_t i0, int64_t i1, 
         continue;
       }
       ++g_stats.fast;
+      g_stats.candidates += nkeys[f];
       const uint64_t* kk = keys[f].data();
       std::fill(hist.begin(), hist.end(), 0);
       for (int64_t c = 0; c < nkeys[f]; ++c) ++hist[kk[c] >> kKeyShift];
@@ -509,11 +510,12 @@ void rank_all(const Problem& P, Sink& sink) {
   if (report)
     std::fprintf(stderr,
                  "[dchml hamming] isa=%s bits=%lld k=%lld nq=%lld ndb=%lld wall=%.3fs | queries: "
-                 "fast %lld, fallback %lld, exact %lld | thread-seconds: plan %.3f, stream %.3f, "
+                 "fast %lld, fallback %lld, exact %lld, mean candidates per fast query %.0f | thread-seconds: plan %.3f, stream %.3f, "
                  "select+rank %.3f (incl. AP), exact %.3f\n",
                  isa_name(active_isa()), (long long)P.bits, (long long)P.k, (long long)P.q.n,
                  (long long)P.db.n, (now_ns() - start) * 1e-9, (long long)g_stats.fast.load(),
-                 (long long)g_stats.fallback.load(), (long long)g_stats.exact.load(), g_stats.ns_plan * 1e-9,
+                 (long long)g_stats.fallback.load(), (long long)g_stats.exact.load(),
+                 g_stats.fast ? (double)g_stats.candidates / (double)g_stats.fast : 0.0, g_stats.ns_plan * 1e-9,
                  g_stats.ns_stream * 1e-9, g_stats.ns_finish * 1e-9, g_stats.ns_exact * 1e-9);
 }
 
