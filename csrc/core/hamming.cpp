@@ -219,35 +219,48 @@ struct Sink {
                     int64_t cut_total, int64_t cut_relevant) = 0;
 };
 
-// Per-query histograms over the whole database for queries `qs` (all of one block), with four
-// sub-histograms per query so that runs of equal distances do not serialise on one counter.
+// Per-query histograms over the whole database for queries `qs` (all of one block), with eight
+// uint32 sub-histograms per query so that runs of equal distances do not serialise on one
+// counter (a load-add-store chain through store forwarding); folded into int64 before any
+// sub-histogram could reach 2^32.
 void stream_histograms(const Problem& P, const std::vector<int64_t>& qs,
                        const std::vector<uint64_t>& qwords, std::vector<int64_t>& hist) {
+  constexpr int S = 8;
   const Geometry& g = P.g;
   const int64_t B = (int64_t)qs.size(), H = P.bits + 1;
-  std::vector<int64_t> sub((size_t)B * 4 * H, 0);
+  hist.assign((size_t)B * H, 0);
+  std::vector<uint32_t> sub((size_t)B * S * H, 0);
   std::vector<uint64_t> tile((size_t)g.words * g.T);
   std::vector<uint16_t> dbuf((size_t)g.T + 32);
+  auto fold = [&]() {
+    for (int64_t b = 0; b < B; ++b)
+      for (int s = 0; s < S; ++s)
+        for (int64_t d = 0; d < H; ++d) {
+          uint32_t& c = sub[((size_t)b * S + s) * H + d];
+          hist[b * H + d] += c;
+          c = 0;
+        }
+  };
+  int64_t since_fold = 0;
   for (int64_t j0 = 0; j0 < P.db.n; j0 += g.T) {
     const int64_t count = std::min(g.T, P.db.n - j0);
     fill_tile(P.db, g, j0, count, tile.data());
     for (int64_t b = 0; b < B; ++b) {
       g.kernels.distances(tile.data(), g.words, g.T, &qwords[(size_t)b * g.words], dbuf.data());
-      int64_t* h = &sub[(size_t)b * 4 * H];
+      uint32_t* h = &sub[(size_t)b * S * H];
+      const uint16_t* d = dbuf.data();
       int64_t jj = 0;
-      for (; jj + 4 <= count; jj += 4) {
-        ++h[dbuf[jj]];
-        ++h[H + dbuf[jj + 1]];
-        ++h[2 * H + dbuf[jj + 2]];
-        ++h[3 * H + dbuf[jj + 3]];
-      }
-      for (; jj < count; ++jj) ++h[dbuf[jj]];
+      for (; jj + S <= count; jj += S)
+        for (int s = 0; s < S; ++s) ++h[s * H + d[jj + s]];
+      for (; jj < count; ++jj) ++h[d[jj]];
+    }
+    since_fold += count;
+    if (since_fold >= ((int64_t)1 << 31)) {
+      fold();
+      since_fold = 0;
     }
   }
-  hist.assign((size_t)B * H, 0);
-  for (int64_t b = 0; b < B; ++b)
-    for (int s = 0; s < 4; ++s)
-      for (int64_t d = 0; d < H; ++d) hist[b * H + d] += sub[((size_t)b * 4 + s) * H + d];
+  fold();
 }
 
 void load_queries(const Problem& P, const std::vector<int64_t>& qs, std::vector<uint64_t>& qwords) {
