@@ -464,6 +464,8 @@ void rank_block(const Problem& P, const Sample* sample, int64_t i0, int64_t i1, 
     int64_t t2 = now_ns();
     g_stats.ns_stream += t2 - t1;
     std::vector<int64_t> hist((size_t)H);
+    thread_local std::vector<int64_t> place_next, place_end, place_index;
+    thread_local std::vector<int32_t> place_dist;
     for (size_t f = 0; f < fast.size(); ++f) {
       const int64_t i = all[fast[f]];
       if (overflow[f] || nkeys[f] < k) {  // the estimate missed: redo this query exactly
@@ -476,16 +478,46 @@ void rank_block(const Problem& P, const Sample* sample, int64_t i0, int64_t i1, 
       const uint64_t* kk = keys[f].data();
       std::fill(hist.begin(), hist.end(), 0);
       for (int64_t c = 0; c < nkeys[f]; ++c) ++hist[kk[c] >> kKeyShift];
-      Emitter e = make_emitter(P, i);
+      // Place the candidates (index order) at rank next[d]++ without a data-dependent branch:
+      // the ranks of distance d end at end[d]; a row past it (the tail of the cut group, or a
+      // distance beyond the cut) is written to the spare slot k and not counted. Every row with
+      // d <= threshold is a candidate, so hist[D] is the whole database group at the cut.
+      const Cut cut = find_cut(hist.data(), P.bits, k);
+      const int64_t D = cut.D;
+      place_next.assign((size_t)H, k);
+      place_end.assign((size_t)H, k);
+      int64_t cum = 0;
+      for (int64_t d = 0; d <= D; ++d) {
+        place_next[d] = cum;
+        cum += d < D ? hist[d] : cut.take_at_D;
+        place_end[d] = cum;
+      }
+      place_dist.resize((size_t)k + 1);
+      place_index.resize((size_t)k + 1);
+      int32_t* pd = place_dist.data();
+      int64_t* pi = place_index.data();
+      int64_t* nx = place_next.data();
+      const int64_t* en = place_end.data();
+      for (int64_t c = 0; c < nkeys[f]; ++c) {
+        const int64_t d = (int64_t)(kk[c] >> kKeyShift);
+        const int64_t pos = nx[d];
+        pd[pos] = (int32_t)d;
+        pi[pos] = (int64_t)(kk[c] & kIndexMask);
+        nx[d] = pos + (pos < en[d]);
+      }
+      int64_t cut_relevant = 0;
+      if (P.count_cut_relevant && P.labels.present()) {
+        const uint8_t* ql = P.labels.q + i * P.labels.nbytes;
+        for (int64_t c = 0; c < nkeys[f]; ++c)
+          if ((int64_t)(kk[c] >> kKeyShift) == D)
+            cut_relevant += shares_label(ql, P.labels.db + (int64_t)(kk[c] & kIndexMask) * P.labels.nbytes,
+                                         P.labels.nbytes);
+      }
       int32_t* dd = sink.dist_out(i);
       int64_t* ii = sink.index_out(i);
-      scratch_dist.resize((size_t)std::max<int64_t>(k, (int64_t)scratch_dist.size()));
-      scratch_index.resize((size_t)std::max<int64_t>(k, (int64_t)scratch_index.size()));
-      if (!dd) dd = scratch_dist.data();
-      if (!ii) ii = scratch_index.data();
-      e.start(hist.data(), P.bits, k, dd, ii);
-      for (int64_t c = 0; c < nkeys[f]; ++c) e.offer((int64_t)(kk[c] >> kKeyShift), (int64_t)(kk[c] & kIndexMask));
-      sink.done(i, e.dist, e.index, k, e.cut_total, e.cut_relevant);
+      if (dd) std::memcpy(dd, pd, (size_t)k * sizeof(int32_t));
+      if (ii) std::memcpy(ii, pi, (size_t)k * sizeof(int64_t));
+      sink.done(i, dd ? dd : pd, ii ? ii : pi, k, hist[D], cut_relevant);
       std::vector<uint64_t>().swap(keys[f]);
     }
     g_stats.ns_finish += now_ns() - t2;
