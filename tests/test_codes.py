@@ -66,6 +66,18 @@ def test_labels_are_validated():
         as_label_bits(np.array([[2, 0]]), "query_labels", 1)
     with pytest.raises(ValueError, match="0/1, found the value nan"):
         as_label_bits(np.array([[np.nan, 0]]), "db_labels", 1)
+    # uint8 / int8 / bool labels take a NumPy packing path: same bytes as the general path,
+    # and bad values are still named.
+    rng = np.random.default_rng(5)
+    dense = (rng.random((300, 21)) < 0.3)
+    want, _ = as_label_bits(dense.astype(np.float32), "db_labels", 300)
+    for dtype in (np.uint8, np.int8, np.bool_):
+        got, c = as_label_bits(dense.astype(dtype), "db_labels", 300)
+        assert c == 21 and got.dtype == torch.uint8 and torch.equal(got, want)
+    with pytest.raises(ValueError, match="query_labels must be 0/1, found the value 3"):
+        as_label_bits(np.array([[1, 0], [0, 3]], dtype=np.uint8), "query_labels", 2)
+    with pytest.raises(ValueError, match="query_labels must be 0/1, found the value -1"):
+        as_label_bits(torch.tensor([[1, -1]], dtype=torch.int8), "query_labels", 1)
     with pytest.raises(ValueError, match="db_labels has 3 rows, but its codes have 2"):
         as_label_bits(np.zeros((3, 4)), "db_labels", 2)
     with pytest.raises(ValueError, match="dense 2-D"):

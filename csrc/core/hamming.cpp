@@ -185,10 +185,10 @@ struct Emitter {
 // Where the time goes, printed to stderr after each ranking call when DCHML_HAMMING_STATS is
 // set (thread-seconds summed over threads; used by benchmarks/bench_hamming.py).
 struct Stats {
-  std::atomic<int64_t> fast{0}, fallback{0}, exact{0};
+  std::atomic<int64_t> fast{0}, fallback{0}, exact{0}, candidates{0};
   std::atomic<int64_t> ns_plan{0}, ns_stream{0}, ns_finish{0}, ns_exact{0};
   void reset() {
-    fast = fallback = exact = 0;
+    fast = fallback = exact = candidates = 0;
     ns_plan = ns_stream = ns_finish = ns_exact = 0;
   }
 };
@@ -219,35 +219,48 @@ struct Sink {
                     int64_t cut_total, int64_t cut_relevant) = 0;
 };
 
-// Per-query histograms over the whole database for queries `qs` (all of one block), with four
-// sub-histograms per query so that runs of equal distances do not serialise on one counter.
+// Per-query histograms over the whole database for queries `qs` (all of one block), with eight
+// uint32 sub-histograms per query so that runs of equal distances do not serialise on one
+// counter (a load-add-store chain through store forwarding); folded into int64 before any
+// sub-histogram could reach 2^32.
 void stream_histograms(const Problem& P, const std::vector<int64_t>& qs,
                        const std::vector<uint64_t>& qwords, std::vector<int64_t>& hist) {
+  constexpr int S = 8;
   const Geometry& g = P.g;
   const int64_t B = (int64_t)qs.size(), H = P.bits + 1;
-  std::vector<int64_t> sub((size_t)B * 4 * H, 0);
+  hist.assign((size_t)B * H, 0);
+  std::vector<uint32_t> sub((size_t)B * S * H, 0);
   std::vector<uint64_t> tile((size_t)g.words * g.T);
   std::vector<uint16_t> dbuf((size_t)g.T + 32);
+  auto fold = [&]() {
+    for (int64_t b = 0; b < B; ++b)
+      for (int s = 0; s < S; ++s)
+        for (int64_t d = 0; d < H; ++d) {
+          uint32_t& c = sub[((size_t)b * S + s) * H + d];
+          hist[b * H + d] += c;
+          c = 0;
+        }
+  };
+  int64_t since_fold = 0;
   for (int64_t j0 = 0; j0 < P.db.n; j0 += g.T) {
     const int64_t count = std::min(g.T, P.db.n - j0);
     fill_tile(P.db, g, j0, count, tile.data());
     for (int64_t b = 0; b < B; ++b) {
       g.kernels.distances(tile.data(), g.words, g.T, &qwords[(size_t)b * g.words], dbuf.data());
-      int64_t* h = &sub[(size_t)b * 4 * H];
+      uint32_t* h = &sub[(size_t)b * S * H];
+      const uint16_t* d = dbuf.data();
       int64_t jj = 0;
-      for (; jj + 4 <= count; jj += 4) {
-        ++h[dbuf[jj]];
-        ++h[H + dbuf[jj + 1]];
-        ++h[2 * H + dbuf[jj + 2]];
-        ++h[3 * H + dbuf[jj + 3]];
-      }
-      for (; jj < count; ++jj) ++h[dbuf[jj]];
+      for (; jj + S <= count; jj += S)
+        for (int s = 0; s < S; ++s) ++h[s * H + d[jj + s]];
+      for (; jj < count; ++jj) ++h[d[jj]];
+    }
+    since_fold += count;
+    if (since_fold >= ((int64_t)1 << 31)) {
+      fold();
+      since_fold = 0;
     }
   }
-  hist.assign((size_t)B * H, 0);
-  for (int64_t b = 0; b < B; ++b)
-    for (int s = 0; s < 4; ++s)
-      for (int64_t d = 0; d < H; ++d) hist[b * H + d] += sub[((size_t)b * 4 + s) * H + d];
+  fold();
 }
 
 void load_queries(const Problem& P, const std::vector<int64_t>& qs, std::vector<uint64_t>& qwords) {
@@ -451,6 +464,8 @@ void rank_block(const Problem& P, const Sample* sample, int64_t i0, int64_t i1, 
     int64_t t2 = now_ns();
     g_stats.ns_stream += t2 - t1;
     std::vector<int64_t> hist((size_t)H);
+    thread_local std::vector<int64_t> place_next, place_end, place_index;
+    thread_local std::vector<int32_t> place_dist;
     for (size_t f = 0; f < fast.size(); ++f) {
       const int64_t i = all[fast[f]];
       if (overflow[f] || nkeys[f] < k) {  // the estimate missed: redo this query exactly
@@ -459,19 +474,50 @@ void rank_block(const Problem& P, const Sample* sample, int64_t i0, int64_t i1, 
         continue;
       }
       ++g_stats.fast;
+      g_stats.candidates += nkeys[f];
       const uint64_t* kk = keys[f].data();
       std::fill(hist.begin(), hist.end(), 0);
       for (int64_t c = 0; c < nkeys[f]; ++c) ++hist[kk[c] >> kKeyShift];
-      Emitter e = make_emitter(P, i);
+      // Place the candidates (index order) at rank next[d]++ without a data-dependent branch:
+      // the ranks of distance d end at end[d]; a row past it (the tail of the cut group, or a
+      // distance beyond the cut) is written to the spare slot k and not counted. Every row with
+      // d <= threshold is a candidate, so hist[D] is the whole database group at the cut.
+      const Cut cut = find_cut(hist.data(), P.bits, k);
+      const int64_t D = cut.D;
+      place_next.assign((size_t)H, k);
+      place_end.assign((size_t)H, k);
+      int64_t cum = 0;
+      for (int64_t d = 0; d <= D; ++d) {
+        place_next[d] = cum;
+        cum += d < D ? hist[d] : cut.take_at_D;
+        place_end[d] = cum;
+      }
+      place_dist.resize((size_t)k + 1);
+      place_index.resize((size_t)k + 1);
+      int32_t* pd = place_dist.data();
+      int64_t* pi = place_index.data();
+      int64_t* nx = place_next.data();
+      const int64_t* en = place_end.data();
+      for (int64_t c = 0; c < nkeys[f]; ++c) {
+        const int64_t d = (int64_t)(kk[c] >> kKeyShift);
+        const int64_t pos = nx[d];
+        pd[pos] = (int32_t)d;
+        pi[pos] = (int64_t)(kk[c] & kIndexMask);
+        nx[d] = pos + (pos < en[d]);
+      }
+      int64_t cut_relevant = 0;
+      if (P.count_cut_relevant && P.labels.present()) {
+        const uint8_t* ql = P.labels.q + i * P.labels.nbytes;
+        for (int64_t c = 0; c < nkeys[f]; ++c)
+          if ((int64_t)(kk[c] >> kKeyShift) == D)
+            cut_relevant += shares_label(ql, P.labels.db + (int64_t)(kk[c] & kIndexMask) * P.labels.nbytes,
+                                         P.labels.nbytes);
+      }
       int32_t* dd = sink.dist_out(i);
       int64_t* ii = sink.index_out(i);
-      scratch_dist.resize((size_t)std::max<int64_t>(k, (int64_t)scratch_dist.size()));
-      scratch_index.resize((size_t)std::max<int64_t>(k, (int64_t)scratch_index.size()));
-      if (!dd) dd = scratch_dist.data();
-      if (!ii) ii = scratch_index.data();
-      e.start(hist.data(), P.bits, k, dd, ii);
-      for (int64_t c = 0; c < nkeys[f]; ++c) e.offer((int64_t)(kk[c] >> kKeyShift), (int64_t)(kk[c] & kIndexMask));
-      sink.done(i, e.dist, e.index, k, e.cut_total, e.cut_relevant);
+      if (dd) std::memcpy(dd, pd, (size_t)k * sizeof(int32_t));
+      if (ii) std::memcpy(ii, pi, (size_t)k * sizeof(int64_t));
+      sink.done(i, dd ? dd : pd, ii ? ii : pi, k, hist[D], cut_relevant);
       std::vector<uint64_t>().swap(keys[f]);
     }
     g_stats.ns_finish += now_ns() - t2;
@@ -509,11 +555,12 @@ void rank_all(const Problem& P, Sink& sink) {
   if (report)
     std::fprintf(stderr,
                  "[dchml hamming] isa=%s bits=%lld k=%lld nq=%lld ndb=%lld wall=%.3fs | queries: "
-                 "fast %lld, fallback %lld, exact %lld | thread-seconds: plan %.3f, stream %.3f, "
+                 "fast %lld, fallback %lld, exact %lld, mean candidates per fast query %.0f | thread-seconds: plan %.3f, stream %.3f, "
                  "select+rank %.3f (incl. AP), exact %.3f\n",
                  isa_name(active_isa()), (long long)P.bits, (long long)P.k, (long long)P.q.n,
                  (long long)P.db.n, (now_ns() - start) * 1e-9, (long long)g_stats.fast.load(),
-                 (long long)g_stats.fallback.load(), (long long)g_stats.exact.load(), g_stats.ns_plan * 1e-9,
+                 (long long)g_stats.fallback.load(), (long long)g_stats.exact.load(),
+                 g_stats.fast ? (double)g_stats.candidates / (double)g_stats.fast : 0.0, g_stats.ns_plan * 1e-9,
                  g_stats.ns_stream * 1e-9, g_stats.ns_finish * 1e-9, g_stats.ns_exact * 1e-9);
 }
 
