@@ -346,17 +346,6 @@ def _relevance(local: "_Local", lo: int, hi: int, index: torch.Tensor) -> torch.
     return ops._relevance(local.query_labels[lo:hi], local.db_labels, index)
 
 
-def _ap_from_ranking(dist, relevant, cut_total, cut_relevant, expected: bool) -> torch.Tensor:
-    """Per-query AP from a known top-K list: the ranker's own arithmetic (csrc/core/hamming.cpp
-    `ap_from_ranking`, the function its fused single-process path calls for every query), run on
-    the CPU, so the result is the single-process result bit for bit.
-    ops.py has no wrapper for this op yet (the ranker calls it inline), hence torch.ops here."""
-    return torch.ops.dchml.hamming_ap_from_ranking(
-        dist.to("cpu", torch.int32).contiguous(), relevant.to("cpu", torch.uint8).contiguous(),
-        cut_total.to("cpu", torch.int64).contiguous(), cut_relevant.to("cpu", torch.int64).contiguous(),
-        expected)
-
-
 # --- public API ---------------------------------------------------------------------------------
 
 
@@ -471,4 +460,4 @@ def _average_precision(g, agreed, local, lo, hi, k, expected):
 
         stats = g.all_reduce_sum(_run_on_every_rank(g, "hamming_histogram_relevant", cut_group)).cpu()
         cut_total, cut_relevant = stats[:, 0], stats[:, 1]
-    return _ap_from_ranking(dist, relevant, cut_total, cut_relevant, expected)
+    return ops.hamming_ap_from_ranking(dist, relevant, cut_total, cut_relevant, expected)

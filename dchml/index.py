@@ -170,8 +170,7 @@ class HammingIndex:
                         q, chunk, self.bits, ql, dl[offset:offset + chunk.shape[0]])
                     cut_total += h_all.gather(1, cut)[:, 0]
                     cut_relevant += h_rel.gather(1, cut)[:, 0]
-            ap = torch.ops.dchml.hamming_ap_from_ranking(
-                dist.cpu(), rel.cpu(), cut_total.cpu(), cut_relevant.cpu(), ties == "expected")
+            ap = ops.hamming_ap_from_ranking(dist, rel, cut_total, cut_relevant, ties == "expected")
         mean = float(ap.mean())
         return (mean, ap) if return_per_query else mean
 

@@ -119,8 +119,18 @@ def hamming_average_precision(query, db, bits, k, query_labels, db_labels, expec
     cut = dist[:, -1:].long()
     cut_total = hist_all.gather(1, cut)[:, 0]
     cut_relevant = hist_rel.gather(1, cut)[:, 0]
-    ap = torch.ops.dchml.hamming_ap_from_ranking(dist.cpu(), rel.cpu(), cut_total.cpu(), cut_relevant.cpu(), True)
-    return ap.to(query.device)
+    return hamming_ap_from_ranking(dist, rel, cut_total, cut_relevant, True).to(query.device)
+
+
+def hamming_ap_from_ranking(dist, relevant, cut_total, cut_relevant, expected: bool) -> torch.Tensor:
+    """Per-query AP (float64, on the CPU) from a known top-K list: distances (nq, K), relevance
+    (nq, K), and the size / relevant count of the whole tie group at the cut (used when
+    `expected`). The same arithmetic as the fused CPU path, so callers that assemble a top-K
+    themselves (chunked index, sharded evaluation) get its results bit for bit."""
+    return torch.ops.dchml.hamming_ap_from_ranking(
+        dist.to("cpu", torch.int32).contiguous(), relevant.to("cpu", torch.uint8).contiguous(),
+        cut_total.to("cpu", torch.int64).contiguous(), cut_relevant.to("cpu", torch.int64).contiguous(),
+        expected)
 
 
 def hamming_isa(request: str = "") -> str:
