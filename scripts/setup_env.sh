@@ -37,4 +37,5 @@ grep -m1 "^dchml build:" "$LOG" >&2 || true
 if [ ! -x "$VENV/bin/dchml" ]; then
   quiet "$PY" -m pip install --disable-pip-version-check --no-build-isolation --no-deps -e .
 fi
+echo "[setup] ready after ${SECONDS}s" >&2
 echo "$PY"
