@@ -680,48 +680,61 @@ double ap_from_ranking(const int32_t* dist, const uint8_t* rel, int64_t K, int64
   return expected_ap_groups(size, relevant, L);
 }
 
-void distance_matrix(Rows q, Rows db, int64_t bits, int32_t* out) {
-  if (q.n == 0 || db.n == 0) return;
-  Problem P = make_problem(q, db, bits, 1);
-  const Geometry& g = P.g;
-  const int64_t B = block_size(q.n, 64);
-  const int64_t nblocks = (q.n + B - 1) / B;
+// OpenMP over blocks of up to 64 queries; `body(qs)` gets one block's query indices.
+template <class Body>
+void for_each_query_block(int64_t nq, Body&& body) {
+  const int64_t B = block_size(nq, 64);
+  const int64_t nblocks = (nq + B - 1) / B;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t blk = 0; blk < nblocks; ++blk) {
     std::vector<int64_t> qs;
-    for (int64_t i = blk * B; i < std::min(q.n, (blk + 1) * B); ++i) qs.push_back(i);
-    std::vector<uint64_t> qwords, tile((size_t)g.words * g.T);
-    std::vector<uint16_t> dbuf((size_t)g.T + 32);
-    load_queries(P, qs, qwords);
-    for (int64_t j0 = 0; j0 < db.n; j0 += g.T) {
-      const int64_t count = std::min(g.T, db.n - j0);
-      fill_tile(db, g, j0, count, tile.data());
-      for (size_t b = 0; b < qs.size(); ++b) {
-        g.kernels.distances(tile.data(), g.words, g.T, &qwords[b * g.words], dbuf.data());
-        int32_t* row = out + qs[b] * db.n + j0;
-        for (int64_t jj = 0; jj < count; ++jj) row[jj] = dbuf[jj];
-      }
+    for (int64_t i = blk * B; i < std::min(nq, (blk + 1) * B); ++i) qs.push_back(i);
+    body(qs);
+  }
+}
+
+// The plain pass behind the distance matrix and the relevance histogram (ranking has fused passes
+// of its own): streams the database tile by tile once per block of queries and hands each query's
+// distances to the tile to `visit(query, j0, count, dists)`.
+template <class Visit>
+void stream_tile_distances(const Problem& P, const std::vector<int64_t>& qs, Visit&& visit) {
+  const Geometry& g = P.g;
+  std::vector<uint64_t> qwords, tile((size_t)g.words * g.T);
+  std::vector<uint16_t> dbuf((size_t)g.T + 32);
+  load_queries(P, qs, qwords);
+  for (int64_t j0 = 0; j0 < P.db.n; j0 += g.T) {
+    const int64_t count = std::min(g.T, P.db.n - j0);
+    fill_tile(P.db, g, j0, count, tile.data());
+    for (size_t b = 0; b < qs.size(); ++b) {
+      g.kernels.distances(tile.data(), g.words, g.T, &qwords[b * g.words], dbuf.data());
+      visit(qs[b], j0, count, dbuf.data());
     }
   }
+}
+
+void distance_matrix(Rows q, Rows db, int64_t bits, int32_t* out) {
+  if (q.n == 0 || db.n == 0) return;
+  const Problem P = make_problem(q, db, bits, 1);
+  for_each_query_block(q.n, [&](const std::vector<int64_t>& qs) {
+    stream_tile_distances(P, qs, [&](int64_t i, int64_t j0, int64_t count, const uint16_t* d) {
+      int32_t* row = out + i * db.n + j0;
+      for (int64_t jj = 0; jj < count; ++jj) row[jj] = d[jj];
+    });
+  });
 }
 
 void histogram(Rows q, Rows db, int64_t bits, int64_t* out) {
   const int64_t H = bits + 1;
   std::fill(out, out + q.n * H, 0);
   if (q.n == 0 || db.n == 0) return;
-  Problem P = make_problem(q, db, bits, 1);
-  const int64_t B = block_size(q.n, 64);
-  const int64_t nblocks = (q.n + B - 1) / B;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t blk = 0; blk < nblocks; ++blk) {
-    std::vector<int64_t> qs;
-    for (int64_t i = blk * B; i < std::min(q.n, (blk + 1) * B); ++i) qs.push_back(i);
+  const Problem P = make_problem(q, db, bits, 1);
+  for_each_query_block(q.n, [&](const std::vector<int64_t>& qs) {
     std::vector<uint64_t> qwords;
     std::vector<int64_t> hist;
     load_queries(P, qs, qwords);
     stream_histograms(P, qs, qwords, hist);
     std::copy(hist.begin(), hist.end(), out + qs.front() * H);
-  }
+  });
 }
 
 void histogram_relevant(Rows q, Rows db, int64_t bits, Rows q_labels, Rows db_labels,
@@ -730,33 +743,19 @@ void histogram_relevant(Rows q, Rows db, int64_t bits, Rows q_labels, Rows db_la
   std::fill(out_all, out_all + q.n * H, 0);
   std::fill(out_rel, out_rel + q.n * H, 0);
   if (q.n == 0 || db.n == 0) return;
-  Problem P = make_problem(q, db, bits, 1);
-  const Geometry& g = P.g;
+  const Problem P = make_problem(q, db, bits, 1);
   const int64_t lb = q_labels.nbytes;
-  const int64_t B = block_size(q.n, 64);
-  const int64_t nblocks = (q.n + B - 1) / B;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t blk = 0; blk < nblocks; ++blk) {
-    std::vector<int64_t> qs;
-    for (int64_t i = blk * B; i < std::min(q.n, (blk + 1) * B); ++i) qs.push_back(i);
-    std::vector<uint64_t> qwords, tile((size_t)g.words * g.T);
-    std::vector<uint16_t> dbuf((size_t)g.T + 32);
-    load_queries(P, qs, qwords);
-    for (int64_t j0 = 0; j0 < db.n; j0 += g.T) {
-      const int64_t count = std::min(g.T, db.n - j0);
-      fill_tile(db, g, j0, count, tile.data());
-      for (size_t b = 0; b < qs.size(); ++b) {
-        g.kernels.distances(tile.data(), g.words, g.T, &qwords[b * g.words], dbuf.data());
-        int64_t* ha = out_all + qs[b] * H;
-        int64_t* hr = out_rel + qs[b] * H;
-        const uint8_t* ql = q_labels.data + qs[b] * lb;
-        for (int64_t jj = 0; jj < count; ++jj) {
-          ++ha[dbuf[jj]];
-          hr[dbuf[jj]] += shares_label(ql, db_labels.data + (j0 + jj) * lb, lb);
-        }
+  for_each_query_block(q.n, [&](const std::vector<int64_t>& qs) {
+    stream_tile_distances(P, qs, [&](int64_t i, int64_t j0, int64_t count, const uint16_t* d) {
+      int64_t* ha = out_all + i * H;
+      int64_t* hr = out_rel + i * H;
+      const uint8_t* ql = q_labels.data + i * lb;
+      for (int64_t jj = 0; jj < count; ++jj) {
+        ++ha[d[jj]];
+        hr[d[jj]] += shares_label(ql, db_labels.data + (j0 + jj) * lb, lb);
       }
-    }
-  }
+    });
+  });
 }
 
 void topk(Rows q, Rows db, int64_t bits, int64_t k, int32_t* out_dist, int64_t* out_index) {
