@@ -220,12 +220,9 @@ def _run(data, cfg, device, rank, world, checkpoint_path, resume, progress, log,
                 bar.close()
         codes_c = _single.update_codes(stored_image, stored_text)  # identical on every rank
         seconds = _slowest(time.perf_counter() - began, device)
-        objective = full_objective(stored_image, stored_text, codes_c, proxies, labels, weights)
-        record = {"epoch": epoch, "seconds": seconds, "loss_image": image_stats["loss"],
-                  "loss_text": text_stats["loss"], **objective, "i2t_map": None, "t2i_map": None}
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            scores = evaluate_sharded(model, data, topk=cfg.topk, device=device)
-            record["i2t_map"], record["t2i_map"] = scores["i2t_map"], scores["t2i_map"]
+        record = _single.epoch_record(cfg, epoch, seconds, image_stats, text_stats,
+                                      full_objective(stored_image, stored_text, codes_c, proxies, labels, weights),
+                                      lambda: evaluate_sharded(model, data, topk=cfg.topk, device=device))
         history.append(record)
         log(_single._epoch_line(cfg, record))
         error = None

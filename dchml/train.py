@@ -381,12 +381,9 @@ def _train(data, cfg, device, checkpoint_path, resume, progress, log, on_epoch_e
                 bar.close()
         codes_c = update_codes(stored_image, stored_text)  # 2c
         seconds = time.perf_counter() - began
-        objective = full_objective(stored_image, stored_text, codes_c, proxies, labels, weights)
-        record = {"epoch": epoch, "seconds": seconds, "loss_image": image_stats["loss"],
-                  "loss_text": text_stats["loss"], **objective, "i2t_map": None, "t2i_map": None}
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            scores = evaluate(model, data, topk=cfg.topk, device=device)
-            record["i2t_map"], record["t2i_map"] = scores["i2t_map"], scores["t2i_map"]
+        record = epoch_record(cfg, epoch, seconds, image_stats, text_stats,
+                              full_objective(stored_image, stored_text, codes_c, proxies, labels, weights),
+                              lambda: evaluate(model, data, topk=cfg.topk, device=device))
         history.append(record)
         log(_epoch_line(cfg, record))
         state = _checkpoint_state(model, cfg, epoch, opt_image, opt_text, codes_c, stored_image, stored_text,
@@ -397,6 +394,17 @@ def _train(data, cfg, device, checkpoint_path, resume, progress, log, on_epoch_e
             on_epoch_end(epoch, record)
     model.eval()
     return TrainResult(model=model, history=history, proxy_diagnostics=diag, state=state)
+
+
+def epoch_record(cfg: TrainConfig, epoch: int, seconds: float, image_stats: dict, text_stats: dict,
+                 objective: dict, evaluate_now) -> dict:
+    """One epoch's history entry; MAP (from `evaluate_now()`) every `eval_every` epochs and at the end."""
+    record = {"epoch": epoch, "seconds": seconds, "loss_image": image_stats["loss"],
+              "loss_text": text_stats["loss"], **objective, "i2t_map": None, "t2i_map": None}
+    if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+        scores = evaluate_now()
+        record["i2t_map"], record["t2i_map"] = scores["i2t_map"], scores["t2i_map"]
+    return record
 
 
 def _epoch_line(cfg, record) -> str:
