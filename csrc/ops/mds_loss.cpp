@@ -58,75 +58,15 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-class MdsLossFunction : public torch::autograd::Function<MdsLossFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& codes, const std::optional<at::Tensor>& other,
-                               const at::Tensor& proxies, const at::Tensor& offsets, const at::Tensor& indices,
-                               double eta, double mu) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("dchml::mds_loss", "")
-                         .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const std::optional<at::Tensor>&,
-                                                                   const at::Tensor&, const at::Tensor&,
-                                                                   const at::Tensor&, double, double)>();
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [loss, lse] = op.call(codes, other, proxies, offsets, indices, eta, mu);
-    ctx->save_for_backward({codes, other.value_or(at::Tensor()), proxies, offsets, indices, lse});
-    ctx->saved_data["eta"] = eta;
-    ctx->saved_data["mu"] = mu;
-    ctx->saved_data["has_other"] = other.has_value();
-    ctx->mark_non_differentiable({lse});
-    return {loss, lse};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("dchml::mds_loss_backward", "")
-            .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                      const std::optional<at::Tensor>&, const at::Tensor&,
-                                                      const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
-                                                      double)>();
-    const auto saved = ctx->get_saved_variables();
-    const bool has_other = ctx->saved_data["has_other"].toBool();
-    if (!grads[0].defined()) return variable_list(7);
-    auto [grad_codes, grad_other] =
-        op.call(grads[0], saved[0], has_other ? std::optional<at::Tensor>(saved[1]) : std::nullopt, saved[2],
-                saved[3], saved[4], saved[5], ctx->saved_data["eta"].toDouble(), ctx->saved_data["mu"].toDouble());
-    return {grad_codes, has_other ? grad_other : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
-  }
-};
-
-class PartialSoftmaxFunction : public torch::autograd::Function<PartialSoftmaxFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& codes, const at::Tensor& proxies,
-                               const at::Tensor& offsets, const at::Tensor& indices, double gamma, double sigma) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("dchml::partial_softmax_loss", "")
-                         .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                   const at::Tensor&, const at::Tensor&, double,
-                                                                   double)>();
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [loss, lse_neg] = op.call(codes, proxies, offsets, indices, gamma, sigma);
-    ctx->save_for_backward({codes, proxies, offsets, indices, lse_neg});
-    ctx->saved_data["gamma"] = gamma;
-    ctx->saved_data["sigma"] = sigma;
-    ctx->mark_non_differentiable({lse_neg});
-    return {loss, lse_neg};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("dchml::partial_softmax_loss_backward", "")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                           const at::Tensor&, const at::Tensor&, double, double)>();
-    const auto saved = ctx->get_saved_variables();
-    if (!grads[0].defined()) return variable_list(6);
-    at::Tensor grad_codes = op.call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4],
-                                    ctx->saved_data["gamma"].toDouble(), ctx->saved_data["sigma"].toDouble());
-    return {grad_codes, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-  }
-};
+// Typed handles of the row operators, looked up once (the autograd functions below call them).
+const auto& mds_loss_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("dchml::mds_loss", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const std::optional<at::Tensor>&,
+                                                                 const at::Tensor&, const at::Tensor&,
+                                                                 const at::Tensor&, double, double)>();
+  return op;
+}
 
 const auto& mds_loss_backward_op() {
   static auto op =
@@ -139,6 +79,15 @@ const auto& mds_loss_backward_op() {
   return op;
 }
 
+const auto& partial_softmax_loss_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("dchml::partial_softmax_loss", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                 const at::Tensor&, const at::Tensor&, double,
+                                                                 double)>();
+  return op;
+}
+
 const auto& partial_softmax_loss_backward_op() {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("dchml::partial_softmax_loss_backward", "")
@@ -146,6 +95,57 @@ const auto& partial_softmax_loss_backward_op() {
                                          const at::Tensor&, const at::Tensor&, double, double)>();
   return op;
 }
+
+class MdsLossFunction : public torch::autograd::Function<MdsLossFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& codes, const std::optional<at::Tensor>& other,
+                               const at::Tensor& proxies, const at::Tensor& offsets, const at::Tensor& indices,
+                               double eta, double mu) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [loss, lse] = mds_loss_op().call(codes, other, proxies, offsets, indices, eta, mu);
+    ctx->save_for_backward({codes, other.value_or(at::Tensor()), proxies, offsets, indices, lse});
+    ctx->saved_data["eta"] = eta;
+    ctx->saved_data["mu"] = mu;
+    ctx->saved_data["has_other"] = other.has_value();
+    ctx->mark_non_differentiable({lse});
+    return {loss, lse};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const bool has_other = ctx->saved_data["has_other"].toBool();
+    if (!grads[0].defined()) return variable_list(7);
+    auto [grad_codes, grad_other] =
+        mds_loss_backward_op().call(grads[0], saved[0], has_other ? std::optional<at::Tensor>(saved[1]) : std::nullopt,
+                                    saved[2], saved[3], saved[4], saved[5], ctx->saved_data["eta"].toDouble(),
+                                    ctx->saved_data["mu"].toDouble());
+    return {grad_codes, has_other ? grad_other : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor()};
+  }
+};
+
+class PartialSoftmaxFunction : public torch::autograd::Function<PartialSoftmaxFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& codes, const at::Tensor& proxies,
+                               const at::Tensor& offsets, const at::Tensor& indices, double gamma, double sigma) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [loss, lse_neg] = partial_softmax_loss_op().call(codes, proxies, offsets, indices, gamma, sigma);
+    ctx->save_for_backward({codes, proxies, offsets, indices, lse_neg});
+    ctx->saved_data["gamma"] = gamma;
+    ctx->saved_data["sigma"] = sigma;
+    ctx->mark_non_differentiable({lse_neg});
+    return {loss, lse_neg};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    if (!grads[0].defined()) return variable_list(6);
+    at::Tensor grad_codes =
+        partial_softmax_loss_backward_op().call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4],
+                                                ctx->saved_data["gamma"].toDouble(), ctx->saved_data["sigma"].toDouble());
+    return {grad_codes, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
 
 // ---- reduced variants: the row op, then the reduction, in one node ----
 
@@ -186,24 +186,6 @@ at::Tensor expand_reduced_grad(const at::Tensor& grad, const c10::SymInt& n, int
   }
   const at::Tensor g = reduction == 1 && n > 0 ? grad.div(c10::Scalar(n)) : grad;
   return g.expand_symint({n});
-}
-
-const auto& mds_loss_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("dchml::mds_loss", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const std::optional<at::Tensor>&,
-                                                                 const at::Tensor&, const at::Tensor&,
-                                                                 const at::Tensor&, double, double)>();
-  return op;
-}
-
-const auto& partial_softmax_loss_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("dchml::partial_softmax_loss", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                 const at::Tensor&, const at::Tensor&, double,
-                                                                 double)>();
-  return op;
 }
 
 // Backend kernel (CPU and CUDA alike): the row op, then the reduction.

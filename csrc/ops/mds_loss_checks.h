@@ -2,6 +2,7 @@
 // dchml/ops.py check first and raise friendlier errors; these keep direct torch.ops calls safe).
 #pragma once
 
+#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -42,6 +43,18 @@ inline void check_row_vector(const char* name, const at::Tensor& t, const at::Te
   TORCH_CHECK_TYPE(t.scalar_type() == codes.scalar_type(), name, " must have the dtype of codes, got ",
                    t.scalar_type());
   TORCH_CHECK_VALUE(t.device() == codes.device(), name, " must be on ", codes.device(), ", got ", t.device());
+}
+
+// Calls body(T(), P()) with T the codes' floating dtype and P the proxies' element type (int8, or
+// the codes' dtype): the one type switch of every loss kernel, CPU and CUDA.
+template <typename F>
+void dispatch_proxies(const at::Tensor& codes, const at::Tensor& proxies, F&& body) {
+  AT_DISPATCH_FLOATING_TYPES(codes.scalar_type(), "dchml_loss", [&] {
+    if (proxies.scalar_type() == at::kChar)
+      body(scalar_t(), int8_t());
+    else
+      body(scalar_t(), scalar_t());
+  });
 }
 
 }  // namespace dchml

@@ -274,16 +274,6 @@ at::Tensor gemm_proxies(const at::Tensor& proxies, const at::Tensor& codes) {
   return proxies.to(codes.scalar_type()).contiguous();
 }
 
-template <typename F>
-void dispatch_proxies(const at::Tensor& codes, const at::Tensor& proxies, F&& body) {
-  AT_DISPATCH_FLOATING_TYPES(codes.scalar_type(), "dchml_loss", [&] {
-    if (proxies.scalar_type() == at::kChar)
-      body(scalar_t(), int8_t());
-    else
-      body(scalar_t(), scalar_t());
-  });
-}
-
 // ---- small-c path (c <= kSmallMaxClasses): proxies unpacked once per call, register-tiled ----
 // The paper's scale (n = 128, c <= 255, k = 64) is a few million multiply-adds: the row-by-row
 // dot products of the direct engine spent their time in horizontal sums. Here the proxies are

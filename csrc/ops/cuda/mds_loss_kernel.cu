@@ -252,16 +252,6 @@ void check_plus_minus_one(const at::Tensor& proxies) {
   }
 }
 
-template <typename F>
-void dispatch_proxies(const at::Tensor& codes, const at::Tensor& proxies, F&& body) {
-  AT_DISPATCH_FLOATING_TYPES(codes.scalar_type(), "dchml_loss_cuda", [&] {
-    if (proxies.scalar_type() == at::kChar)
-      body(scalar_t(), int8_t());
-    else
-      body(scalar_t(), scalar_t());
-  });
-}
-
 constexpr int kRowThreads = 128;
 
 std::tuple<at::Tensor, at::Tensor> labels_to_csr_cuda(const at::Tensor& labels) {
