@@ -16,10 +16,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "core/mds_loss_engine.h"
+#include "core/sign_panel.h"
 #include "ops/mds_loss_checks.h"
 
 namespace dchml {
@@ -60,6 +63,60 @@ struct Batch {
 
 // ---- labels ----
 
+// Labels of one byte (bool, uint8, int8): 0/1 check and counting 8 entries per 64-bit word, and
+// positives located by skipping zero words (a row of the paper's data sets has 1-5 positives out
+// of 21-255 classes; the plain per-entry loops cost 34 us at n = 128, c = 255, measured).
+int64_t count_byte_row(const uint8_t* row, int64_t c, bool& bad) {
+  constexpr uint64_t kLow = 0x0101010101010101ull;
+  uint64_t high = 0;
+  int64_t count = 0, q = 0;
+  for (; q + 8 <= c; q += 8) {
+    uint64_t w;
+    std::memcpy(&w, row + q, 8);
+    high |= w & ~kLow;                                         // a byte other than 0 or 1
+    count += static_cast<int64_t>(((w & kLow) * kLow) >> 56);  // sum of the 8 low bits
+  }
+  for (; q < c; ++q) {
+    high |= row[q] & 0xFEu;
+    count += row[q] & 1u;
+  }
+  bad |= high != 0;
+  return count;
+}
+
+void emit_byte_row(const uint8_t* row, int64_t c, int64_t* out) {
+  int64_t q = 0;
+  for (; q + 8 <= c; q += 8) {
+    uint64_t w;
+    std::memcpy(&w, row + q, 8);
+    while (w) {  // little-endian: the lowest set byte is the next column
+      const int byte = __builtin_ctzll(w) / 8;
+      *out++ = q + byte;
+      w &= ~(0xFFull << (8 * byte));
+    }
+  }
+  for (; q < c; ++q)
+    if (row[q]) *out++ = q;
+}
+
+template <typename scalar_t>
+int64_t count_row(const scalar_t* row, int64_t c, bool& bad) {
+  int64_t count = 0;
+  bool any_bad = false;
+  for (int64_t q = 0; q < c; ++q) {  // branch-free (vectorises)
+    count += row[q] != scalar_t(0);
+    any_bad |= (row[q] != scalar_t(0)) & (row[q] != scalar_t(1));
+  }
+  bad |= any_bad;
+  return count;
+}
+
+template <typename scalar_t>
+void emit_row(const scalar_t* row, int64_t c, int64_t* out) {
+  for (int64_t q = 0; q < c; ++q)
+    if (row[q] != scalar_t(0)) *out++ = q;
+}
+
 std::tuple<at::Tensor, at::Tensor> labels_to_csr_cpu(const at::Tensor& labels_in) {
   TORCH_CHECK_VALUE(labels_in.dim() == 2, "labels must be 2-D (n, c), got ", labels_in.dim(), "-D");
   const at::Tensor labels = labels_in.contiguous();
@@ -67,30 +124,21 @@ std::tuple<at::Tensor, at::Tensor> labels_to_csr_cpu(const at::Tensor& labels_in
   at::Tensor offsets = at::empty({n + 1}, labels.options().dtype(at::kLong));
   int64_t* off = offsets.data_ptr<int64_t>();
   off[0] = 0;
-  int64_t bad_value_at = -1, empty_rows = 0, first_empty = -1;
+  int64_t empty_rows = 0, first_empty = -1;
+  const bool bytes = labels.element_size() == 1 && !at::isFloatingType(labels.scalar_type());
+  bool bad = false;
   AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, labels.scalar_type(), "labels_to_csr", [&] {
     const scalar_t* l = labels.const_data_ptr<scalar_t>();
-    // branch-free counting pass (vectorises); the offending value is located only on failure
-    bool any_bad = false;
     for (int64_t i = 0; i < n; ++i) {
-      int64_t count = 0;
-      const scalar_t* row = l + i * c;
-      for (int64_t q = 0; q < c; ++q) {
-        count += row[q] != scalar_t(0);
-        any_bad |= (row[q] != scalar_t(0)) & (row[q] != scalar_t(1));
-      }
+      const int64_t count = bytes ? count_byte_row(reinterpret_cast<const uint8_t*>(l + i * c), c, bad)
+                                  : count_row(l + i * c, c, bad);
       if (count == 0 && empty_rows++ == 0) first_empty = i;
       off[i + 1] = off[i] + count;
     }
-    for (int64_t j = 0; any_bad && j < n * c; ++j) {
-      if (l[j] != scalar_t(0) && l[j] != scalar_t(1)) {
-        bad_value_at = j;
-        break;
-      }
-    }
-    if (bad_value_at >= 0) {
-      TORCH_CHECK_VALUE(false, "labels must be 0/1, got ", static_cast<double>(l[bad_value_at]), " at row ",
-                        bad_value_at / c, ", column ", bad_value_at % c);
+    if (bad) {  // locate the offending value (int8 -1 is rejected too: labels are 0 or 1)
+      for (int64_t j = 0; j < n * c; ++j)
+        TORCH_CHECK_VALUE(l[j] == scalar_t(0) || l[j] == scalar_t(1), "labels must be 0/1, got ",
+                          static_cast<double>(l[j]), " at row ", j / c, ", column ", j % c);
     }
   });
   TORCH_CHECK_VALUE(empty_rows == 0, "labels: ", empty_rows, " row(s) have no positive label (first: row ",
@@ -101,31 +149,32 @@ std::tuple<at::Tensor, at::Tensor> labels_to_csr_cpu(const at::Tensor& labels_in
     const scalar_t* l = labels.const_data_ptr<scalar_t>();
     at::parallel_for(0, n, std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(1, c)), [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
-        int64_t out = off[i];
-        for (int64_t q = 0; q < c; ++q)
-          if (l[i * c + q] != scalar_t(0)) idx[out++] = q;
+        if (bytes)
+          emit_byte_row(reinterpret_cast<const uint8_t*>(l + i * c), c, idx + off[i]);
+        else
+          emit_row(l + i * c, c, idx + off[i]);
       }
     });
   });
   return {offsets, indices};
 }
 
+// Flat index of the first entry that is not ±1, or -1. A branch-free scan first (vectorises: a
+// call-overhead-bound step must not pay a scalar loop); the offender is located on failure only.
+template <typename P>
+int64_t first_non_sign(const P* g, int64_t total) {
+  bool any_bad = false;
+  for (int64_t j = 0; j < total; ++j) any_bad |= (g[j] != P(1)) & (g[j] != P(-1));
+  for (int64_t j = 0; any_bad && j < total; ++j)
+    if (g[j] != P(1) && g[j] != P(-1)) return j;
+  return -1;
+}
+
 template <typename P>
 void check_plus_minus_one(const at::Tensor& proxies) {
   const P* g = proxies.const_data_ptr<P>();
-  const int64_t total = proxies.numel();
-  // branch-free scan first (vectorises: a call-overhead-bound step must not pay a scalar loop),
-  // then locate the first offender only on failure
-  bool any_bad = false;
-  for (int64_t j = 0; j < total; ++j) any_bad |= (g[j] != P(1)) & (g[j] != P(-1));
-  int64_t bad = -1;
-  for (int64_t j = 0; any_bad && j < total; ++j) {
-    if (g[j] != P(1) && g[j] != P(-1)) {
-      bad = j;
-      break;
-    }
-  }
-  TORCH_CHECK_VALUE(bad < 0, "proxies must be +1/-1, got ", static_cast<double>(g[bad]), " at row ",
+  const int64_t bad = first_non_sign(g, proxies.numel());
+  TORCH_CHECK_VALUE(bad < 0, "proxies must be +1/-1, got ", bad < 0 ? 0.0 : static_cast<double>(g[bad]), " at row ",
                     bad / proxies.size(1), ", column ", bad % proxies.size(1));
 }
 
@@ -289,19 +338,41 @@ constexpr int kBlockRows = 4;
 
 template <typename T>
 struct Panel {
-  std::vector<T> g;   // (c, k) row-major
-  std::vector<T> gt;  // (k, cp) zero padded
+  std::vector<T> g;   // (c, k) row-major: the gradient tiles, and `other`'s numerator dots
+  std::vector<T> gt;  // (k, cp) zero padded: the score tiles (register-tiled path only)
   int64_t c, k, cp;
+  const SignPanel* sign = nullptr;  // float on AVX-512: table lookups replace both tile loops
 };
 
+// Proxies of one call in the form the small path reads; raises ValueError for a non-±1 entry.
+// float on an AVX-512 CPU: a SignPanel (reused per thread, so a step allocates nothing), plus the
+// row-major copy only when `other` needs it (need_rows).
 template <typename T, typename P>
-Panel<T> make_panel(const P* proxies, int64_t c, int64_t k) {
+Panel<T> make_panel(const at::Tensor& proxies_tensor, bool need_rows) {
+  const P* proxies = proxies_tensor.const_data_ptr<P>();
+  const int64_t c = proxies_tensor.size(0), k = proxies_tensor.size(1);
   Panel<T> p{{}, {}, c, k, (c + kTile - 1) / kTile * kTile};
-  p.g.resize(c * k);
-  p.gt.assign(k * p.cp, T(0));
-  for (int64_t j = 0; j < c * k; ++j) p.g[j] = static_cast<T>(proxies[j]);
-  for (int64_t j = 0; j < k; ++j)  // write the transpose sequentially (reads hit L1/L2)
-    for (int64_t q = 0; q < c; ++q) p.gt[j * p.cp + q] = p.g[q * k + j];
+  int64_t bad = -1;
+  bool use_sign = false;
+  if constexpr (std::is_same_v<T, float>) use_sign = SignPanel::supported();
+  if (use_sign) {
+    static thread_local SignPanel panel;
+    bad = panel.build(proxies, c, k);
+    p.sign = &panel;
+  } else {
+    bad = first_non_sign(proxies, c * k);
+  }
+  TORCH_CHECK_VALUE(bad < 0, "proxies must be +1/-1, got ", bad < 0 ? 0.0 : static_cast<double>(proxies[bad]),
+                    " at row ", bad / std::max<int64_t>(k, 1), ", column ", bad % std::max<int64_t>(k, 1));
+  if (!use_sign || need_rows) {
+    p.g.resize(c * k);
+    for (int64_t j = 0; j < c * k; ++j) p.g[j] = static_cast<T>(proxies[j]);
+  }
+  if (!use_sign) {
+    p.gt.assign(k * p.cp, T(0));
+    for (int64_t j = 0; j < k; ++j)  // write the transpose sequentially (reads hit L1/L2)
+      for (int64_t q = 0; q < c; ++q) p.gt[j * p.cp + q] = p.g[q * k + j];
+  }
   return p;
 }
 
@@ -367,6 +438,12 @@ DCHML_ROW_INLINE void block_combine_n(const T* w, const Panel<T>& p, T* out) {
 
 template <typename T>
 DCHML_ROW_INLINE void block_scores(const T* rows, int nr, const Panel<T>& p, T* s) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (p.sign) {
+      for (int r = 0; r < nr; ++r) p.sign->scores(rows + r * p.k, s + r * p.cp);
+      return;
+    }
+  }
   switch (nr) {
     case 4: block_scores_n<4>(rows, p, s); break;
     case 3: block_scores_n<3>(rows, p, s); break;
@@ -377,6 +454,12 @@ DCHML_ROW_INLINE void block_scores(const T* rows, int nr, const Panel<T>& p, T* 
 
 template <typename T>
 DCHML_ROW_INLINE void block_combine(const T* w, int nr, const Panel<T>& p, T* out) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (p.sign) {
+      for (int r = 0; r < nr; ++r) p.sign->combine(w + r * p.cp, out + r * p.k);
+      return;
+    }
+  }
   switch (nr) {
     case 4: block_combine_n<4>(w, p, out); break;
     case 3: block_combine_n<3>(w, p, out); break;
@@ -598,11 +681,10 @@ std::tuple<at::Tensor, at::Tensor> mds_loss_cpu(const at::Tensor& codes_in, cons
   dispatch_proxies(codes, proxies, [&](auto t_tag, auto p_tag) {
     using T = decltype(t_tag);
     using P = decltype(p_tag);
-    check_plus_minus_one<P>(proxies);
     const Batch<T, P> b{codes.const_data_ptr<T>(), den.const_data_ptr<T>(), proxies.const_data_ptr<P>(),
                         offsets.const_data_ptr<int64_t>(), indices.const_data_ptr<int64_t>(), c, k};
     if (use_small(c)) {
-      const Panel<T> panel = make_panel<T>(b.proxies, c, k);
+      const Panel<T> panel = make_panel<T, P>(proxies, other_in.has_value());
       T* lo = loss.data_ptr<T>();
       T* ls = lse.data_ptr<T>();
       at::parallel_for(0, n, small_grain_rows(n, c, k), [&](int64_t r0, int64_t r1) {
@@ -610,6 +692,7 @@ std::tuple<at::Tensor, at::Tensor> mds_loss_cpu(const at::Tensor& codes_in, cons
       });
       return;
     }
+    check_plus_minus_one<P>(proxies);
     const at::Tensor neg_lse = tiled_negatives_lse<T>(den * eta, gemm_proxies(proxies, codes), b.offsets, b.indices);
     const T* nl = neg_lse.const_data_ptr<T>();
     T* lo = loss.data_ptr<T>();
@@ -644,7 +727,7 @@ std::tuple<at::Tensor, at::Tensor> mds_loss_backward_cpu(const at::Tensor& grad_
     const Batch<T, P> b{codes.const_data_ptr<T>(), den.const_data_ptr<T>(), proxies.const_data_ptr<P>(),
                         offsets.const_data_ptr<int64_t>(), indices.const_data_ptr<int64_t>(), c, k};
     if (use_small(c)) {
-      const Panel<T> panel = make_panel<T>(b.proxies, c, k);
+      const Panel<T> panel = make_panel<T, P>(proxies, separate);
       T* gc = grad_codes.data_ptr<T>();
       T* go = separate ? grad_other.data_ptr<T>() : nullptr;
       at::parallel_for(0, n, small_grain_rows(n, c, k), [&](int64_t r0, int64_t r1) {
@@ -677,11 +760,10 @@ std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_cpu(const at::Tensor& co
   dispatch_proxies(codes, proxies, [&](auto t_tag, auto p_tag) {
     using T = decltype(t_tag);
     using P = decltype(p_tag);
-    check_plus_minus_one<P>(proxies);
     const Batch<T, P> b{codes.const_data_ptr<T>(), codes.const_data_ptr<T>(), proxies.const_data_ptr<P>(),
                         offsets.const_data_ptr<int64_t>(), indices.const_data_ptr<int64_t>(), c, k};
     if (use_small(c)) {
-      const Panel<T> panel = make_panel<T>(b.proxies, c, k);
+      const Panel<T> panel = make_panel<T, P>(proxies, false);
       T* lo = loss.data_ptr<T>();
       T* ln = lse_neg.data_ptr<T>();
       at::parallel_for(0, n, small_grain_rows(n, c, k), [&](int64_t r0, int64_t r1) {
@@ -689,6 +771,7 @@ std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_cpu(const at::Tensor& co
       });
       return;
     }
+    check_plus_minus_one<P>(proxies);
     const at::Tensor neg_lse = tiled_negatives_lse<T>(codes * gamma, gemm_proxies(proxies, codes), b.offsets, b.indices);
     const T* nl = neg_lse.const_data_ptr<T>();
     T* lo = loss.data_ptr<T>();
@@ -719,7 +802,7 @@ at::Tensor partial_softmax_loss_backward_cpu(const at::Tensor& grad_loss_in, con
     const Batch<T, P> b{codes.const_data_ptr<T>(), codes.const_data_ptr<T>(), proxies.const_data_ptr<P>(),
                         offsets.const_data_ptr<int64_t>(), indices.const_data_ptr<int64_t>(), c, k};
     if (use_small(c)) {
-      const Panel<T> panel = make_panel<T>(b.proxies, c, k);
+      const Panel<T> panel = make_panel<T, P>(proxies, false);
       T* gc = grad_codes.data_ptr<T>();
       at::parallel_for(0, n, small_grain_rows(n, c, k), [&](int64_t r0, int64_t r1) {
         small_psl_backward<T>(b.codes, panel, b.offsets, b.indices, T(gamma), T(sigma), lse_neg.const_data_ptr<T>(),
