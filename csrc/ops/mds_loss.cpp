@@ -43,22 +43,30 @@ TORCH_LIBRARY_FRAGMENT(dchml, m) {
 }
 
 // ---- Autograd (device-independent, in C++) ----
-// The backward of both losses is another operator (the *_backward schemas above), wired here as
-// a torch::autograd::Function registered for the Autograd key, like torchvision's roi_align. In
-// C++ rather than torch.library.register_autograd because at the paper's scale (n = 128, c = 21)
-// the Python autograd hop costs more than the kernels: measured about 100 us of a 230 us step.
-// torch.compile traces through it (the backward ops have fake kernels in dchml/ops.py).
+// The backward of both losses is another operator (the *_backward schemas above). It is wired
+// here as a plain autograd Node, the way ATen's own operators are (a node holding its saved
+// tensors as members), registered for the Autograd key. Measured at the paper's scale (n = 128,
+// c = 21), step = loss + backward: the Python autograd hop of torch.library.register_autograd
+// cost about 100 us of a 230 us step, and torch::autograd::Function (CppNode: a context with a
+// string-keyed map, wrapped outputs) about 15 us of an 86 us step. torch.compile traces through
+// the node (the backward ops have fake kernels in dchml/ops.py).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ATen.h>
-#include <torch/autograd.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
+
+#include <memory>
+#include <type_traits>
 
 namespace dchml {
 namespace {
 
-using torch::autograd::AutogradContext;
+using torch::autograd::Node;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
-// Typed handles of the row operators, looked up once (the autograd functions below call them).
+// Typed handles of the row operators, looked up once (the autograd code below calls them).
 const auto& mds_loss_op() {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("dchml::mds_loss", "")
@@ -96,61 +104,9 @@ const auto& partial_softmax_loss_backward_op() {
   return op;
 }
 
-class MdsLossFunction : public torch::autograd::Function<MdsLossFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& codes, const std::optional<at::Tensor>& other,
-                               const at::Tensor& proxies, const at::Tensor& offsets, const at::Tensor& indices,
-                               double eta, double mu) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [loss, lse] = mds_loss_op().call(codes, other, proxies, offsets, indices, eta, mu);
-    ctx->save_for_backward({codes, other.value_or(at::Tensor()), proxies, offsets, indices, lse});
-    ctx->saved_data["eta"] = eta;
-    ctx->saved_data["mu"] = mu;
-    ctx->saved_data["has_other"] = other.has_value();
-    ctx->mark_non_differentiable({lse});
-    return {loss, lse};
-  }
+// ---- reductions over rows ----
+// reduction codes as at::Reduction: 0 = none (per-row losses), 1 = mean, 2 = sum.
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const bool has_other = ctx->saved_data["has_other"].toBool();
-    if (!grads[0].defined()) return variable_list(7);
-    auto [grad_codes, grad_other] =
-        mds_loss_backward_op().call(grads[0], saved[0], has_other ? std::optional<at::Tensor>(saved[1]) : std::nullopt,
-                                    saved[2], saved[3], saved[4], saved[5], ctx->saved_data["eta"].toDouble(),
-                                    ctx->saved_data["mu"].toDouble());
-    return {grad_codes, has_other ? grad_other : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
-  }
-};
-
-class PartialSoftmaxFunction : public torch::autograd::Function<PartialSoftmaxFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& codes, const at::Tensor& proxies,
-                               const at::Tensor& offsets, const at::Tensor& indices, double gamma, double sigma) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [loss, lse_neg] = partial_softmax_loss_op().call(codes, proxies, offsets, indices, gamma, sigma);
-    ctx->save_for_backward({codes, proxies, offsets, indices, lse_neg});
-    ctx->saved_data["gamma"] = gamma;
-    ctx->saved_data["sigma"] = sigma;
-    ctx->mark_non_differentiable({lse_neg});
-    return {loss, lse_neg};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    if (!grads[0].defined()) return variable_list(6);
-    at::Tensor grad_codes =
-        partial_softmax_loss_backward_op().call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4],
-                                                ctx->saved_data["gamma"].toDouble(), ctx->saved_data["sigma"].toDouble());
-    return {grad_codes, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-  }
-};
-
-// ---- reduced variants: the row op, then the reduction, in one node ----
-
-// On the CPU the sum is a plain loop into a scalar tensor: at::mean costs ~17 us at n = 128 on the
-// 2-core test machine (sum, division, dtype round trip), as much as the loss kernel itself.
 // A real CPU tensor whose memory can be read here (not a fake / functional tensor of a
 // torch.compile trace, which runs this same autograd code).
 bool readable_cpu(const at::Tensor& t) {
@@ -160,6 +116,8 @@ bool readable_cpu(const at::Tensor& t) {
          t.has_storage() && t.storage().data() != nullptr;
 }
 
+// On the CPU the sum is a plain loop into a scalar tensor: at::mean costs ~17 us at n = 128 on the
+// 2-core test machine (sum, division, dtype round trip), as much as the loss kernel itself.
 at::Tensor reduce_rows(const at::Tensor& rows, int64_t reduction) {
   TORCH_CHECK_VALUE(reduction == 1 || reduction == 2, "reduction must be 1 (mean) or 2 (sum), got ", reduction);
   if (readable_cpu(rows) && rows.is_contiguous()) {
@@ -179,6 +137,7 @@ at::Tensor reduce_rows(const at::Tensor& rows, int64_t reduction) {
 // d(reduced)/d(rows): grad (a scalar) for sum, grad / n for mean, as an (n,) tensor. On the CPU
 // the scalar is read directly (no device sync there) and one filled tensor made.
 at::Tensor expand_reduced_grad(const at::Tensor& grad, const c10::SymInt& n, int64_t reduction) {
+  if (reduction == 0) return grad;
   if (readable_cpu(grad)) {
     const int64_t rows = n.expect_int();
     const double scale = reduction == 1 && rows > 0 ? 1.0 / static_cast<double>(rows) : 1.0;
@@ -188,7 +147,119 @@ at::Tensor expand_reduced_grad(const at::Tensor& grad, const c10::SymInt& n, int
   return g.expand_symint({n});
 }
 
-// Backend kernel (CPU and CUDA alike): the row op, then the reduction.
+// ---- the autograd node ----
+
+// Autograd nodes are held by std::shared_ptr up to torch 2.12 and by c10::intrusive_ptr since
+// (pytorch#181139); this package supports torch >= 2.4, so the handle type is read off Tensor.
+using NodeHandle = std::decay_t<decltype(std::declval<const at::Tensor&>().grad_fn())>;
+
+template <typename N>
+auto make_node() {
+  if constexpr (std::is_same_v<NodeHandle, std::shared_ptr<Node>>)
+    return std::shared_ptr<N>(new N(), [](N* p) { deleteNode(p); });  // torch::autograd::deleteNode, by ADL
+  else
+    return c10::make_intrusive<N>();
+}
+
+// Which loss, its two scalars, the reduction, and the tensors backward reads (saved with
+// version checks: an input changed in place before backward raises instead of giving a wrong
+// gradient).
+struct LossBackward : public Node {
+  bool partial_softmax = false;  // PSLDH (gamma, sigma) instead of margin-dynamic-softmax (eta, mu)
+  bool has_other = false;
+  double a = 0, b = 0;  // (eta, mu) or (gamma, sigma)
+  int64_t reduction = 0;
+  SavedVariable codes, other, proxies, offsets, indices, lse;
+
+  std::string name() const override {
+    return partial_softmax ? "PartialSoftmaxLossBackward" : "MarginDynamicSoftmaxLossBackward";
+  }
+
+  void release_variables() override {
+    for (SavedVariable* v : {&codes, &other, &proxies, &offsets, &indices, &lse}) v->reset_data();
+  }
+
+  variable_list apply(variable_list&& grads) override {
+    if (!grads[0].defined()) return variable_list(num_outputs());
+    const at::Tensor c = codes.unpack();
+    const at::Tensor grad_rows = expand_reduced_grad(grads[0], c.sym_size(0), reduction);
+    if (partial_softmax)
+      return {partial_softmax_loss_backward_op().call(grad_rows, c, proxies.unpack(), offsets.unpack(),
+                                                      indices.unpack(), lse.unpack(), a, b)};
+    auto [grad_codes, grad_other] = mds_loss_backward_op().call(
+        grad_rows, c, has_other ? std::optional<at::Tensor>(other.unpack()) : std::nullopt, proxies.unpack(),
+        offsets.unpack(), indices.unpack(), lse.unpack(), a, b);
+    if (has_other) return {grad_codes, grad_other};
+    return {grad_codes};
+  }
+};
+
+// The Autograd-key kernel of the four loss operators: the row op below autograd, the reduction,
+// and (when a gradient is needed) one LossBackward node for the loss output; the saved per-row
+// log-sum-exp is not differentiable.
+std::tuple<at::Tensor, at::Tensor> loss_with_node(bool partial_softmax, const at::Tensor& codes,
+                                                  const std::optional<at::Tensor>& other, const at::Tensor& proxies,
+                                                  const at::Tensor& offsets, const at::Tensor& indices, double a,
+                                                  double b, int64_t reduction) {
+  const bool needs_grad = at::GradMode::is_enabled() &&
+                          (codes.requires_grad() || (other.has_value() && other->requires_grad()));
+  at::Tensor rows, lse;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    std::tie(rows, lse) = partial_softmax ? partial_softmax_loss_op().call(codes, proxies, offsets, indices, a, b)
+                                          : mds_loss_op().call(codes, other, proxies, offsets, indices, a, b);
+  }
+  at::Tensor loss = reduction == 0 ? rows : reduce_rows(rows, reduction);
+  if (!needs_grad) return {loss, lse};
+  auto node = make_node<LossBackward>();
+  node->set_next_edges(other.has_value() ? torch::autograd::collect_next_edges(codes, *other)
+                                         : torch::autograd::collect_next_edges(codes));
+  node->partial_softmax = partial_softmax;
+  node->has_other = other.has_value();
+  node->a = a;
+  node->b = b;
+  node->reduction = reduction;
+  node->codes = SavedVariable(codes, false);
+  if (other.has_value()) node->other = SavedVariable(*other, false);
+  node->proxies = SavedVariable(proxies, false);
+  node->offsets = SavedVariable(offsets, false);
+  node->indices = SavedVariable(indices, false);
+  node->lse = SavedVariable(lse, false);
+  torch::autograd::set_history(loss, node);
+  return {loss, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> mds_loss_autograd(const at::Tensor& codes, const std::optional<at::Tensor>& other,
+                                                     const at::Tensor& proxies, const at::Tensor& offsets,
+                                                     const at::Tensor& indices, double eta, double mu) {
+  return loss_with_node(false, codes, other, proxies, offsets, indices, eta, mu, 0);
+}
+
+std::tuple<at::Tensor, at::Tensor> mds_loss_reduced_autograd(const at::Tensor& codes,
+                                                             const std::optional<at::Tensor>& other,
+                                                             const at::Tensor& proxies, const at::Tensor& offsets,
+                                                             const at::Tensor& indices, double eta, double mu,
+                                                             int64_t reduction) {
+  TORCH_CHECK_VALUE(reduction == 1 || reduction == 2, "reduction must be 1 (mean) or 2 (sum), got ", reduction);
+  return loss_with_node(false, codes, other, proxies, offsets, indices, eta, mu, reduction);
+}
+
+std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_autograd(const at::Tensor& codes, const at::Tensor& proxies,
+                                                                 const at::Tensor& offsets, const at::Tensor& indices,
+                                                                 double gamma, double sigma) {
+  return loss_with_node(true, codes, std::nullopt, proxies, offsets, indices, gamma, sigma, 0);
+}
+
+std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_reduced_autograd(const at::Tensor& codes,
+                                                                         const at::Tensor& proxies,
+                                                                         const at::Tensor& offsets,
+                                                                         const at::Tensor& indices, double gamma,
+                                                                         double sigma, int64_t reduction) {
+  TORCH_CHECK_VALUE(reduction == 1 || reduction == 2, "reduction must be 1 (mean) or 2 (sum), got ", reduction);
+  return loss_with_node(true, codes, std::nullopt, proxies, offsets, indices, gamma, sigma, reduction);
+}
+
+// Backend kernels of the reduced ops (CPU and CUDA alike): the row op, then the reduction.
 std::tuple<at::Tensor, at::Tensor> mds_loss_reduced_kernel(const at::Tensor& codes,
                                                            const std::optional<at::Tensor>& other,
                                                            const at::Tensor& proxies, const at::Tensor& offsets,
@@ -205,97 +276,6 @@ std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_reduced_kernel(const at:
                                                                        double sigma, int64_t reduction) {
   auto [rows, lse_neg] = partial_softmax_loss_op().call(codes, proxies, offsets, indices, gamma, sigma);
   return {reduce_rows(rows, reduction), lse_neg};
-}
-
-class MdsLossReducedFunction : public torch::autograd::Function<MdsLossReducedFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& codes, const std::optional<at::Tensor>& other,
-                               const at::Tensor& proxies, const at::Tensor& offsets, const at::Tensor& indices,
-                               double eta, double mu, int64_t reduction) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [rows, lse] = mds_loss_op().call(codes, other, proxies, offsets, indices, eta, mu);
-    ctx->save_for_backward({codes, other.value_or(at::Tensor()), proxies, offsets, indices, lse});
-    ctx->saved_data["eta"] = eta;
-    ctx->saved_data["mu"] = mu;
-    ctx->saved_data["has_other"] = other.has_value();
-    ctx->saved_data["reduction"] = reduction;
-    ctx->mark_non_differentiable({lse});
-    ctx->set_materialize_grads(false);  // lse is non-differentiable: no zero (n,) gradient for it
-    return {reduce_rows(rows, reduction), lse};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return variable_list(8);
-    const auto saved = ctx->get_saved_variables();
-    const bool has_other = ctx->saved_data["has_other"].toBool();
-    const at::Tensor grad_rows =
-        expand_reduced_grad(grads[0], saved[0].sym_size(0), ctx->saved_data["reduction"].toInt());
-    auto [grad_codes, grad_other] = mds_loss_backward_op().call(
-        grad_rows, saved[0], has_other ? std::optional<at::Tensor>(saved[1]) : std::nullopt, saved[2], saved[3],
-        saved[4], saved[5], ctx->saved_data["eta"].toDouble(), ctx->saved_data["mu"].toDouble());
-    return {grad_codes, has_other ? grad_other : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor()};
-  }
-};
-
-class PartialSoftmaxReducedFunction : public torch::autograd::Function<PartialSoftmaxReducedFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& codes, const at::Tensor& proxies,
-                               const at::Tensor& offsets, const at::Tensor& indices, double gamma, double sigma,
-                               int64_t reduction) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [rows, lse_neg] = partial_softmax_loss_op().call(codes, proxies, offsets, indices, gamma, sigma);
-    ctx->save_for_backward({codes, proxies, offsets, indices, lse_neg});
-    ctx->saved_data["gamma"] = gamma;
-    ctx->saved_data["sigma"] = sigma;
-    ctx->saved_data["reduction"] = reduction;
-    ctx->mark_non_differentiable({lse_neg});
-    ctx->set_materialize_grads(false);
-    return {reduce_rows(rows, reduction), lse_neg};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return variable_list(7);
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor grad_rows =
-        expand_reduced_grad(grads[0], saved[0].sym_size(0), ctx->saved_data["reduction"].toInt());
-    at::Tensor grad_codes =
-        partial_softmax_loss_backward_op().call(grad_rows, saved[0], saved[1], saved[2], saved[3], saved[4],
-                                                ctx->saved_data["gamma"].toDouble(), ctx->saved_data["sigma"].toDouble());
-    return {grad_codes, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-  }
-};
-
-std::tuple<at::Tensor, at::Tensor> mds_loss_reduced_autograd(const at::Tensor& codes,
-                                                             const std::optional<at::Tensor>& other,
-                                                             const at::Tensor& proxies, const at::Tensor& offsets,
-                                                             const at::Tensor& indices, double eta, double mu,
-                                                             int64_t reduction) {
-  auto out = MdsLossReducedFunction::apply(codes, other, proxies, offsets, indices, eta, mu, reduction);
-  return {out[0], out[1]};
-}
-
-std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_reduced_autograd(const at::Tensor& codes,
-                                                                         const at::Tensor& proxies,
-                                                                         const at::Tensor& offsets,
-                                                                         const at::Tensor& indices, double gamma,
-                                                                         double sigma, int64_t reduction) {
-  auto out = PartialSoftmaxReducedFunction::apply(codes, proxies, offsets, indices, gamma, sigma, reduction);
-  return {out[0], out[1]};
-}
-
-std::tuple<at::Tensor, at::Tensor> mds_loss_autograd(const at::Tensor& codes, const std::optional<at::Tensor>& other,
-                                                     const at::Tensor& proxies, const at::Tensor& offsets,
-                                                     const at::Tensor& indices, double eta, double mu) {
-  auto out = MdsLossFunction::apply(codes, other, proxies, offsets, indices, eta, mu);
-  return {out[0], out[1]};
-}
-
-std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_autograd(const at::Tensor& codes, const at::Tensor& proxies,
-                                                                 const at::Tensor& offsets, const at::Tensor& indices,
-                                                                 double gamma, double sigma) {
-  auto out = PartialSoftmaxFunction::apply(codes, proxies, offsets, indices, gamma, sigma);
-  return {out[0], out[1]};
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "core/mds_loss_engine.h"
+#include "core/masked_softmax.h"
 #include "core/sign_panel.h"
 #include "ops/mds_loss_checks.h"
 
@@ -332,7 +333,7 @@ at::Tensor gemm_proxies(const at::Tensor& proxies, const at::Tensor& codes) {
 // sum); the backward folds every proxy's coefficient (softmax weight on a negative, gbar share on
 // a positive) into one weight per proxy, so a row's gradient is ONE weights x proxies product,
 // again accumulated in registers. Per-thread scratch: 4 rows of scores plus one row (c values).
-constexpr int64_t kSmallMaxClasses = 512;
+constexpr int64_t kSmallMaxClasses = kMaskedSoftmaxMaxClasses;  // 512
 constexpr int kTile = 16;  // proxies per score tile / code entries per gradient tile
 constexpr int kBlockRows = 4;
 
@@ -538,6 +539,31 @@ DCHML_ROW_INLINE T negatives_lse(const T* s, int64_t c, int64_t cp, RowLabels l,
   return m + log_(sum + tile_sum(tmp, cp));
 }
 
+// The two softmax steps of a row on the small path: the masked AVX-512 routines alongside a
+// SignPanel (float), the generic loops above otherwise.
+template <typename T>
+DCHML_ROW_INLINE T row_negatives_lse(const Panel<T>& p, const T* s, RowLabels l, T scale, T extra, T* tmp) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (p.sign) return masked_lse(s, p.c, l.pos, l.npos, scale, extra);
+  }
+  return negatives_lse(s, p.c, p.cp, l, scale, extra, tmp);
+}
+
+// w[q] = coef * exp(scale * w[q] - lse) over the negatives; the positives' entries are left for
+// the caller to overwrite.
+template <typename T>
+DCHML_ROW_INLINE void row_negative_weights(const Panel<T>& p, T* w, RowLabels l, T scale, T lse, T coef) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (p.sign) {
+      masked_softmax(w, p.c, l.pos, l.npos, scale, lse, coef);
+      return;
+    }
+  }
+  for (int64_t q = 0; q < p.c; ++q) w[q] *= scale;
+  exp_shifted_inplace(w, p.c, lse);
+  for (int64_t q = 0; q < p.c; ++q) w[q] *= coef;
+}
+
 template <typename T>
 struct SmallScratch {
   std::vector<T> s, tmp;
@@ -558,7 +584,7 @@ DCHML_SIMD_CLONES void small_mds_forward(const T* codes, const T* den, const Pan
       const RowLabels l = row_labels(offsets, indices, i);
       const T u_den = surrogate_score(mean_at(s, l), mu, p.k);
       const T u_num = den == codes ? u_den : surrogate_score(mean_positive_dot_panel(codes + i * p.k, p, l), mu, p.k);
-      lse[i] = negatives_lse(s, p.c, p.cp, l, eta, eta * u_den, sc.tmp.data());
+      lse[i] = row_negatives_lse(p, s, l, eta, eta * u_den, sc.tmp.data());
       loss[i] = mds_row_loss(eta, u_num, lse[i]);
     }
   }
@@ -581,9 +607,7 @@ DCHML_SIMD_CLONES void small_mds_backward(const T* codes, const T* den, const Pa
       const MdsGradCoefficients<T> co =
           mds_grad_coefficients(eta, grad_loss[i], softmax_weight(eta * u_den, lse[i]));
       // negatives: denominator_scale * exp(eta s_q - lse); positives: their gbar share
-      for (int64_t q = 0; q < p.c; ++q) w[q] *= eta;
-      exp_shifted_inplace(w, p.c, lse[i]);
-      for (int64_t q = 0; q < p.c; ++q) w[q] *= co.denominator_scale;
+      row_negative_weights(p, w, l, eta, lse[i], co.denominator_scale);
       const T positive = (co.denominator_gbar + (separate ? T(0) : co.numerator_gbar)) / T(l.npos);
       for (int64_t e = 0; e < l.npos; ++e) w[l.pos[e]] = positive;
       if (separate) {  // numerator part on codes: numerator_gbar * gbar
@@ -612,7 +636,7 @@ DCHML_SIMD_CLONES void small_psl_forward(const T* codes, const Panel<T>& p, cons
       const int64_t i = i0 + r;
       const T* s = sc.s.data() + r * p.cp;
       const RowLabels l = row_labels(offsets, indices, i);
-      const T ln = negatives_lse(s, p.c, p.cp, l, gamma, neg_infinity<T>(), sc.tmp.data());
+      const T ln = row_negatives_lse(p, s, l, gamma, neg_infinity<T>(), sc.tmp.data());
       T acc = T(0);
       for (int64_t e = 0; e < l.npos; ++e)
         acc += psl_positive_term(psl_positive_logit(gamma, sigma, s[l.pos[e]], p.k), ln);
@@ -645,10 +669,7 @@ DCHML_SIMD_CLONES void small_psl_backward(const T* codes, const Panel<T>& p, con
       if (ln == neg_infinity<T>()) {  // no negatives
         for (int64_t q = 0; q < p.c; ++q) w[q] = T(0);
       } else {
-        for (int64_t q = 0; q < p.c; ++q) w[q] *= gamma;
-        exp_shifted_inplace(w, p.c, ln);
-        const T a = scale * negative_mass;
-        for (int64_t q = 0; q < p.c; ++q) w[q] *= a;
+        row_negative_weights(p, w, l, gamma, ln, scale * negative_mass);
       }
       for (int64_t e = 0; e < l.npos; ++e) w[l.pos[e]] = sc.tmp[e];
     }

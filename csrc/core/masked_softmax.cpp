@@ -1,0 +1,100 @@
+// Masked row softmax (AVX-512 float): see masked_softmax.h.
+#include "core/masked_softmax.h"
+
+#include <cmath>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define DCHML_AVX512F __attribute__((target("avx512f")))
+#define DCHML_MASKED_SOFTMAX_X86 1
+#endif
+
+namespace dchml {
+
+#ifdef DCHML_MASKED_SOFTMAX_X86
+namespace {
+
+constexpr int64_t kMaxTiles = kMaskedSoftmaxMaxClasses / 16;
+
+// keep[t]: lanes of tile t that are negatives (q < c and not excluded)
+struct KeepMask {
+  __mmask16 keep[kMaxTiles];
+  int64_t tiles;
+};
+
+KeepMask keep_mask(int64_t c, const int64_t* excluded, int64_t n_excluded) {
+  KeepMask m;
+  m.tiles = (c + 15) / 16;
+  for (int64_t t = 0; t < m.tiles; ++t) m.keep[t] = __mmask16(0xFFFF);
+  if (c % 16) m.keep[m.tiles - 1] = __mmask16((1u << (c % 16)) - 1u);
+  for (int64_t e = 0; e < n_excluded; ++e) {
+    const int64_t q = excluded[e];
+    m.keep[q / 16] = __mmask16(m.keep[q / 16] & ~(1u << (q % 16)));
+  }
+  return m;
+}
+
+// exp(x), 16 lanes: Cephes' expf reduction and polynomial (about 1 ulp), the same arithmetic as
+// exp_vectorisable in mds_loss_engine.h; arguments clamped to [-87, 88].
+DCHML_AVX512F inline __m512 exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);  // p * 2^n
+}
+
+DCHML_AVX512F float masked_lse_avx512(const float* s, const KeepMask& m, float scale, float extra) {
+  const __m512 vs = _mm512_set1_ps(scale);
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  for (int64_t t = 0; t < m.tiles; ++t)
+    vmax = _mm512_mask_max_ps(vmax, m.keep[t], vmax, _mm512_mul_ps(_mm512_loadu_ps(s + 16 * t), vs));
+  float top = _mm512_reduce_max_ps(vmax);
+  top = extra > top ? extra : top;
+  if (top == -INFINITY) return top;
+  const __m512 shift = _mm512_set1_ps(top);
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t t = 0; t < m.tiles; ++t) {
+    const __m512 e = exp16(_mm512_fmsub_ps(_mm512_loadu_ps(s + 16 * t), vs, shift));
+    sum = _mm512_mask_add_ps(sum, m.keep[t], sum, e);
+  }
+  const float rest = extra == -INFINITY ? 0.0f : std::exp(extra - top);
+  return top + std::log(_mm512_reduce_add_ps(sum) + rest);
+}
+
+DCHML_AVX512F void masked_softmax_avx512(float* w, const KeepMask& m, float scale, float lse, float coef) {
+  const __m512 vs = _mm512_set1_ps(scale), shift = _mm512_set1_ps(lse), vc = _mm512_set1_ps(coef);
+  for (int64_t t = 0; t < m.tiles; ++t) {
+    const __m512 e = exp16(_mm512_fmsub_ps(_mm512_loadu_ps(w + 16 * t), vs, shift));
+    _mm512_mask_storeu_ps(w + 16 * t, __mmask16(0xFFFF), _mm512_maskz_mul_ps(m.keep[t], e, vc));
+  }
+}
+
+}  // namespace
+
+float masked_lse(const float* s, int64_t c, const int64_t* excluded, int64_t n_excluded, float scale, float extra) {
+  return masked_lse_avx512(s, keep_mask(c, excluded, n_excluded), scale, extra);
+}
+
+void masked_softmax(float* w, int64_t c, const int64_t* excluded, int64_t n_excluded, float scale, float lse,
+                    float coef) {
+  masked_softmax_avx512(w, keep_mask(c, excluded, n_excluded), scale, lse, coef);
+}
+
+#else
+
+// Not x86 with GCC/Clang: SignPanel::supported() is false there, so these are never called.
+float masked_lse(const float*, int64_t, const int64_t*, int64_t, float, float) { return NAN; }
+void masked_softmax(float*, int64_t, const int64_t*, int64_t, float, float, float) {}
+
+#endif
+
+}  // namespace dchml
