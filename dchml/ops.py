@@ -174,12 +174,16 @@ def _(dist, relevant, cut_total, cut_relevant, expected):
 
 
 # --- Margin-dynamic-softmax loss ops (issue: fused loss) --------------------------------------
-# Labels reach the kernels in ONE form: CSR of the positives (offsets (n+1,) int64, indices
-# (nnz,) int64, sorted and distinct within a row, every row non-empty). Accepted from users:
-# - a dense (n, c) 0/1 tensor (bool, integer or floating);
-# - a torch.sparse_csr tensor of shape (n, c) whose stored entries are the positives (value 1);
-# - a tuple (offsets, indices) of int64 tensors (positives of row i: indices[offsets[i]:offsets[i+1]]).
-# Unsorted sparse rows are sorted; duplicate positives are an error (a duplicated label is a data bug).
+# Labels reach the kernels as a pair (labels, indices):
+# - (dense, None): the (n, c) 0/1 tensor as the user gave it (bool, integer or floating); the
+#   kernels check its values and empty rows, and read one-byte labels (bool, uint8) row by row
+#   without building a CSR (at the paper's scale a separate conversion cost more than the loss);
+# - (offsets, indices): CSR of the positives, offsets (n+1,) int64, indices (nnz,) int64, sorted
+#   and distinct within a row, every row non-empty.
+# Accepted from users: a dense (n, c) tensor; a torch.sparse_csr tensor of shape (n, c) whose
+# stored entries are the positives (value 1); a tuple (offsets, indices) of int64 tensors
+# (positives of row i: indices[offsets[i]:offsets[i+1]]). Unsorted sparse rows are sorted;
+# duplicate positives are an error (a duplicated label is a data bug).
 
 _FLOAT_CODES = (torch.float32, torch.float64)
 
@@ -255,7 +259,7 @@ def _normalise_sparse_rows(offsets, indices, n, c, device):
 
 
 def normalise_labels(labels, n: int, c: int, device):
-    """Normalise any accepted label form to (offsets, indices); see the comment above."""
+    """Normalise any accepted label form to the kernels' (labels, indices) pair; see above."""
     if isinstance(labels, (tuple, list)):
         if len(labels) != 2:
             raise ValueError(f"sparse labels must be a tuple (offsets, indices), got {len(labels)} items")
@@ -275,7 +279,7 @@ def normalise_labels(labels, n: int, c: int, device):
         raise ValueError(f"labels must be dense or torch.sparse_csr, got layout {labels.layout}")
     if labels.is_complex():
         raise TypeError(f"labels must be 0/1 as bool, integer or float, got {labels.dtype}")
-    return torch.ops.dchml.labels_to_csr.default(labels)
+    return labels, None
 
 
 def _prepare_loss_inputs(codes, proxies, labels, other):
@@ -287,14 +291,14 @@ def _prepare_loss_inputs(codes, proxies, labels, other):
             raise ValueError(f"other must match codes: shape {tuple(codes.shape)} and dtype {codes.dtype}, "
                              f"got {tuple(other.shape)} and {other.dtype}")
     proxies = _prepare_proxies(proxies, codes)
-    offsets, indices = normalise_labels(labels, codes.shape[0], proxies.shape[0], codes.device)
-    return proxies, offsets, indices
+    labels, indices = normalise_labels(labels, codes.shape[0], proxies.shape[0], codes.device)
+    return proxies, labels, indices
 
 
 def mds_loss_rows(codes, proxies, labels, *, eta=0.3, mu=0.3, other=None):
     """Per-row margin-dynamic-softmax loss (eq. 13; eq. 14's inter-modal term with `other`)."""
-    proxies, offsets, indices = _prepare_loss_inputs(codes, proxies, labels, other)
-    loss, _ = torch.ops.dchml.mds_loss.default(codes, other, proxies, offsets, indices,
+    proxies, labels, indices = _prepare_loss_inputs(codes, proxies, labels, other)
+    loss, _ = torch.ops.dchml.mds_loss.default(codes, other, proxies, labels, indices,
                                        _check_scalar("eta", eta), _check_scalar("mu", mu))
     return loss
 
@@ -307,8 +311,8 @@ _REDUCTION_CODES = {"mean": 1, "sum": 2}
 
 def mds_loss_reduced(codes, proxies, labels, reduction, *, eta=0.3, mu=0.3, other=None):
     """Margin-dynamic-softmax loss reduced over rows ("mean" or "sum") in the op itself."""
-    proxies, offsets, indices = _prepare_loss_inputs(codes, proxies, labels, other)
-    loss, _ = torch.ops.dchml.mds_loss_reduced.default(codes, other, proxies, offsets, indices,
+    proxies, labels, indices = _prepare_loss_inputs(codes, proxies, labels, other)
+    loss, _ = torch.ops.dchml.mds_loss_reduced.default(codes, other, proxies, labels, indices,
                                                        _check_scalar("eta", eta), _check_scalar("mu", mu),
                                                        _REDUCTION_CODES[reduction])
     return loss
@@ -316,17 +320,17 @@ def mds_loss_reduced(codes, proxies, labels, reduction, *, eta=0.3, mu=0.3, othe
 
 def partial_softmax_reduced(codes, proxies, labels, reduction, *, gamma=0.2, sigma=0.2):
     """PSLDH partial-softmax loss reduced over rows ("mean" or "sum") in the op itself."""
-    proxies, offsets, indices = _prepare_loss_inputs(codes, proxies, labels, None)
+    proxies, labels, indices = _prepare_loss_inputs(codes, proxies, labels, None)
     loss, _ = torch.ops.dchml.partial_softmax_loss_reduced.default(
-        codes, proxies, offsets, indices, _check_scalar("gamma", gamma), _check_scalar("sigma", sigma),
+        codes, proxies, labels, indices, _check_scalar("gamma", gamma), _check_scalar("sigma", sigma),
         _REDUCTION_CODES[reduction])
     return loss
 
 
 def partial_softmax_rows(codes, proxies, labels, *, gamma=0.2, sigma=0.2):
     """Per-row PSLDH partial-softmax loss (§6)."""
-    proxies, offsets, indices = _prepare_loss_inputs(codes, proxies, labels, None)
-    loss, _ = torch.ops.dchml.partial_softmax_loss.default(codes, proxies, offsets, indices,
+    proxies, labels, indices = _prepare_loss_inputs(codes, proxies, labels, None)
+    loss, _ = torch.ops.dchml.partial_softmax_loss.default(codes, proxies, labels, indices,
                                                    _check_scalar("gamma", gamma), _check_scalar("sigma", sigma))
     return loss
 
@@ -338,32 +342,32 @@ def _labels_to_csr_fake(labels):
 
 
 @torch.library.register_fake("dchml::mds_loss")
-def _mds_loss_fake(codes, other, proxies, offsets, indices, eta, mu):
+def _mds_loss_fake(codes, other, proxies, labels, indices, eta, mu):
     return codes.new_empty(codes.shape[0]), codes.new_empty(codes.shape[0])
 
 
 @torch.library.register_fake("dchml::mds_loss_backward")
-def _mds_loss_backward_fake(grad_loss, codes, other, proxies, offsets, indices, lse, eta, mu):
+def _mds_loss_backward_fake(grad_loss, codes, other, proxies, labels, indices, lse, eta, mu):
     return torch.empty_like(codes), codes.new_empty((codes.shape[0] if other is not None else 0, codes.shape[1]))
 
 
 @torch.library.register_fake("dchml::partial_softmax_loss")
-def _partial_softmax_loss_fake(codes, proxies, offsets, indices, gamma, sigma):
+def _partial_softmax_loss_fake(codes, proxies, labels, indices, gamma, sigma):
     return codes.new_empty(codes.shape[0]), codes.new_empty(codes.shape[0])
 
 
 @torch.library.register_fake("dchml::mds_loss_reduced")
-def _mds_loss_reduced_fake(codes, other, proxies, offsets, indices, eta, mu, reduction):
+def _mds_loss_reduced_fake(codes, other, proxies, labels, indices, eta, mu, reduction):
     return codes.new_empty(()), codes.new_empty(codes.shape[0])
 
 
 @torch.library.register_fake("dchml::partial_softmax_loss_reduced")
-def _partial_softmax_loss_reduced_fake(codes, proxies, offsets, indices, gamma, sigma, reduction):
+def _partial_softmax_loss_reduced_fake(codes, proxies, labels, indices, gamma, sigma, reduction):
     return codes.new_empty(()), codes.new_empty(codes.shape[0])
 
 
 @torch.library.register_fake("dchml::partial_softmax_loss_backward")
-def _partial_softmax_loss_backward_fake(grad_loss, codes, proxies, offsets, indices, lse_neg, gamma, sigma):
+def _partial_softmax_loss_backward_fake(grad_loss, codes, proxies, labels, indices, lse_neg, gamma, sigma):
     return torch.empty_like(codes)
 
 

@@ -201,15 +201,17 @@ def _op_samples():
 def test_opcheck():
     for codes, other, proxies, offsets, indices, labels in _op_samples():
         torch.library.opcheck(torch.ops.dchml.labels_to_csr, (labels,), test_utils=("test_schema", "test_faketensor"))
-        for o in (None, other):
-            torch.library.opcheck(torch.ops.dchml.mds_loss, (codes, o, proxies, offsets, indices, ETA, MU))
-        torch.library.opcheck(torch.ops.dchml.partial_softmax_loss, (codes, proxies, offsets, indices, GAMMA, SIGMA))
-        for reduction in (1, 2):  # the reduced ops (mean, sum): one autograd node per loss
+        # both label forms the ops take: CSR (offsets, indices) and dense labels with indices None
+        for lab, idx in ((offsets, indices), (labels, None)):
             for o in (None, other):
-                torch.library.opcheck(torch.ops.dchml.mds_loss_reduced,
-                                      (codes, o, proxies, offsets, indices, ETA, MU, reduction))
-            torch.library.opcheck(torch.ops.dchml.partial_softmax_loss_reduced,
-                                  (codes, proxies, offsets, indices, GAMMA, SIGMA, reduction))
+                torch.library.opcheck(torch.ops.dchml.mds_loss, (codes, o, proxies, lab, idx, ETA, MU))
+            torch.library.opcheck(torch.ops.dchml.partial_softmax_loss, (codes, proxies, lab, idx, GAMMA, SIGMA))
+            for reduction in (1, 2):  # the reduced ops (mean, sum): one autograd node per loss
+                for o in (None, other):
+                    torch.library.opcheck(torch.ops.dchml.mds_loss_reduced,
+                                          (codes, o, proxies, lab, idx, ETA, MU, reduction))
+                torch.library.opcheck(torch.ops.dchml.partial_softmax_loss_reduced,
+                                      (codes, proxies, lab, idx, GAMMA, SIGMA, reduction))
 
 
 def test_torch_compile_fullgraph():

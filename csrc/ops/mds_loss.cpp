@@ -1,8 +1,13 @@
 // Schemas of the loss operators (METHOD.md §3, §4, §6). Kernels: ops/cpu/mds_loss_kernel.cpp,
 // ops/cuda/mds_loss_kernel.cu; Python wrappers, fake kernels and autograd: dchml/ops.py.
 //
-// Labels travel as CSR: offsets (n+1,) int64 and indices (nnz,) int64, sorted and distinct within
-// each row, every row non-empty (dchml/ops.py normalises dense and sparse labels to this form).
+// Labels travel in one of two forms, as the pair (labels, indices):
+// - indices None: labels is the dense (n, c) 0/1 matrix (bool, integer or float);
+// - indices given: labels holds the CSR offsets (n+1,) int64 of the positives, indices (nnz,)
+//   int64 lists them, sorted and distinct within each row, every row non-empty (dchml/ops.py
+//   validates user CSR and torch.sparse_csr labels into this form).
+// The CPU kernels read one-byte dense labels row by row on the small-c path and convert any
+// other dense labels to CSR themselves; the CUDA kernels convert dense labels to CSR on the device.
 // The forward ops return the per-row losses and ONE saved per-row scalar (a log-sum-exp); the
 // backward ops recompute the scores from it, so no (n x c) tensor exists in either direction.
 #include <torch/library.h>
@@ -15,31 +20,31 @@ TORCH_LIBRARY_FRAGMENT(dchml, m) {
   // numerator surrogate from codes, denominator (surrogate and negatives) from other.
   // Returns (loss (n,), lse (n,)) with lse = logsumexp({eta u_den} U {eta s_q : q negative}).
   m.def(
-      "mds_loss(Tensor codes, Tensor? other, Tensor proxies, Tensor offsets, Tensor indices, float eta, "
+      "mds_loss(Tensor codes, Tensor? other, Tensor proxies, Tensor labels, Tensor? indices, float eta, "
       "float mu) -> (Tensor loss, Tensor lse)");
   // Returns (grad_codes (n, k), grad_other (n, k), or (0, k) when other is None: its part is then
   // included in grad_codes).
   m.def(
-      "mds_loss_backward(Tensor grad_loss, Tensor codes, Tensor? other, Tensor proxies, Tensor offsets, "
-      "Tensor indices, Tensor lse, float eta, float mu) -> (Tensor grad_codes, Tensor grad_other)");
+      "mds_loss_backward(Tensor grad_loss, Tensor codes, Tensor? other, Tensor proxies, Tensor labels, "
+      "Tensor? indices, Tensor lse, float eta, float mu) -> (Tensor grad_codes, Tensor grad_other)");
   // PSLDH partial-softmax rows (§6). Returns (loss (n,), lse_neg (n,)), lse_neg the log-sum-exp of
   // gamma s_q over the negatives (-inf for a row without negatives).
   m.def(
-      "partial_softmax_loss(Tensor codes, Tensor proxies, Tensor offsets, Tensor indices, float gamma, "
+      "partial_softmax_loss(Tensor codes, Tensor proxies, Tensor labels, Tensor? indices, float gamma, "
       "float sigma) -> (Tensor loss, Tensor lse_neg)");
   // The same losses reduced over rows inside the op (reduction: 1 = mean, 2 = sum, as
   // at::Reduction), so that loss.backward() runs ONE autograd node: at the paper's scale a separate
   // mean() and its backward node cost ~35 us of a ~90 us step (measured). Returns (loss (), lse (n,)).
   // Mean of an empty batch is 0 (not NaN), as in dchml.losses.
   m.def(
-      "mds_loss_reduced(Tensor codes, Tensor? other, Tensor proxies, Tensor offsets, Tensor indices, float eta, "
+      "mds_loss_reduced(Tensor codes, Tensor? other, Tensor proxies, Tensor labels, Tensor? indices, float eta, "
       "float mu, int reduction) -> (Tensor loss, Tensor lse)");
   m.def(
-      "partial_softmax_loss_reduced(Tensor codes, Tensor proxies, Tensor offsets, Tensor indices, float gamma, "
+      "partial_softmax_loss_reduced(Tensor codes, Tensor proxies, Tensor labels, Tensor? indices, float gamma, "
       "float sigma, int reduction) -> (Tensor loss, Tensor lse_neg)");
   m.def(
-      "partial_softmax_loss_backward(Tensor grad_loss, Tensor codes, Tensor proxies, Tensor offsets, "
-      "Tensor indices, Tensor lse_neg, float gamma, float sigma) -> Tensor");
+      "partial_softmax_loss_backward(Tensor grad_loss, Tensor codes, Tensor proxies, Tensor labels, "
+      "Tensor? indices, Tensor lse_neg, float gamma, float sigma) -> Tensor");
 }
 
 // ---- Autograd (device-independent, in C++) ----
@@ -72,7 +77,7 @@ const auto& mds_loss_op() {
                        .findSchemaOrThrow("dchml::mds_loss", "")
                        .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const std::optional<at::Tensor>&,
                                                                  const at::Tensor&, const at::Tensor&,
-                                                                 const at::Tensor&, double, double)>();
+                                                                 const std::optional<at::Tensor>&, double, double)>();
   return op;
 }
 
@@ -82,8 +87,8 @@ const auto& mds_loss_backward_op() {
           .findSchemaOrThrow("dchml::mds_loss_backward", "")
           .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                     const std::optional<at::Tensor>&, const at::Tensor&,
-                                                    const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
-                                                    double)>();
+                                                    const at::Tensor&, const std::optional<at::Tensor>&,
+                                                    const at::Tensor&, double, double)>();
   return op;
 }
 
@@ -91,8 +96,8 @@ const auto& partial_softmax_loss_op() {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("dchml::partial_softmax_loss", "")
                        .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                 const at::Tensor&, const at::Tensor&, double,
-                                                                 double)>();
+                                                                 const at::Tensor&, const std::optional<at::Tensor>&,
+                                                                 double, double)>();
   return op;
 }
 
@@ -100,7 +105,7 @@ const auto& partial_softmax_loss_backward_op() {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("dchml::partial_softmax_loss_backward", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         const at::Tensor&, const at::Tensor&, double, double)>();
+                                         const std::optional<at::Tensor>&, const at::Tensor&, double, double)>();
   return op;
 }
 
@@ -169,26 +174,28 @@ struct LossBackward : public Node {
   bool has_other = false;
   double a = 0, b = 0;  // (eta, mu) or (gamma, sigma)
   int64_t reduction = 0;
-  SavedVariable codes, other, proxies, offsets, indices, lse;
+  bool has_indices = false;  // labels: dense (n, c), or CSR offsets with indices
+  SavedVariable codes, other, proxies, labels, indices, lse;
 
   std::string name() const override {
     return partial_softmax ? "PartialSoftmaxLossBackward" : "MarginDynamicSoftmaxLossBackward";
   }
 
   void release_variables() override {
-    for (SavedVariable* v : {&codes, &other, &proxies, &offsets, &indices, &lse}) v->reset_data();
+    for (SavedVariable* v : {&codes, &other, &proxies, &labels, &indices, &lse}) v->reset_data();
   }
 
   variable_list apply(variable_list&& grads) override {
     if (!grads[0].defined()) return variable_list(num_outputs());
     const at::Tensor c = codes.unpack();
+    const std::optional<at::Tensor> idx = has_indices ? std::optional<at::Tensor>(indices.unpack()) : std::nullopt;
     const at::Tensor grad_rows = expand_reduced_grad(grads[0], c.sym_size(0), reduction);
     if (partial_softmax)
-      return {partial_softmax_loss_backward_op().call(grad_rows, c, proxies.unpack(), offsets.unpack(),
-                                                      indices.unpack(), lse.unpack(), a, b)};
+      return {partial_softmax_loss_backward_op().call(grad_rows, c, proxies.unpack(), labels.unpack(), idx,
+                                                      lse.unpack(), a, b)};
     auto [grad_codes, grad_other] = mds_loss_backward_op().call(
         grad_rows, c, has_other ? std::optional<at::Tensor>(other.unpack()) : std::nullopt, proxies.unpack(),
-        offsets.unpack(), indices.unpack(), lse.unpack(), a, b);
+        labels.unpack(), idx, lse.unpack(), a, b);
     if (has_other) return {grad_codes, grad_other};
     return {grad_codes};
   }
@@ -199,15 +206,15 @@ struct LossBackward : public Node {
 // log-sum-exp is not differentiable.
 std::tuple<at::Tensor, at::Tensor> loss_with_node(bool partial_softmax, const at::Tensor& codes,
                                                   const std::optional<at::Tensor>& other, const at::Tensor& proxies,
-                                                  const at::Tensor& offsets, const at::Tensor& indices, double a,
+                                                  const at::Tensor& labels, const std::optional<at::Tensor>& indices, double a,
                                                   double b, int64_t reduction) {
   const bool needs_grad = at::GradMode::is_enabled() &&
                           (codes.requires_grad() || (other.has_value() && other->requires_grad()));
   at::Tensor rows, lse;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    std::tie(rows, lse) = partial_softmax ? partial_softmax_loss_op().call(codes, proxies, offsets, indices, a, b)
-                                          : mds_loss_op().call(codes, other, proxies, offsets, indices, a, b);
+    std::tie(rows, lse) = partial_softmax ? partial_softmax_loss_op().call(codes, proxies, labels, indices, a, b)
+                                          : mds_loss_op().call(codes, other, proxies, labels, indices, a, b);
   }
   at::Tensor loss = reduction == 0 ? rows : reduce_rows(rows, reduction);
   if (!needs_grad) return {loss, lse};
@@ -222,59 +229,60 @@ std::tuple<at::Tensor, at::Tensor> loss_with_node(bool partial_softmax, const at
   node->codes = SavedVariable(codes, false);
   if (other.has_value()) node->other = SavedVariable(*other, false);
   node->proxies = SavedVariable(proxies, false);
-  node->offsets = SavedVariable(offsets, false);
-  node->indices = SavedVariable(indices, false);
+  node->labels = SavedVariable(labels, false);
+  node->has_indices = indices.has_value();
+  if (indices.has_value()) node->indices = SavedVariable(*indices, false);
   node->lse = SavedVariable(lse, false);
   torch::autograd::set_history(loss, node);
   return {loss, lse};
 }
 
 std::tuple<at::Tensor, at::Tensor> mds_loss_autograd(const at::Tensor& codes, const std::optional<at::Tensor>& other,
-                                                     const at::Tensor& proxies, const at::Tensor& offsets,
-                                                     const at::Tensor& indices, double eta, double mu) {
-  return loss_with_node(false, codes, other, proxies, offsets, indices, eta, mu, 0);
+                                                     const at::Tensor& proxies, const at::Tensor& labels,
+                                                     const std::optional<at::Tensor>& indices, double eta, double mu) {
+  return loss_with_node(false, codes, other, proxies, labels, indices, eta, mu, 0);
 }
 
 std::tuple<at::Tensor, at::Tensor> mds_loss_reduced_autograd(const at::Tensor& codes,
                                                              const std::optional<at::Tensor>& other,
-                                                             const at::Tensor& proxies, const at::Tensor& offsets,
-                                                             const at::Tensor& indices, double eta, double mu,
+                                                             const at::Tensor& proxies, const at::Tensor& labels,
+                                                             const std::optional<at::Tensor>& indices, double eta, double mu,
                                                              int64_t reduction) {
   TORCH_CHECK_VALUE(reduction == 1 || reduction == 2, "reduction must be 1 (mean) or 2 (sum), got ", reduction);
-  return loss_with_node(false, codes, other, proxies, offsets, indices, eta, mu, reduction);
+  return loss_with_node(false, codes, other, proxies, labels, indices, eta, mu, reduction);
 }
 
 std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_autograd(const at::Tensor& codes, const at::Tensor& proxies,
-                                                                 const at::Tensor& offsets, const at::Tensor& indices,
+                                                                 const at::Tensor& labels, const std::optional<at::Tensor>& indices,
                                                                  double gamma, double sigma) {
-  return loss_with_node(true, codes, std::nullopt, proxies, offsets, indices, gamma, sigma, 0);
+  return loss_with_node(true, codes, std::nullopt, proxies, labels, indices, gamma, sigma, 0);
 }
 
 std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_reduced_autograd(const at::Tensor& codes,
                                                                          const at::Tensor& proxies,
-                                                                         const at::Tensor& offsets,
-                                                                         const at::Tensor& indices, double gamma,
+                                                                         const at::Tensor& labels,
+                                                                         const std::optional<at::Tensor>& indices, double gamma,
                                                                          double sigma, int64_t reduction) {
   TORCH_CHECK_VALUE(reduction == 1 || reduction == 2, "reduction must be 1 (mean) or 2 (sum), got ", reduction);
-  return loss_with_node(true, codes, std::nullopt, proxies, offsets, indices, gamma, sigma, reduction);
+  return loss_with_node(true, codes, std::nullopt, proxies, labels, indices, gamma, sigma, reduction);
 }
 
 // Backend kernels of the reduced ops (CPU and CUDA alike): the row op, then the reduction.
 std::tuple<at::Tensor, at::Tensor> mds_loss_reduced_kernel(const at::Tensor& codes,
                                                            const std::optional<at::Tensor>& other,
-                                                           const at::Tensor& proxies, const at::Tensor& offsets,
-                                                           const at::Tensor& indices, double eta, double mu,
+                                                           const at::Tensor& proxies, const at::Tensor& labels,
+                                                           const std::optional<at::Tensor>& indices, double eta, double mu,
                                                            int64_t reduction) {
-  auto [rows, lse] = mds_loss_op().call(codes, other, proxies, offsets, indices, eta, mu);
+  auto [rows, lse] = mds_loss_op().call(codes, other, proxies, labels, indices, eta, mu);
   return {reduce_rows(rows, reduction), lse};
 }
 
 std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_reduced_kernel(const at::Tensor& codes,
                                                                        const at::Tensor& proxies,
-                                                                       const at::Tensor& offsets,
-                                                                       const at::Tensor& indices, double gamma,
+                                                                       const at::Tensor& labels,
+                                                                       const std::optional<at::Tensor>& indices, double gamma,
                                                                        double sigma, int64_t reduction) {
-  auto [rows, lse_neg] = partial_softmax_loss_op().call(codes, proxies, offsets, indices, gamma, sigma);
+  auto [rows, lse_neg] = partial_softmax_loss_op().call(codes, proxies, labels, indices, gamma, sigma);
   return {reduce_rows(rows, reduction), lse_neg};
 }
 

@@ -8,8 +8,11 @@
 
 namespace dchml {
 
+// labels: the dense (n, c) 0/1 matrix when indices is None; otherwise the CSR offsets (n + 1,)
+// int64 of the positives listed in indices (nnz,) int64 (see ops/mds_loss.cpp).
 inline void check_loss_inputs(const at::Tensor& codes, const std::optional<at::Tensor>& other,
-                              const at::Tensor& proxies, const at::Tensor& offsets, const at::Tensor& indices) {
+                              const at::Tensor& proxies, const at::Tensor& labels,
+                              const std::optional<at::Tensor>& indices) {
   TORCH_CHECK_VALUE(codes.dim() == 2, "codes must be 2-D (n, k), got ", codes.dim(), "-D");
   TORCH_CHECK_TYPE(codes.scalar_type() == at::kFloat || codes.scalar_type() == at::kDouble,
                    "codes must be float32 or float64, got ", codes.scalar_type());
@@ -27,14 +30,31 @@ inline void check_loss_inputs(const at::Tensor& codes, const std::optional<at::T
   TORCH_CHECK_TYPE(proxies.scalar_type() == codes.scalar_type() || proxies.scalar_type() == at::kChar,
                    "proxies must be int8 or have the dtype of codes (", codes.scalar_type(), "), got ",
                    proxies.scalar_type());
-  TORCH_CHECK_VALUE(offsets.dim() == 1 && offsets.size(0) == n + 1 && offsets.scalar_type() == at::kLong,
-                    "offsets must be int64 of shape (", n + 1, ",), got ", offsets.scalar_type(), " ",
-                    offsets.sizes());
-  TORCH_CHECK_VALUE(indices.dim() == 1 && indices.scalar_type() == at::kLong, "indices must be 1-D int64, got ",
-                    indices.scalar_type(), " ", indices.sizes());
-  for (const at::Tensor* t : {&proxies, &offsets, &indices})
+  if (indices.has_value()) {
+    TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == n + 1 && labels.scalar_type() == at::kLong,
+                      "label offsets must be int64 of shape (", n + 1, ",), got ", labels.scalar_type(), " ",
+                      labels.sizes());
+    TORCH_CHECK_VALUE(indices->dim() == 1 && indices->scalar_type() == at::kLong,
+                      "label indices must be 1-D int64, got ", indices->scalar_type(), " ", indices->sizes());
+    TORCH_CHECK_VALUE(indices->device() == codes.device(), "all inputs must be on ", codes.device(), ", got ",
+                      indices->device());
+  } else {
+    TORCH_CHECK_VALUE(labels.dim() == 2 && labels.size(0) == n && labels.size(1) == proxies.size(0),
+                      "labels must be (n, c) = (", n, ", ", proxies.size(0), "), got ", labels.sizes());
+    TORCH_CHECK_TYPE(!labels.is_complex(), "labels must be 0/1 as bool, integer or float, got ",
+                     labels.scalar_type());
+  }
+  for (const at::Tensor* t : {&proxies, &labels})
     TORCH_CHECK_VALUE(t->device() == codes.device(), "all inputs must be on ", codes.device(), ", got ",
                       t->device());
+}
+
+// The CSR of a loss op's labels: as given, or converted by to_csr (the device's labels_to_csr).
+template <typename ToCsr>
+std::tuple<at::Tensor, at::Tensor> csr_labels(const at::Tensor& labels, const std::optional<at::Tensor>& indices,
+                                              ToCsr&& to_csr) {
+  if (indices.has_value()) return {labels.contiguous(), indices->contiguous()};
+  return to_csr(labels);
 }
 
 inline void check_row_vector(const char* name, const at::Tensor& t, const at::Tensor& codes) {

@@ -85,7 +85,8 @@ int64_t count_byte_row(const uint8_t* row, int64_t c, bool& bad) {
   return count;
 }
 
-void emit_byte_row(const uint8_t* row, int64_t c, int64_t* out) {
+int64_t emit_byte_row(const uint8_t* row, int64_t c, int64_t* out) {
+  int64_t* const first = out;
   int64_t q = 0;
   for (; q + 8 <= c; q += 8) {
     uint64_t w;
@@ -98,6 +99,7 @@ void emit_byte_row(const uint8_t* row, int64_t c, int64_t* out) {
   }
   for (; q < c; ++q)
     if (row[q]) *out++ = q;
+  return out - first;
 }
 
 template <typename scalar_t>
@@ -118,23 +120,25 @@ void emit_row(const scalar_t* row, int64_t c, int64_t* out) {
     if (row[q] != scalar_t(0)) *out++ = q;
 }
 
-std::tuple<at::Tensor, at::Tensor> labels_to_csr_cpu(const at::Tensor& labels_in) {
-  TORCH_CHECK_VALUE(labels_in.dim() == 2, "labels must be 2-D (n, c), got ", labels_in.dim(), "-D");
-  const at::Tensor labels = labels_in.contiguous();
+bool one_byte_labels(const at::Tensor& labels) {
+  return labels.element_size() == 1 && !at::isFloatingType(labels.scalar_type());
+}
+
+// Counts each row's positives of contiguous dense labels into off[1..n] as running totals (when
+// off is not null); ValueError for a value other than 0/1 and for rows without a positive.
+void count_positives(const at::Tensor& labels, int64_t* off) {
   const int64_t n = labels.size(0), c = labels.size(1);
-  at::Tensor offsets = at::empty({n + 1}, labels.options().dtype(at::kLong));
-  int64_t* off = offsets.data_ptr<int64_t>();
-  off[0] = 0;
-  int64_t empty_rows = 0, first_empty = -1;
-  const bool bytes = labels.element_size() == 1 && !at::isFloatingType(labels.scalar_type());
+  int64_t empty_rows = 0, first_empty = -1, total = 0;
+  const bool bytes = one_byte_labels(labels);
   bool bad = false;
-  AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, labels.scalar_type(), "labels_to_csr", [&] {
+  AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, labels.scalar_type(), "labels", [&] {
     const scalar_t* l = labels.const_data_ptr<scalar_t>();
     for (int64_t i = 0; i < n; ++i) {
       const int64_t count = bytes ? count_byte_row(reinterpret_cast<const uint8_t*>(l + i * c), c, bad)
                                   : count_row(l + i * c, c, bad);
       if (count == 0 && empty_rows++ == 0) first_empty = i;
-      off[i + 1] = off[i] + count;
+      total += count;
+      if (off) off[i + 1] = total;
     }
     if (bad) {  // locate the offending value (int8 -1 is rejected too: labels are 0 or 1)
       for (int64_t j = 0; j < n * c; ++j)
@@ -144,8 +148,19 @@ std::tuple<at::Tensor, at::Tensor> labels_to_csr_cpu(const at::Tensor& labels_in
   });
   TORCH_CHECK_VALUE(empty_rows == 0, "labels: ", empty_rows, " row(s) have no positive label (first: row ",
                     first_empty, "); every sample needs at least one label (METHOD.md §3)");
+}
+
+std::tuple<at::Tensor, at::Tensor> labels_to_csr_cpu(const at::Tensor& labels_in) {
+  TORCH_CHECK_VALUE(labels_in.dim() == 2, "labels must be 2-D (n, c), got ", labels_in.dim(), "-D");
+  const at::Tensor labels = labels_in.contiguous();
+  const int64_t n = labels.size(0), c = labels.size(1);
+  at::Tensor offsets = at::empty({n + 1}, labels.options().dtype(at::kLong));
+  int64_t* off = offsets.data_ptr<int64_t>();
+  off[0] = 0;
+  count_positives(labels, off);
   at::Tensor indices = at::empty({off[n]}, offsets.options());
   int64_t* idx = indices.data_ptr<int64_t>();
+  const bool bytes = one_byte_labels(labels);
   AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, labels.scalar_type(), "labels_to_csr", [&] {
     const scalar_t* l = labels.const_data_ptr<scalar_t>();
     at::parallel_for(0, n, std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(1, c)), [&](int64_t b, int64_t e) {
@@ -158,6 +173,47 @@ std::tuple<at::Tensor, at::Tensor> labels_to_csr_cpu(const at::Tensor& labels_in
     });
   });
   return {offsets, indices};
+}
+
+// Each row's positives for the small path: from the CSR, or extracted on the fly from dense
+// one-byte labels into a per-thread buffer (no CSR built: at the paper's scale the separate
+// conversion op cost more than the loss arithmetic, measured).
+struct RowSource {
+  const int64_t* offsets = nullptr;
+  const int64_t* indices = nullptr;
+  const uint8_t* dense = nullptr;  // (n, c) 0/1 bytes, already validated
+  int64_t c = 0;
+};
+
+// The labels of one loss op call, in the form its path reads. labels: dense (n, c) 0/1, or (with
+// indices) the CSR offsets. The small path reads one-byte dense labels directly; everything else
+// is converted to CSR here.
+struct CpuLabels {
+  at::Tensor offsets, indices, dense;
+  const int64_t* offsets_or_null() const { return offsets.defined() ? offsets.const_data_ptr<int64_t>() : nullptr; }
+  const int64_t* indices_or_null() const { return indices.defined() ? indices.const_data_ptr<int64_t>() : nullptr; }
+  RowSource source(int64_t c) const {
+    RowSource r;
+    r.c = c;
+    if (dense.defined()) {
+      r.dense = static_cast<const uint8_t*>(dense.const_data_ptr());
+    } else {
+      r.offsets = offsets.const_data_ptr<int64_t>();
+      r.indices = indices.const_data_ptr<int64_t>();
+    }
+    return r;
+  }
+};
+
+CpuLabels cpu_labels(const at::Tensor& labels, const std::optional<at::Tensor>& indices, bool direct_dense) {
+  if (indices.has_value()) return {labels.contiguous(), indices->contiguous(), {}};
+  if (direct_dense && one_byte_labels(labels)) {
+    at::Tensor dense = labels.contiguous();
+    count_positives(dense, nullptr);
+    return {{}, {}, dense};
+  }
+  auto [offsets, csr] = labels_to_csr_cpu(labels);
+  return {offsets, csr, {}};
 }
 
 // Flat index of the first entry that is not ±1, or -1. A branch-free scan first (vectorises: a
@@ -474,8 +530,9 @@ struct RowLabels {
   int64_t npos;
 };
 
-inline RowLabels row_labels(const int64_t* offsets, const int64_t* indices, int64_t i) {
-  return {indices + offsets[i], offsets[i + 1] - offsets[i]};
+inline RowLabels row_labels(const RowSource& src, int64_t i, int64_t* buffer) {
+  if (src.dense) return {buffer, emit_byte_row(src.dense + i * src.c, src.c, buffer)};
+  return {src.indices + src.offsets[i], src.offsets[i + 1] - src.offsets[i]};
 }
 
 template <typename T>
@@ -567,12 +624,13 @@ DCHML_ROW_INLINE void row_negative_weights(const Panel<T>& p, T* w, RowLabels l,
 template <typename T>
 struct SmallScratch {
   std::vector<T> s, tmp;
-  explicit SmallScratch(int64_t cp) : s(kBlockRows * cp), tmp(cp) {}
+  std::vector<int64_t> pos;  // one row's positives, when read from dense labels
+  explicit SmallScratch(int64_t cp) : s(kBlockRows * cp), tmp(cp), pos(cp) {}
 };
 
 template <typename T>
-DCHML_SIMD_CLONES void small_mds_forward(const T* codes, const T* den, const Panel<T>& p, const int64_t* offsets,
-                                         const int64_t* indices, T eta, T mu, T* loss, T* lse, int64_t r0,
+DCHML_SIMD_CLONES void small_mds_forward(const T* codes, const T* den, const Panel<T>& p, const RowSource& rows,
+                                         T eta, T mu, T* loss, T* lse, int64_t r0,
                                          int64_t r1) {
   SmallScratch<T> sc(p.cp);
   for (int64_t i0 = r0; i0 < r1; i0 += kBlockRows) {
@@ -581,7 +639,7 @@ DCHML_SIMD_CLONES void small_mds_forward(const T* codes, const T* den, const Pan
     for (int r = 0; r < nr; ++r) {
       const int64_t i = i0 + r;
       const T* s = sc.s.data() + r * p.cp;
-      const RowLabels l = row_labels(offsets, indices, i);
+      const RowLabels l = row_labels(rows, i, sc.pos.data());
       const T u_den = surrogate_score(mean_at(s, l), mu, p.k);
       const T u_num = den == codes ? u_den : surrogate_score(mean_positive_dot_panel(codes + i * p.k, p, l), mu, p.k);
       lse[i] = row_negatives_lse(p, s, l, eta, eta * u_den, sc.tmp.data());
@@ -591,8 +649,8 @@ DCHML_SIMD_CLONES void small_mds_forward(const T* codes, const T* den, const Pan
 }
 
 template <typename T>
-DCHML_SIMD_CLONES void small_mds_backward(const T* codes, const T* den, const Panel<T>& p, const int64_t* offsets,
-                                          const int64_t* indices, T eta, T mu, const T* lse, const T* grad_loss,
+DCHML_SIMD_CLONES void small_mds_backward(const T* codes, const T* den, const Panel<T>& p, const RowSource& rows,
+                                          T eta, T mu, const T* lse, const T* grad_loss,
                                           T* grad_codes, T* grad_den, int64_t r0, int64_t r1) {
   SmallScratch<T> sc(p.cp);
   const bool separate = den != codes;
@@ -602,7 +660,7 @@ DCHML_SIMD_CLONES void small_mds_backward(const T* codes, const T* den, const Pa
     for (int r = 0; r < nr; ++r) {
       const int64_t i = i0 + r;
       T* w = sc.s.data() + r * p.cp;
-      const RowLabels l = row_labels(offsets, indices, i);
+      const RowLabels l = row_labels(rows, i, sc.pos.data());
       const T u_den = surrogate_score(mean_at(w, l), mu, p.k);
       const MdsGradCoefficients<T> co =
           mds_grad_coefficients(eta, grad_loss[i], softmax_weight(eta * u_den, lse[i]));
@@ -625,8 +683,8 @@ DCHML_SIMD_CLONES void small_mds_backward(const T* codes, const T* den, const Pa
 }
 
 template <typename T>
-DCHML_SIMD_CLONES void small_psl_forward(const T* codes, const Panel<T>& p, const int64_t* offsets,
-                                         const int64_t* indices, T gamma, T sigma, T* loss, T* lse_neg, int64_t r0,
+DCHML_SIMD_CLONES void small_psl_forward(const T* codes, const Panel<T>& p, const RowSource& rows,
+                                         T gamma, T sigma, T* loss, T* lse_neg, int64_t r0,
                                          int64_t r1) {
   SmallScratch<T> sc(p.cp);
   for (int64_t i0 = r0; i0 < r1; i0 += kBlockRows) {
@@ -635,7 +693,7 @@ DCHML_SIMD_CLONES void small_psl_forward(const T* codes, const Panel<T>& p, cons
     for (int r = 0; r < nr; ++r) {
       const int64_t i = i0 + r;
       const T* s = sc.s.data() + r * p.cp;
-      const RowLabels l = row_labels(offsets, indices, i);
+      const RowLabels l = row_labels(rows, i, sc.pos.data());
       const T ln = row_negatives_lse(p, s, l, gamma, neg_infinity<T>(), sc.tmp.data());
       T acc = T(0);
       for (int64_t e = 0; e < l.npos; ++e)
@@ -647,8 +705,8 @@ DCHML_SIMD_CLONES void small_psl_forward(const T* codes, const Panel<T>& p, cons
 }
 
 template <typename T>
-DCHML_SIMD_CLONES void small_psl_backward(const T* codes, const Panel<T>& p, const int64_t* offsets,
-                                          const int64_t* indices, T gamma, T sigma, const T* lse_neg,
+DCHML_SIMD_CLONES void small_psl_backward(const T* codes, const Panel<T>& p, const RowSource& rows,
+                                          T gamma, T sigma, const T* lse_neg,
                                           const T* grad_loss, T* grad_codes, int64_t r0, int64_t r1) {
   SmallScratch<T> sc(p.cp);
   for (int64_t i0 = r0; i0 < r1; i0 += kBlockRows) {
@@ -657,7 +715,7 @@ DCHML_SIMD_CLONES void small_psl_backward(const T* codes, const Panel<T>& p, con
     for (int r = 0; r < nr; ++r) {
       const int64_t i = i0 + r;
       T* w = sc.s.data() + r * p.cp;
-      const RowLabels l = row_labels(offsets, indices, i);
+      const RowLabels l = row_labels(rows, i, sc.pos.data());
       const T ln = lse_neg[i];
       const T scale = gamma * grad_loss[i] / T(l.npos);
       T negative_mass = T(0);  // sum_p (1 - sigma_p)
@@ -690,26 +748,26 @@ int64_t small_grain_rows(int64_t n, int64_t c, int64_t k) {
 // ---- operators ----
 
 std::tuple<at::Tensor, at::Tensor> mds_loss_cpu(const at::Tensor& codes_in, const std::optional<at::Tensor>& other_in,
-                                                const at::Tensor& proxies_in, const at::Tensor& offsets_in,
-                                                const at::Tensor& indices_in, double eta, double mu) {
-  check_loss_inputs(codes_in, other_in, proxies_in, offsets_in, indices_in);
+                                                const at::Tensor& proxies_in, const at::Tensor& labels_in,
+                                                const std::optional<at::Tensor>& indices_in, double eta, double mu) {
+  check_loss_inputs(codes_in, other_in, proxies_in, labels_in, indices_in);
   const at::Tensor codes = codes_in.contiguous(), proxies = proxies_in.contiguous();
-  const at::Tensor offsets = offsets_in.contiguous(), indices = indices_in.contiguous();
   const at::Tensor den = other_in.has_value() ? other_in->contiguous() : codes;
   const int64_t n = codes.size(0), c = proxies.size(0), k = codes.size(1);
+  const CpuLabels labels = cpu_labels(labels_in, indices_in, use_small(c));
   at::Tensor loss = at::empty({n}, codes.options()), lse = at::empty({n}, codes.options());
   if (n == 0) return {loss, lse};
   dispatch_proxies(codes, proxies, [&](auto t_tag, auto p_tag) {
     using T = decltype(t_tag);
     using P = decltype(p_tag);
     const Batch<T, P> b{codes.const_data_ptr<T>(), den.const_data_ptr<T>(), proxies.const_data_ptr<P>(),
-                        offsets.const_data_ptr<int64_t>(), indices.const_data_ptr<int64_t>(), c, k};
+                        labels.offsets_or_null(), labels.indices_or_null(), c, k};
     if (use_small(c)) {
       const Panel<T> panel = make_panel<T, P>(proxies, other_in.has_value());
       T* lo = loss.data_ptr<T>();
       T* ls = lse.data_ptr<T>();
       at::parallel_for(0, n, small_grain_rows(n, c, k), [&](int64_t r0, int64_t r1) {
-        small_mds_forward<T>(b.codes, b.den, panel, b.offsets, b.indices, T(eta), T(mu), lo, ls, r0, r1);
+        small_mds_forward<T>(b.codes, b.den, panel, labels.source(c), T(eta), T(mu), lo, ls, r0, r1);
       });
       return;
     }
@@ -727,18 +785,18 @@ std::tuple<at::Tensor, at::Tensor> mds_loss_cpu(const at::Tensor& codes_in, cons
 
 std::tuple<at::Tensor, at::Tensor> mds_loss_backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& codes_in,
                                                          const std::optional<at::Tensor>& other_in,
-                                                         const at::Tensor& proxies_in, const at::Tensor& offsets_in,
-                                                         const at::Tensor& indices_in, const at::Tensor& lse_in,
+                                                         const at::Tensor& proxies_in, const at::Tensor& labels_in,
+                                                         const std::optional<at::Tensor>& indices_in, const at::Tensor& lse_in,
                                                          double eta, double mu) {
-  check_loss_inputs(codes_in, other_in, proxies_in, offsets_in, indices_in);
+  check_loss_inputs(codes_in, other_in, proxies_in, labels_in, indices_in);
   check_row_vector("grad_loss", grad_loss_in, codes_in);
   check_row_vector("lse", lse_in, codes_in);
   const at::Tensor codes = codes_in.contiguous(), proxies = proxies_in.contiguous();
-  const at::Tensor offsets = offsets_in.contiguous(), indices = indices_in.contiguous();
   const at::Tensor grad_loss = grad_loss_in.contiguous(), lse = lse_in.contiguous();
   const bool separate = other_in.has_value();
   const at::Tensor den = separate ? other_in->contiguous() : codes;
   const int64_t n = codes.size(0), c = proxies.size(0), k = codes.size(1);
+  const CpuLabels labels = cpu_labels(labels_in, indices_in, use_small(c));
   at::Tensor grad_codes = at::empty({n, k}, codes.options());
   at::Tensor grad_other = at::empty({separate ? n : 0, k}, codes.options());
   if (n == 0) return {grad_codes, grad_other};
@@ -746,13 +804,13 @@ std::tuple<at::Tensor, at::Tensor> mds_loss_backward_cpu(const at::Tensor& grad_
     using T = decltype(t_tag);
     using P = decltype(p_tag);
     const Batch<T, P> b{codes.const_data_ptr<T>(), den.const_data_ptr<T>(), proxies.const_data_ptr<P>(),
-                        offsets.const_data_ptr<int64_t>(), indices.const_data_ptr<int64_t>(), c, k};
+                        labels.offsets_or_null(), labels.indices_or_null(), c, k};
     if (use_small(c)) {
       const Panel<T> panel = make_panel<T, P>(proxies, separate);
       T* gc = grad_codes.data_ptr<T>();
       T* go = separate ? grad_other.data_ptr<T>() : nullptr;
       at::parallel_for(0, n, small_grain_rows(n, c, k), [&](int64_t r0, int64_t r1) {
-        small_mds_backward<T>(b.codes, b.den, panel, b.offsets, b.indices, T(eta), T(mu), lse.const_data_ptr<T>(),
+        small_mds_backward<T>(b.codes, b.den, panel, labels.source(c), T(eta), T(mu), lse.const_data_ptr<T>(),
                               grad_loss.const_data_ptr<T>(), gc, go, r0, r1);
       });
       return;
@@ -770,25 +828,25 @@ std::tuple<at::Tensor, at::Tensor> mds_loss_backward_cpu(const at::Tensor& grad_
 }
 
 std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_cpu(const at::Tensor& codes_in, const at::Tensor& proxies_in,
-                                                            const at::Tensor& offsets_in, const at::Tensor& indices_in,
+                                                            const at::Tensor& labels_in, const std::optional<at::Tensor>& indices_in,
                                                             double gamma, double sigma) {
-  check_loss_inputs(codes_in, std::nullopt, proxies_in, offsets_in, indices_in);
+  check_loss_inputs(codes_in, std::nullopt, proxies_in, labels_in, indices_in);
   const at::Tensor codes = codes_in.contiguous(), proxies = proxies_in.contiguous();
-  const at::Tensor offsets = offsets_in.contiguous(), indices = indices_in.contiguous();
   const int64_t n = codes.size(0), c = proxies.size(0), k = codes.size(1);
+  const CpuLabels labels = cpu_labels(labels_in, indices_in, use_small(c));
   at::Tensor loss = at::empty({n}, codes.options()), lse_neg = at::empty({n}, codes.options());
   if (n == 0) return {loss, lse_neg};
   dispatch_proxies(codes, proxies, [&](auto t_tag, auto p_tag) {
     using T = decltype(t_tag);
     using P = decltype(p_tag);
     const Batch<T, P> b{codes.const_data_ptr<T>(), codes.const_data_ptr<T>(), proxies.const_data_ptr<P>(),
-                        offsets.const_data_ptr<int64_t>(), indices.const_data_ptr<int64_t>(), c, k};
+                        labels.offsets_or_null(), labels.indices_or_null(), c, k};
     if (use_small(c)) {
       const Panel<T> panel = make_panel<T, P>(proxies, false);
       T* lo = loss.data_ptr<T>();
       T* ln = lse_neg.data_ptr<T>();
       at::parallel_for(0, n, small_grain_rows(n, c, k), [&](int64_t r0, int64_t r1) {
-        small_psl_forward<T>(b.codes, panel, b.offsets, b.indices, T(gamma), T(sigma), lo, ln, r0, r1);
+        small_psl_forward<T>(b.codes, panel, labels.source(c), T(gamma), T(sigma), lo, ln, r0, r1);
       });
       return;
     }
@@ -805,28 +863,28 @@ std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_cpu(const at::Tensor& co
 }
 
 at::Tensor partial_softmax_loss_backward_cpu(const at::Tensor& grad_loss_in, const at::Tensor& codes_in,
-                                             const at::Tensor& proxies_in, const at::Tensor& offsets_in,
-                                             const at::Tensor& indices_in, const at::Tensor& lse_neg_in, double gamma,
+                                             const at::Tensor& proxies_in, const at::Tensor& labels_in,
+                                             const std::optional<at::Tensor>& indices_in, const at::Tensor& lse_neg_in, double gamma,
                                              double sigma) {
-  check_loss_inputs(codes_in, std::nullopt, proxies_in, offsets_in, indices_in);
+  check_loss_inputs(codes_in, std::nullopt, proxies_in, labels_in, indices_in);
   check_row_vector("grad_loss", grad_loss_in, codes_in);
   check_row_vector("lse_neg", lse_neg_in, codes_in);
   const at::Tensor codes = codes_in.contiguous(), proxies = proxies_in.contiguous();
-  const at::Tensor offsets = offsets_in.contiguous(), indices = indices_in.contiguous();
   const at::Tensor grad_loss = grad_loss_in.contiguous(), lse_neg = lse_neg_in.contiguous();
   const int64_t n = codes.size(0), c = proxies.size(0), k = codes.size(1);
+  const CpuLabels labels = cpu_labels(labels_in, indices_in, use_small(c));
   at::Tensor grad_codes = at::empty({n, k}, codes.options());
   if (n == 0) return grad_codes;
   dispatch_proxies(codes, proxies, [&](auto t_tag, auto p_tag) {
     using T = decltype(t_tag);
     using P = decltype(p_tag);
     const Batch<T, P> b{codes.const_data_ptr<T>(), codes.const_data_ptr<T>(), proxies.const_data_ptr<P>(),
-                        offsets.const_data_ptr<int64_t>(), indices.const_data_ptr<int64_t>(), c, k};
+                        labels.offsets_or_null(), labels.indices_or_null(), c, k};
     if (use_small(c)) {
       const Panel<T> panel = make_panel<T, P>(proxies, false);
       T* gc = grad_codes.data_ptr<T>();
       at::parallel_for(0, n, small_grain_rows(n, c, k), [&](int64_t r0, int64_t r1) {
-        small_psl_backward<T>(b.codes, panel, b.offsets, b.indices, T(gamma), T(sigma), lse_neg.const_data_ptr<T>(),
+        small_psl_backward<T>(b.codes, panel, labels.source(c), T(gamma), T(sigma), lse_neg.const_data_ptr<T>(),
                               grad_loss.const_data_ptr<T>(), gc, r0, r1);
       });
       return;

@@ -277,12 +277,13 @@ std::tuple<at::Tensor, at::Tensor> labels_to_csr_cuda(const at::Tensor& labels) 
 }
 
 std::tuple<at::Tensor, at::Tensor> mds_loss_cuda(const at::Tensor& codes_in, const std::optional<at::Tensor>& other_in,
-                                                 const at::Tensor& proxies_in, const at::Tensor& offsets_in,
-                                                 const at::Tensor& indices_in, double eta, double mu) {
-  check_loss_inputs(codes_in, other_in, proxies_in, offsets_in, indices_in);
+                                                 const at::Tensor& proxies_in, const at::Tensor& labels_in,
+                                                 const std::optional<at::Tensor>& indices_in, double eta, double mu) {
+  check_loss_inputs(codes_in, other_in, proxies_in, labels_in, indices_in);
   c10::cuda::CUDAGuard guard(codes_in.device());
   const at::Tensor codes = codes_in.contiguous(), proxies = proxies_in.contiguous();
-  const at::Tensor offsets = offsets_in.contiguous(), indices = indices_in.contiguous();
+  at::Tensor offsets, indices;  // (not a structured binding: lambdas below capture them, C++17)
+  std::tie(offsets, indices) = csr_labels(labels_in, indices_in, labels_to_csr_cuda);
   const at::Tensor den = other_in.has_value() ? other_in->contiguous() : codes;
   const int64_t n = codes.size(0), k = codes.size(1);
   at::Tensor loss = at::empty({n}, codes.options()), lse = at::empty({n}, codes.options());
@@ -303,15 +304,16 @@ std::tuple<at::Tensor, at::Tensor> mds_loss_cuda(const at::Tensor& codes_in, con
 
 std::tuple<at::Tensor, at::Tensor> mds_loss_backward_cuda(const at::Tensor& grad_loss_in, const at::Tensor& codes_in,
                                                           const std::optional<at::Tensor>& other_in,
-                                                          const at::Tensor& proxies_in, const at::Tensor& offsets_in,
-                                                          const at::Tensor& indices_in, const at::Tensor& lse_in,
+                                                          const at::Tensor& proxies_in, const at::Tensor& labels_in,
+                                                          const std::optional<at::Tensor>& indices_in, const at::Tensor& lse_in,
                                                           double eta, double mu) {
-  check_loss_inputs(codes_in, other_in, proxies_in, offsets_in, indices_in);
+  check_loss_inputs(codes_in, other_in, proxies_in, labels_in, indices_in);
   check_row_vector("grad_loss", grad_loss_in, codes_in);
   check_row_vector("lse", lse_in, codes_in);
   c10::cuda::CUDAGuard guard(codes_in.device());
   const at::Tensor codes = codes_in.contiguous(), proxies = proxies_in.contiguous();
-  const at::Tensor offsets = offsets_in.contiguous(), indices = indices_in.contiguous();
+  at::Tensor offsets, indices;  // (not a structured binding: lambdas below capture them, C++17)
+  std::tie(offsets, indices) = csr_labels(labels_in, indices_in, labels_to_csr_cuda);
   const at::Tensor grad_loss = grad_loss_in.contiguous(), lse = lse_in.contiguous();
   const bool separate = other_in.has_value();
   const at::Tensor den = separate ? other_in->contiguous() : codes;
@@ -334,12 +336,13 @@ std::tuple<at::Tensor, at::Tensor> mds_loss_backward_cuda(const at::Tensor& grad
 }
 
 std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_cuda(const at::Tensor& codes_in, const at::Tensor& proxies_in,
-                                                             const at::Tensor& offsets_in, const at::Tensor& indices_in,
+                                                             const at::Tensor& labels_in, const std::optional<at::Tensor>& indices_in,
                                                              double gamma, double sigma) {
-  check_loss_inputs(codes_in, std::nullopt, proxies_in, offsets_in, indices_in);
+  check_loss_inputs(codes_in, std::nullopt, proxies_in, labels_in, indices_in);
   c10::cuda::CUDAGuard guard(codes_in.device());
   const at::Tensor codes = codes_in.contiguous(), proxies = proxies_in.contiguous();
-  const at::Tensor offsets = offsets_in.contiguous(), indices = indices_in.contiguous();
+  at::Tensor offsets, indices;  // (not a structured binding: lambdas below capture them, C++17)
+  std::tie(offsets, indices) = csr_labels(labels_in, indices_in, labels_to_csr_cuda);
   const int64_t n = codes.size(0), k = codes.size(1);
   at::Tensor loss = at::empty({n}, codes.options());
   at::Tensor lse_neg = at::empty({n}, codes.options());
@@ -359,15 +362,16 @@ std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_cuda(const at::Tensor& c
 }
 
 at::Tensor partial_softmax_loss_backward_cuda(const at::Tensor& grad_loss_in, const at::Tensor& codes_in,
-                                              const at::Tensor& proxies_in, const at::Tensor& offsets_in,
-                                              const at::Tensor& indices_in, const at::Tensor& lse_neg_in, double gamma,
+                                              const at::Tensor& proxies_in, const at::Tensor& labels_in,
+                                              const std::optional<at::Tensor>& indices_in, const at::Tensor& lse_neg_in, double gamma,
                                               double sigma) {
-  check_loss_inputs(codes_in, std::nullopt, proxies_in, offsets_in, indices_in);
+  check_loss_inputs(codes_in, std::nullopt, proxies_in, labels_in, indices_in);
   check_row_vector("grad_loss", grad_loss_in, codes_in);
   check_row_vector("lse_neg", lse_neg_in, codes_in);
   c10::cuda::CUDAGuard guard(codes_in.device());
   const at::Tensor codes = codes_in.contiguous(), proxies = proxies_in.contiguous();
-  const at::Tensor offsets = offsets_in.contiguous(), indices = indices_in.contiguous();
+  at::Tensor offsets, indices;  // (not a structured binding: lambdas below capture them, C++17)
+  std::tie(offsets, indices) = csr_labels(labels_in, indices_in, labels_to_csr_cuda);
   const at::Tensor grad_loss = grad_loss_in.contiguous(), lse_neg = lse_neg_in.contiguous();
   const int64_t n = codes.size(0), k = codes.size(1);
   if (n == 0) return at::empty({n, k}, codes.options());
