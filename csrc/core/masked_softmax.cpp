@@ -3,6 +3,14 @@
 
 #include <cmath>
 
+// GCC 12's AVX-512 headers start several intrinsics (masked max, roundscale, scalef, the
+// reductions) from _mm512_undefined_ps(), a self-initialised variable, and then warn that it "may
+// be used uninitialized": a false positive, silenced for this file only.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define DCHML_AVX512F __attribute__((target("avx512f")))
@@ -52,22 +60,36 @@ DCHML_AVX512F inline __m512 exp16(__m512 x) {
   return _mm512_scalef_ps(p, n);  // p * 2^n
 }
 
-DCHML_AVX512F float masked_lse_avx512(const float* s, const KeepMask& m, float scale, float extra) {
+template <int NR>
+DCHML_AVX512F void masked_lse_block(const float* s, int64_t stride, const KeepMask* m, float scale,
+                                    const float* extra, float* out) {
   const __m512 vs = _mm512_set1_ps(scale);
-  __m512 vmax = _mm512_set1_ps(-INFINITY);
-  for (int64_t t = 0; t < m.tiles; ++t)
-    vmax = _mm512_mask_max_ps(vmax, m.keep[t], vmax, _mm512_mul_ps(_mm512_loadu_ps(s + 16 * t), vs));
-  float top = _mm512_reduce_max_ps(vmax);
-  top = extra > top ? extra : top;
-  if (top == -INFINITY) return top;
-  const __m512 shift = _mm512_set1_ps(top);
-  __m512 sum = _mm512_setzero_ps();
-  for (int64_t t = 0; t < m.tiles; ++t) {
-    const __m512 e = exp16(_mm512_fmsub_ps(_mm512_loadu_ps(s + 16 * t), vs, shift));
-    sum = _mm512_mask_add_ps(sum, m.keep[t], sum, e);
+  __m512 vmax[NR], sum[NR], shift[NR];
+  float top[NR];
+  for (int r = 0; r < NR; ++r) vmax[r] = _mm512_set1_ps(-INFINITY);
+  for (int64_t t = 0; t < m[0].tiles; ++t)
+    for (int r = 0; r < NR; ++r)
+      vmax[r] = _mm512_mask_max_ps(vmax[r], m[r].keep[t], vmax[r],
+                                   _mm512_mul_ps(_mm512_loadu_ps(s + r * stride + 16 * t), vs));
+  for (int r = 0; r < NR; ++r) {
+    top[r] = _mm512_reduce_max_ps(vmax[r]);
+    top[r] = extra[r] > top[r] ? extra[r] : top[r];
+    shift[r] = _mm512_set1_ps(top[r] == -INFINITY ? 0.0f : top[r]);  // an empty row: no NaN lanes
+    sum[r] = _mm512_setzero_ps();
   }
-  const float rest = extra == -INFINITY ? 0.0f : std::exp(extra - top);
-  return top + std::log(_mm512_reduce_add_ps(sum) + rest);
+  for (int64_t t = 0; t < m[0].tiles; ++t)
+    for (int r = 0; r < NR; ++r) {
+      const __m512 e = exp16(_mm512_fmsub_ps(_mm512_loadu_ps(s + r * stride + 16 * t), vs, shift[r]));
+      sum[r] = _mm512_mask_add_ps(sum[r], m[r].keep[t], sum[r], e);
+    }
+  for (int r = 0; r < NR; ++r) {
+    if (top[r] == -INFINITY) {
+      out[r] = top[r];
+      continue;
+    }
+    const float rest = extra[r] == -INFINITY ? 0.0f : std::exp(extra[r] - top[r]);
+    out[r] = top[r] + std::log(_mm512_reduce_add_ps(sum[r]) + rest);
+  }
 }
 
 DCHML_AVX512F void masked_softmax_avx512(float* w, const KeepMask& m, float scale, float lse, float coef) {
@@ -80,8 +102,16 @@ DCHML_AVX512F void masked_softmax_avx512(float* w, const KeepMask& m, float scal
 
 }  // namespace
 
-float masked_lse(const float* s, int64_t c, const int64_t* excluded, int64_t n_excluded, float scale, float extra) {
-  return masked_lse_avx512(s, keep_mask(c, excluded, n_excluded), scale, extra);
+void masked_lse_rows(const float* s, int64_t stride, int nr, int64_t c, const int64_t* const* excluded,
+                     const int64_t* n_excluded, float scale, const float* extra, float* out) {
+  KeepMask m[kMaskedLseMaxRows];
+  for (int r = 0; r < nr; ++r) m[r] = keep_mask(c, excluded[r], n_excluded[r]);
+  switch (nr) {
+    case 4: masked_lse_block<4>(s, stride, m, scale, extra, out); break;
+    case 3: masked_lse_block<3>(s, stride, m, scale, extra, out); break;
+    case 2: masked_lse_block<2>(s, stride, m, scale, extra, out); break;
+    default: masked_lse_block<1>(s, stride, m, scale, extra, out); break;
+  }
 }
 
 void masked_softmax(float* w, int64_t c, const int64_t* excluded, int64_t n_excluded, float scale, float lse,
@@ -92,7 +122,8 @@ void masked_softmax(float* w, int64_t c, const int64_t* excluded, int64_t n_excl
 #else
 
 // Not x86 with GCC/Clang: SignPanel::supported() is false there, so these are never called.
-float masked_lse(const float*, int64_t, const int64_t*, int64_t, float, float) { return NAN; }
+void masked_lse_rows(const float*, int64_t, int, int64_t, const int64_t* const*, const int64_t*, float, const float*,
+                     float*) {}
 void masked_softmax(float*, int64_t, const int64_t*, int64_t, float, float, float) {}
 
 #endif

@@ -17,8 +17,14 @@ namespace dchml {
 
 constexpr int64_t kMaskedSoftmaxMaxClasses = 512;
 
-// logsumexp({extra} U {scale * s[q] : q < c, q not excluded}); -inf for an empty set.
-float masked_lse(const float* s, int64_t c, const int64_t* excluded, int64_t n_excluded, float scale, float extra);
+constexpr int kMaskedLseMaxRows = 4;
+
+// For rows r < nr (at most kMaskedLseMaxRows) of scores s + r * stride:
+//   out[r] = logsumexp({extra[r]} U {scale * s[r][q] : q < c, q not in excluded[r]}), -inf if empty.
+// Several rows per call: each row is a chain of dependent reductions (max, then a sum, then a
+// log); interleaving the rows' chains keeps the vector units busy (measured 1.3x per row at c = 21).
+void masked_lse_rows(const float* s, int64_t stride, int nr, int64_t c, const int64_t* const* excluded,
+                     const int64_t* n_excluded, float scale, const float* extra, float* out);
 
 // w[q] = coef * exp(scale * w[q] - lse) for q < c not excluded, and 0 for the excluded q.
 void masked_softmax(float* w, int64_t c, const int64_t* excluded, int64_t n_excluded, float scale, float lse,

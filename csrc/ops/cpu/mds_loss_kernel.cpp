@@ -392,6 +392,7 @@ at::Tensor gemm_proxies(const at::Tensor& proxies, const at::Tensor& codes) {
 constexpr int64_t kSmallMaxClasses = kMaskedSoftmaxMaxClasses;  // 512
 constexpr int kTile = 16;  // proxies per score tile / code entries per gradient tile
 constexpr int kBlockRows = 4;
+static_assert(kBlockRows <= kMaskedLseMaxRows, "a block's rows share one masked_lse_rows call");
 
 template <typename T>
 struct Panel {
@@ -596,14 +597,25 @@ DCHML_ROW_INLINE T negatives_lse(const T* s, int64_t c, int64_t cp, RowLabels l,
   return m + log_(sum + tile_sum(tmp, cp));
 }
 
-// The two softmax steps of a row on the small path: the masked AVX-512 routines alongside a
-// SignPanel (float), the generic loops above otherwise.
+// The two softmax steps on the small path: the masked AVX-512 routines alongside a SignPanel
+// (float), the generic loops above otherwise.
+// out[r] = logsumexp({extra[r]} U {scale * s_r[q] : q negative}) for the nr rows of a block.
 template <typename T>
-DCHML_ROW_INLINE T row_negatives_lse(const Panel<T>& p, const T* s, RowLabels l, T scale, T extra, T* tmp) {
+DCHML_ROW_INLINE void block_negatives_lse(const Panel<T>& p, const T* s, int nr, const RowLabels* ls, T scale,
+                                          const T* extra, T* out, T* tmp) {
   if constexpr (std::is_same_v<T, float>) {
-    if (p.sign) return masked_lse(s, p.c, l.pos, l.npos, scale, extra);
+    if (p.sign) {
+      const int64_t* pos[kBlockRows];
+      int64_t npos[kBlockRows];
+      for (int r = 0; r < nr; ++r) {
+        pos[r] = ls[r].pos;
+        npos[r] = ls[r].npos;
+      }
+      masked_lse_rows(s, p.cp, nr, p.c, pos, npos, scale, extra, out);
+      return;
+    }
   }
-  return negatives_lse(s, p.c, p.cp, l, scale, extra, tmp);
+  for (int r = 0; r < nr; ++r) out[r] = negatives_lse(s + r * p.cp, p.c, p.cp, ls[r], scale, extra[r], tmp);
 }
 
 // w[q] = coef * exp(scale * w[q] - lse) over the negatives; the positives' entries are left for
@@ -624,8 +636,8 @@ DCHML_ROW_INLINE void row_negative_weights(const Panel<T>& p, T* w, RowLabels l,
 template <typename T>
 struct SmallScratch {
   std::vector<T> s, tmp;
-  std::vector<int64_t> pos;  // one row's positives, when read from dense labels
-  explicit SmallScratch(int64_t cp) : s(kBlockRows * cp), tmp(cp), pos(cp) {}
+  std::vector<int64_t> pos;  // a block's positives (cp per row), when read from dense labels
+  explicit SmallScratch(int64_t cp) : s(kBlockRows * cp), tmp(cp), pos(kBlockRows * cp) {}
 };
 
 template <typename T>
@@ -636,15 +648,18 @@ DCHML_SIMD_CLONES void small_mds_forward(const T* codes, const T* den, const Pan
   for (int64_t i0 = r0; i0 < r1; i0 += kBlockRows) {
     const int nr = static_cast<int>(std::min<int64_t>(kBlockRows, r1 - i0));
     block_scores(den + i0 * p.k, nr, p, sc.s.data());
+    RowLabels ls[kBlockRows];
+    T extra[kBlockRows], u_num[kBlockRows];
     for (int r = 0; r < nr; ++r) {
       const int64_t i = i0 + r;
       const T* s = sc.s.data() + r * p.cp;
-      const RowLabels l = row_labels(rows, i, sc.pos.data());
-      const T u_den = surrogate_score(mean_at(s, l), mu, p.k);
-      const T u_num = den == codes ? u_den : surrogate_score(mean_positive_dot_panel(codes + i * p.k, p, l), mu, p.k);
-      lse[i] = row_negatives_lse(p, s, l, eta, eta * u_den, sc.tmp.data());
-      loss[i] = mds_row_loss(eta, u_num, lse[i]);
+      ls[r] = row_labels(rows, i, sc.pos.data() + r * p.cp);
+      const T u_den = surrogate_score(mean_at(s, ls[r]), mu, p.k);
+      extra[r] = eta * u_den;
+      u_num[r] = den == codes ? u_den : surrogate_score(mean_positive_dot_panel(codes + i * p.k, p, ls[r]), mu, p.k);
     }
+    block_negatives_lse(p, sc.s.data(), nr, ls, eta, extra, lse + i0, sc.tmp.data());
+    for (int r = 0; r < nr; ++r) loss[i0 + r] = mds_row_loss(eta, u_num[r], lse[i0 + r]);
   }
 }
 
@@ -690,16 +705,20 @@ DCHML_SIMD_CLONES void small_psl_forward(const T* codes, const Panel<T>& p, cons
   for (int64_t i0 = r0; i0 < r1; i0 += kBlockRows) {
     const int nr = static_cast<int>(std::min<int64_t>(kBlockRows, r1 - i0));
     block_scores(codes + i0 * p.k, nr, p, sc.s.data());
+    RowLabels ls[kBlockRows];
+    T none[kBlockRows];
     for (int r = 0; r < nr; ++r) {
-      const int64_t i = i0 + r;
+      ls[r] = row_labels(rows, i0 + r, sc.pos.data() + r * p.cp);
+      none[r] = neg_infinity<T>();
+    }
+    block_negatives_lse(p, sc.s.data(), nr, ls, gamma, none, lse_neg + i0, sc.tmp.data());
+    for (int r = 0; r < nr; ++r) {
       const T* s = sc.s.data() + r * p.cp;
-      const RowLabels l = row_labels(rows, i, sc.pos.data());
-      const T ln = row_negatives_lse(p, s, l, gamma, neg_infinity<T>(), sc.tmp.data());
+      const T ln = lse_neg[i0 + r];
       T acc = T(0);
-      for (int64_t e = 0; e < l.npos; ++e)
-        acc += psl_positive_term(psl_positive_logit(gamma, sigma, s[l.pos[e]], p.k), ln);
-      loss[i] = acc / T(l.npos);
-      lse_neg[i] = ln;
+      for (int64_t e = 0; e < ls[r].npos; ++e)
+        acc += psl_positive_term(psl_positive_logit(gamma, sigma, s[ls[r].pos[e]], p.k), ln);
+      loss[i0 + r] = acc / T(ls[r].npos);
     }
   }
 }
