@@ -141,6 +141,12 @@ def hamming_isa(request: str = "") -> str:
     return torch.ops.dchml._hamming_isa(request)
 
 
+def loss_tables(enable: bool | None = None) -> bool:
+    """Whether the CPU loss kernels use their AVX-512 lookup-table path for float32 (c <= 512);
+    True/False switches it on (where the CPU supports it) or off. For tests and benchmarks."""
+    return torch.ops.dchml._loss_tables(-1 if enable is None else int(bool(enable)))
+
+
 @torch.library.register_fake("dchml::hamming_distance")
 def _(query, db, bits):
     return query.new_empty((query.shape[0], db.shape[0]), dtype=torch.int32)

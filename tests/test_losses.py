@@ -145,6 +145,49 @@ def test_float32_within_1e5_of_float64_reference(device, c):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.fixture(params=["tables", "multiply_add"])
+def cpu_float_path(request):
+    """Both float32 CPU paths of the small-c kernels: the AVX-512 lookup tables and the
+    register-tiled multiply-adds (skips 'tables' on a CPU without AVX-512)."""
+    if request.param == "tables" and not dchml.ops.loss_tables(True):
+        pytest.skip("this CPU has no AVX-512: the lookup-table path does not exist here")
+    dchml.ops.loss_tables(request.param == "tables")
+    yield request.param
+    dchml.ops.loss_tables(True)
+
+
+@pytest.mark.parametrize("c,k", [(c, k) for c in (1, 2, 5, 21, 80, 255, 512) for k in (1, 7, 64, 65, 130)])
+def test_float32_cpu_paths_losses_and_gradients(cpu_float_path, c, k):
+    # losses and gradients in float32 against the float64 reference, with and without `other`,
+    # labels dense (read row by row) and as CSR, for PSLDH too
+    n = 9
+    codes, other, proxies, labels = make_inputs(n, c, k, dtype=torch.float32, seed=3 * c + k)
+    proxies = proxies.to(torch.int8) if k % 2 else proxies
+    upstream = torch.rand(n, dtype=torch.float64)
+    csr = (torch.cat([torch.zeros(1, dtype=torch.int64), labels.sum(1).cumsum(0)]), labels.nonzero()[:, 1])
+    for given in (labels, csr):
+        for o in (None, other):
+            x = codes.clone().requires_grad_(True)
+            rows = margin_dynamic_softmax(x, proxies, given, other=o, reduction="none")
+            ref = mds_rows(codes.double(), proxies.double(), labels, ETA, MU, None if o is None else o.double())
+            scale = max(1.0, np.abs(ref).max())
+            np.testing.assert_allclose(rows.detach().double().numpy(), ref, rtol=1e-5, atol=1e-5 * scale)
+            (g,) = torch.autograd.grad((rows * upstream.float()).sum(), x)
+            g_ref, g_other_ref = mds_grad_rows(codes.double(), proxies.double(), labels, ETA, MU,
+                                               None if o is None else o.double())
+            expected = g_ref * upstream.numpy()[:, None]
+            np.testing.assert_allclose(g.double().numpy(), expected, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(expected).max()))
+        x = codes.clone().requires_grad_(True)
+        rows = partial_softmax(x, proxies, given, reduction="none")
+        ref = partial_softmax_rows(codes.double(), proxies.double(), labels, GAMMA, SIGMA)
+        np.testing.assert_allclose(rows.detach().double().numpy(), ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))
+        (g,) = torch.autograd.grad(rows.sum(), x)
+        ref_codes = codes.double().clone().requires_grad_(True)
+        expected = torch.autograd.grad(_torch_partial_softmax(ref_codes, proxies.double(), labels).sum(), ref_codes)[0]
+        np.testing.assert_allclose(g.double().numpy(), expected.numpy(), rtol=1e-5,
+                                   atol=1e-5 * max(1.0, expected.abs().max().item()))
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_tiled_path_matches_reference(dtype):
     # c > 2048: two class tiles of the GEMM path, the last one partial

@@ -61,6 +61,8 @@ TORCH_LIBRARY_FRAGMENT(dchml, m) {
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
 
+#include "core/sign_panel.h"
+
 #include <memory>
 #include <type_traits>
 
@@ -287,6 +289,18 @@ std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_reduced_kernel(const at:
 }
 
 }  // namespace
+
+// The CPU small-c path's float products and softmax: AVX-512 lookup tables (SignPanel,
+// masked_softmax) when the CPU has them, else the register-tiled multiply-add loops. request:
+// -1 reports, 0 switches the tables off, 1 back on (where supported); returns whether they run.
+// For tests and benchmarks, so that both paths are exercised on one machine.
+bool loss_tables(int64_t request) {
+  TORCH_CHECK_VALUE(request >= -1 && request <= 1, "request must be -1, 0 or 1, got ", request);
+  if (request >= 0) SignPanel::set_enabled(request == 1);
+  return SignPanel::supported();
+}
+
+TORCH_LIBRARY_FRAGMENT(dchml, m) { m.def("_loss_tables(int request) -> bool", &loss_tables); }
 
 TORCH_LIBRARY_IMPL(dchml, Autograd, m) {
   m.impl("mds_loss", &mds_loss_autograd);

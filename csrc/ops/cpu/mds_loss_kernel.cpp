@@ -756,12 +756,14 @@ DCHML_SIMD_CLONES void small_psl_backward(const T* codes, const Panel<T>& p, con
 
 bool use_small(int64_t c) { return c <= kSmallMaxClasses; }
 
-// Rows per OpenMP chunk on the small path: up to ~256K multiply-adds a step runs on the calling
-// thread (waking the pool costs more than it saves there; measured, see benchmarks/results/loss.md).
+// Rows per OpenMP chunk on the small path: above ~32K multiply-adds a call splits its rows evenly
+// over the threads (at n = 128, c = 21, k = 64 on 2 cores that took a step from 67 to 61 us, once
+// the per-call overheads were gone; measured, benchmarks/results/loss.md). Smaller calls stay on
+// the calling thread.
 int64_t small_grain_rows(int64_t n, int64_t c, int64_t k) {
-  constexpr int64_t kSerialWork = int64_t(1) << 18;
+  constexpr int64_t kSerialWork = int64_t(1) << 15;
   if (n * c * k <= kSerialWork) return n;
-  return std::max<int64_t>(kBlockRows, ((int64_t(1) << 18) / std::max<int64_t>(1, c * k) + 3) / 4 * 4);
+  return kBlockRows;  // at::parallel_for hands each thread an equal share
 }
 
 // ---- operators ----
