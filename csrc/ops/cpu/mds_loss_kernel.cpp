@@ -1,11 +1,13 @@
 // CPU kernels of the loss operators (schemas in ops/mds_loss.cpp).
 //
 // Two paths, both fused (no (n x c) tensor) and both built on the row math of core/:
-// - small c (c <= kSmallMaxClasses = 512): proxies unpacked once per call (k x c transposed and
-//   c x k), scores of 4 rows x 16 proxies accumulated in SIMD registers (GCC vector types, the
-//   SIMD width picked at run time with target_clones), and a backward that folds every proxy's
-//   coefficient into one weight so a row's gradient is one weights x proxies product. Work below
-//   ~256K multiply-adds stays on the calling thread (the paper's scale is bound by call overhead).
+// - small c (c <= kSmallMaxClasses = 512), blocks of 4 rows: scores of the block, the rows'
+//   log-sum-exp, and a backward that folds every proxy's coefficient into one weight so a row's
+//   gradient is one weights x proxies product. The products: float on an AVX-512 CPU through the
+//   ±1 lookup tables of core/sign_panel.h (softmax steps in core/masked_softmax.h); otherwise
+//   proxies unpacked once per call and 4 rows x 16 proxies accumulated in SIMD registers (GCC
+//   vector types, width picked at run time with target_clones). Dense one-byte labels are read
+//   row by row (no CSR). Calls above ~32K multiply-adds split their rows over the threads.
 // - tiled (large c): scores of a (<= 4096 rows) x (<= 2048 proxies) tile through at::mm (MKL /
 //   oneDNN sgemm, near peak), then one vectorised pass per row of the tile that masks the
 //   positives and merges the tile's log-sum-exp into the row's; backward recomputes the tile,
