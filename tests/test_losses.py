@@ -131,8 +131,9 @@ def test_positives_never_enter_the_denominator():
 
 
 @pytest.mark.parametrize("c", [21, 255, 1000, 3000])
-def test_float32_within_1e5_of_float64_reference(device, c):
-    # c = 21 runs the direct CPU path, c > 64 the GEMM-tiled one (two class tiles at c = 3000).
+def test_float32_within_1e5_of_float64_reference(device, c, cpu_float_path):
+    # CPU: c = 21 and 255 run the row-block path; c = 1000 and 3000 the GEMM tiles (two class
+    # tiles at 3000) with the multiply-add path, the row-block path with the lookup tables.
     n, k = 5, 64
     codes, other, proxies, labels = make_inputs(n, c, k, dtype=torch.float32, device=device, seed=c)
     for o in (None, other):
@@ -189,8 +190,9 @@ def test_float32_cpu_paths_losses_and_gradients(cpu_float_path, c, k):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_tiled_path_matches_reference(dtype):
-    # c > 2048: two class tiles of the GEMM path, the last one partial
+def test_tiled_path_matches_reference(dtype, cpu_float_path):
+    # c > 2048: two class tiles of the GEMM path, the last one partial (float32 with the lookup
+    # tables takes the row-block path instead: c > 512 with c * k small)
     n, c, k = 1030, 2500, 3
     codes, other, proxies, labels = make_inputs(n, c, k, dtype=dtype, seed=3)
     labels = labels & (torch.rand(n, c) < 0.01)

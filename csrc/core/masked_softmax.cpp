@@ -22,25 +22,23 @@ namespace dchml {
 #ifdef DCHML_MASKED_SOFTMAX_X86
 namespace {
 
-constexpr int64_t kMaxTiles = kMaskedSoftmaxMaxClasses / 16;
+// Lanes of consecutive 16-score tiles that are negatives (q < c and not excluded), made tile by
+// tile: the excluded positions are sorted, so a cursor walks them once per pass.
+struct KeepMasks {
+  int64_t c;
+  const int64_t* excluded;
+  int64_t n_excluded;
+  int64_t cursor = 0;
 
-// keep[t]: lanes of tile t that are negatives (q < c and not excluded)
-struct KeepMask {
-  __mmask16 keep[kMaxTiles];
-  int64_t tiles;
-};
-
-KeepMask keep_mask(int64_t c, const int64_t* excluded, int64_t n_excluded) {
-  KeepMask m;
-  m.tiles = (c + 15) / 16;
-  for (int64_t t = 0; t < m.tiles; ++t) m.keep[t] = __mmask16(0xFFFF);
-  if (c % 16) m.keep[m.tiles - 1] = __mmask16((1u << (c % 16)) - 1u);
-  for (int64_t e = 0; e < n_excluded; ++e) {
-    const int64_t q = excluded[e];
-    m.keep[q / 16] = __mmask16(m.keep[q / 16] & ~(1u << (q % 16)));
+  int64_t tiles() const { return (c + 15) / 16; }
+  void restart() { cursor = 0; }
+  __mmask16 next(int64_t t) {  // call with t = 0, 1, 2, ... in order
+    const int64_t left = c - 16 * t;
+    uint32_t keep = left >= 16 ? 0xFFFFu : (1u << left) - 1u;
+    while (cursor < n_excluded && excluded[cursor] < 16 * t + 16) keep &= ~(1u << (excluded[cursor++] - 16 * t));
+    return __mmask16(keep);
   }
-  return m;
-}
+};
 
 // exp(x), 16 lanes: Cephes' expf reduction and polynomial (about 1 ulp), the same arithmetic as
 // exp_vectorisable in mds_loss_engine.h; arguments clamped to [-87, 88].
@@ -61,26 +59,28 @@ DCHML_AVX512F inline __m512 exp16(__m512 x) {
 }
 
 template <int NR>
-DCHML_AVX512F void masked_lse_block(const float* s, int64_t stride, const KeepMask* m, float scale,
-                                    const float* extra, float* out) {
+DCHML_AVX512F void masked_lse_block(const float* s, int64_t stride, KeepMasks* m, float scale, const float* extra,
+                                    float* out) {
   const __m512 vs = _mm512_set1_ps(scale);
+  const int64_t tiles = m[0].tiles();
   __m512 vmax[NR], sum[NR], shift[NR];
   float top[NR];
   for (int r = 0; r < NR; ++r) vmax[r] = _mm512_set1_ps(-INFINITY);
-  for (int64_t t = 0; t < m[0].tiles; ++t)
+  for (int64_t t = 0; t < tiles; ++t)
     for (int r = 0; r < NR; ++r)
-      vmax[r] = _mm512_mask_max_ps(vmax[r], m[r].keep[t], vmax[r],
+      vmax[r] = _mm512_mask_max_ps(vmax[r], m[r].next(t), vmax[r],
                                    _mm512_mul_ps(_mm512_loadu_ps(s + r * stride + 16 * t), vs));
   for (int r = 0; r < NR; ++r) {
     top[r] = _mm512_reduce_max_ps(vmax[r]);
     top[r] = extra[r] > top[r] ? extra[r] : top[r];
     shift[r] = _mm512_set1_ps(top[r] == -INFINITY ? 0.0f : top[r]);  // an empty row: no NaN lanes
     sum[r] = _mm512_setzero_ps();
+    m[r].restart();
   }
-  for (int64_t t = 0; t < m[0].tiles; ++t)
+  for (int64_t t = 0; t < tiles; ++t)
     for (int r = 0; r < NR; ++r) {
       const __m512 e = exp16(_mm512_fmsub_ps(_mm512_loadu_ps(s + r * stride + 16 * t), vs, shift[r]));
-      sum[r] = _mm512_mask_add_ps(sum[r], m[r].keep[t], sum[r], e);
+      sum[r] = _mm512_mask_add_ps(sum[r], m[r].next(t), sum[r], e);
     }
   for (int r = 0; r < NR; ++r) {
     if (top[r] == -INFINITY) {
@@ -92,11 +92,11 @@ DCHML_AVX512F void masked_lse_block(const float* s, int64_t stride, const KeepMa
   }
 }
 
-DCHML_AVX512F void masked_softmax_avx512(float* w, const KeepMask& m, float scale, float lse, float coef) {
+DCHML_AVX512F void masked_softmax_avx512(float* w, KeepMasks m, float scale, float lse, float coef) {
   const __m512 vs = _mm512_set1_ps(scale), shift = _mm512_set1_ps(lse), vc = _mm512_set1_ps(coef);
-  for (int64_t t = 0; t < m.tiles; ++t) {
+  for (int64_t t = 0; t < m.tiles(); ++t) {
     const __m512 e = exp16(_mm512_fmsub_ps(_mm512_loadu_ps(w + 16 * t), vs, shift));
-    _mm512_mask_storeu_ps(w + 16 * t, __mmask16(0xFFFF), _mm512_maskz_mul_ps(m.keep[t], e, vc));
+    _mm512_storeu_ps(w + 16 * t, _mm512_maskz_mul_ps(m.next(t), e, vc));
   }
 }
 
@@ -104,8 +104,8 @@ DCHML_AVX512F void masked_softmax_avx512(float* w, const KeepMask& m, float scal
 
 void masked_lse_rows(const float* s, int64_t stride, int nr, int64_t c, const int64_t* const* excluded,
                      const int64_t* n_excluded, float scale, const float* extra, float* out) {
-  KeepMask m[kMaskedLseMaxRows];
-  for (int r = 0; r < nr; ++r) m[r] = keep_mask(c, excluded[r], n_excluded[r]);
+  KeepMasks m[kMaskedLseMaxRows];
+  for (int r = 0; r < nr; ++r) m[r] = KeepMasks{c, excluded[r], n_excluded[r]};
   switch (nr) {
     case 4: masked_lse_block<4>(s, stride, m, scale, extra, out); break;
     case 3: masked_lse_block<3>(s, stride, m, scale, extra, out); break;
@@ -116,7 +116,7 @@ void masked_lse_rows(const float* s, int64_t stride, int nr, int64_t c, const in
 
 void masked_softmax(float* w, int64_t c, const int64_t* excluded, int64_t n_excluded, float scale, float lse,
                     float coef) {
-  masked_softmax_avx512(w, keep_mask(c, excluded, n_excluded), scale, lse, coef);
+  masked_softmax_avx512(w, KeepMasks{c, excluded, n_excluded}, scale, lse, coef);
 }
 
 #else

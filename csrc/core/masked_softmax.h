@@ -7,15 +7,15 @@
 // (measured: 11% of the forward kernel at n = 128, c = 21 on Zen 4). Here nothing is written
 // before it is read, and exp is evaluated 16 lanes at a time.
 //
-// Call only when SignPanel::supported() (it implies AVX-512F). Rows have at most
-// kMaskedSoftmaxMaxClasses scores; `excluded` lists the row's positives (distinct, each < c).
+// Call only when SignPanel::supported() (it implies AVX-512F). Rows hold c scores (read in
+// tiles of 16, so c rounded up to 16 must be readable; the extra lanes are ignored); `excluded`
+// lists the row's positives, sorted ascending and distinct, each < c. Any c: the masks are made
+// tile by tile from the sorted positives.
 #pragma once
 
 #include <cstdint>
 
 namespace dchml {
-
-constexpr int64_t kMaskedSoftmaxMaxClasses = 512;
 
 constexpr int kMaskedLseMaxRows = 4;
 
@@ -26,7 +26,8 @@ constexpr int kMaskedLseMaxRows = 4;
 void masked_lse_rows(const float* s, int64_t stride, int nr, int64_t c, const int64_t* const* excluded,
                      const int64_t* n_excluded, float scale, const float* extra, float* out);
 
-// w[q] = coef * exp(scale * w[q] - lse) for q < c not excluded, and 0 for the excluded q.
+// w[q] = coef * exp(scale * w[q] - lse) for q < c not excluded, and 0 for the excluded q and for
+// the padding up to the next multiple of 16.
 void masked_softmax(float* w, int64_t c, const int64_t* excluded, int64_t n_excluded, float scale, float lse,
                     float coef);
 
