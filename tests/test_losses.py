@@ -130,6 +130,35 @@ def test_positives_never_enter_the_denominator():
     assert abs(got.item() - defective.item()) > 1e-3
 
 
+def test_wide_float32_tiles_match_float64(cpu_float_path):
+    # c * k > 2^23: the GEMM-tiled path, its products through the lookup tables ("tables") or
+    # at::mm ("multiply_add"); the float64 result (GEMM tiles, checked against the reference
+    # above) is the yardstick. 33 class tiles, the last one partial.
+    n, c, k = 5, 66_001, 128
+    gen = torch.Generator().manual_seed(9)
+    codes = torch.rand(n, k, generator=gen, dtype=torch.float64) * 2 - 1
+    other = torch.rand(n, k, generator=gen, dtype=torch.float64) * 2 - 1
+    proxies = (torch.randint(0, 2, (c, k), generator=gen, dtype=torch.int8) * 2 - 1)
+    offsets = torch.tensor([0, 1, 3, 4, 9, 10])
+    indices = torch.tensor([7, 2048, 65_999, 66_000, 0, 1, 2, 3, 4, 40_000])
+    for o in (None, other):
+        x64, x32 = codes.clone().requires_grad_(True), codes.float().requires_grad_(True)
+        r64 = margin_dynamic_softmax(x64, proxies, (offsets, indices), other=o, reduction="none")
+        r32 = margin_dynamic_softmax(x32, proxies, (offsets, indices), other=None if o is None else o.float(),
+                                     reduction="none")
+        np.testing.assert_allclose(r32.detach().double().numpy(), r64.detach().numpy(), rtol=1e-5, atol=1e-5)
+        (g64,) = torch.autograd.grad(r64.sum(), x64)
+        (g32,) = torch.autograd.grad(r32.sum(), x32)
+        np.testing.assert_allclose(g32.double().numpy(), g64.numpy(), rtol=1e-5, atol=1e-5 * g64.abs().max().item())
+    x64, x32 = codes.clone().requires_grad_(True), codes.float().requires_grad_(True)
+    p64 = partial_softmax(x64, proxies, (offsets, indices), reduction="none")
+    p32 = partial_softmax(x32, proxies, (offsets, indices), reduction="none")
+    np.testing.assert_allclose(p32.detach().double().numpy(), p64.detach().numpy(), rtol=1e-5, atol=1e-5)
+    (g64,) = torch.autograd.grad(p64.sum(), x64)
+    (g32,) = torch.autograd.grad(p32.sum(), x32)
+    np.testing.assert_allclose(g32.double().numpy(), g64.numpy(), rtol=1e-5, atol=1e-5 * g64.abs().max().item())
+
+
 @pytest.mark.parametrize("c", [21, 255, 1000, 3000])
 def test_float32_within_1e5_of_float64_reference(device, c, cpu_float_path):
     # CPU: c = 21 and 255 run the row-block path; c = 1000 and 3000 the GEMM tiles (two class

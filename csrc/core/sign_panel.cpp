@@ -89,21 +89,21 @@ DCHML_AVX512F void apply_chunk(const float* x, int64_t n, int64_t j0, const Sign
   }
 }
 
-// out[0, valid) = sum over `nibbles` (a multiple of 4) tables built from x[0, n), looked up at
-// index[(u * nibbles + p) * 16 + lane] for output lane 16 u + lane.
-DCHML_AVX512F void table_product(const float* x, int64_t n, int64_t nibbles, const int32_t* index, int64_t valid,
-                                 float* out) {
+// out[0, valid) (+)= sum over `nibbles` (a multiple of 4) tables built from x[0, n), looked up at
+// index[(u * stride + p) * 16 + lane] for output lane 16 u + lane; `accumulate` adds to out.
+DCHML_AVX512F void table_product(const float* x, int64_t n, int64_t nibbles, const int32_t* index, int64_t stride,
+                                 int64_t valid, bool accumulate, float* out) {
   const Signs sg = make_signs();
   const int64_t tiles = (valid + 15) / 16;
   for (int64_t p0 = 0; p0 < nibbles; p0 += kChunk) {
     const int64_t np = std::min(kChunk, nibbles - p0);
     const int32_t* ix = index + p0 * 16;
-    const bool acc = p0 > 0;
+    const bool acc = accumulate || p0 > 0;
     switch (np) {
-      case 16: apply_chunk<16>(x, n, 4 * p0, sg, ix, nibbles, tiles, valid, acc, out); break;
-      case 12: apply_chunk<12>(x, n, 4 * p0, sg, ix, nibbles, tiles, valid, acc, out); break;
-      case 8: apply_chunk<8>(x, n, 4 * p0, sg, ix, nibbles, tiles, valid, acc, out); break;
-      default: apply_chunk<4>(x, n, 4 * p0, sg, ix, nibbles, tiles, valid, acc, out); break;
+      case 16: apply_chunk<16>(x, n, 4 * p0, sg, ix, stride, tiles, valid, acc, out); break;
+      case 12: apply_chunk<12>(x, n, 4 * p0, sg, ix, stride, tiles, valid, acc, out); break;
+      case 8: apply_chunk<8>(x, n, 4 * p0, sg, ix, stride, tiles, valid, acc, out); break;
+      default: apply_chunk<4>(x, n, 4 * p0, sg, ix, stride, tiles, valid, acc, out); break;
     }
   }
 }
@@ -180,21 +180,28 @@ template int64_t SignPanel::build<int8_t>(const int8_t*, int64_t, int64_t);
 template int64_t SignPanel::build<float>(const float*, int64_t, int64_t);
 template int64_t SignPanel::build<double>(const double*, int64_t, int64_t);
 
-void SignPanel::scores(const float* b, float* s) const {
+void SignPanel::scores(const float* b, float* s) const { scores_range(b, s, 0, cp_); }
+
+void SignPanel::combine(const float* w, float* out) const { combine_range(w, out, 0, c_, false); }
+
+void SignPanel::scores_range(const float* b, float* s, int64_t q_begin, int64_t q_end) const {
 #ifdef DCHML_SIGN_PANEL_X86
-  table_product(b, k_, code_nibbles_, score_index_.data(), cp_, s);
+  table_product(b, k_, code_nibbles_, score_index_.data() + (q_begin / 16) * code_nibbles_ * 16, code_nibbles_,
+                q_end - q_begin, false, s);
 #else
-  (void)b;
-  (void)s;
+  (void)b, (void)s, (void)q_begin, (void)q_end;
 #endif
 }
 
-void SignPanel::combine(const float* w, float* out) const {
+void SignPanel::combine_range(const float* w, float* out, int64_t q_begin, int64_t q_end, bool accumulate) const {
 #ifdef DCHML_SIGN_PANEL_X86
-  table_product(w, c_, class_nibbles_, combine_index_.data(), k_, out);
+  // q_begin is a multiple of 16, so the range starts on a group of 4 tables; rounding its table
+  // count up to 4 stays inside the padded index, and the extra tables are built from zeros
+  const int64_t n = q_end - q_begin;
+  const int64_t nibbles = ((n + 3) / 4 + 3) / 4 * 4;
+  table_product(w, n, nibbles, combine_index_.data() + (q_begin / 4) * 16, class_nibbles_, k_, accumulate, out);
 #else
-  (void)w;
-  (void)out;
+  (void)w, (void)out, (void)q_begin, (void)q_end, (void)accumulate;
 #endif
 }
 

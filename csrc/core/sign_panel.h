@@ -41,6 +41,12 @@ class SignPanel {
   // out[0, k) = sum_{q < c} w[q] g_q; w has c entries.
   void combine(const float* w, float* out) const;
 
+  // The same over the proxies [q_begin, q_end) only, for class tiles (q_begin a multiple of 16):
+  // s[q - q_begin] = b . g_q (exactly q_end - q_begin values written), and
+  // out[0, k) (+)= sum_{q_begin <= q < q_end} w[q - q_begin] g_q, added to out when `accumulate`.
+  void scores_range(const float* b, float* s, int64_t q_begin, int64_t q_end) const;
+  void combine_range(const float* w, float* out, int64_t q_begin, int64_t q_end, bool accumulate) const;
+
  private:
   int64_t c_ = 0, k_ = 0, cp_ = 0;
   int64_t code_nibbles_ = 0;   // ceil(k / 4): tables per code row

@@ -94,3 +94,36 @@ DCHML_TEST(sign_panel_rebuilds_when_contents_change) {
   panel.scores(b.data(), s.data());
   DCHML_CHECK_NEAR(s[3], 6.0, 1e-6);
 }
+
+DCHML_TEST(sign_panel_ranges_match_dot_products) {
+  if (!SignPanel::supported()) return;
+  const int64_t c = 101, k = 37;
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> u(-1, 1);
+  std::vector<int8_t> g(c * k);
+  for (auto& v : g) v = (rng() & 1) ? 1 : -1;
+  SignPanel panel;
+  DCHML_CHECK(panel.build(g.data(), c, k) == -1);
+  std::vector<float> b(k), w(c);
+  for (auto& v : b) v = u(rng);
+  for (auto& v : w) v = u(rng);
+  for (int64_t q0 : {0, 16, 32, 96})
+    for (int64_t q1 : {q0 + 1, q0 + 5, c}) {
+      if (q1 > c) continue;
+      std::vector<float> s(q1 - q0 + 1, 777.0f), out(k + 1, 0.5f);
+      panel.scores_range(b.data(), s.data(), q0, q1);
+      panel.combine_range(w.data() + q0, out.data(), q0, q1, true);
+      for (int64_t q = q0; q < q1; ++q) {
+        double ref = 0;
+        for (int64_t j = 0; j < k; ++j) ref += double(b[j]) * g[q * k + j];
+        DCHML_CHECK_NEAR(s[q - q0], ref, 1e-5 * 7);
+      }
+      DCHML_CHECK(s[q1 - q0] == 777.0f);  // nothing written past the range
+      for (int64_t j = 0; j < k; ++j) {
+        double ref = 0.5;
+        for (int64_t q = q0; q < q1; ++q) ref += double(w[q]) * g[q * k + j];
+        DCHML_CHECK_NEAR(out[j], ref, 1e-5 * 11);
+      }
+      DCHML_CHECK(out[k] == 0.5f);
+    }
+}

@@ -322,11 +322,23 @@ struct Tiling {
 
 int64_t tile_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, cols)); }
 
+// A tile's scores, rows [b, e) of the block: through the lookup tables when `sign` is given
+// (float on AVX-512; the tile's two index slices, 2 x 256 KiB at k = 128, stay in the core's
+// cache across its rows), else for the whole tile through one at::mm (MKL / oneDNN sgemm).
+template <typename T>
+void tile_scores_rows(const SignPanel* sign, const T* block, int64_t k, int64_t q0, int64_t cols, T* tile,
+                      int64_t b, int64_t e) {
+  if constexpr (std::is_same_v<T, float>) {
+    for (int64_t i = b; i < e; ++i) sign->scores_range(block + i * k, tile + i * cols, q0, q0 + cols);
+  }
+}
+
 // logsumexp over each row's negatives of (den_scaled . g_q): den_scaled already holds eta * den.
 template <typename T>
-at::Tensor tiled_negatives_lse(const at::Tensor& den_scaled, const at::Tensor& proxies, const int64_t* offsets,
-                               const int64_t* indices) {
+at::Tensor tiled_negatives_lse(const at::Tensor& den_scaled, const at::Tensor& proxies, const SignPanel* sign,
+                               const int64_t* offsets, const int64_t* indices) {
   const Tiling t{den_scaled.size(0), proxies.size(0)};
+  const int64_t k = den_scaled.size(1);
   at::Tensor lse = at::full({t.n}, -std::numeric_limits<T>::infinity(), den_scaled.options());
   at::Tensor buffer = at::empty({t.row_block() * t.class_tile()}, den_scaled.options());
   T* out = lse.data_ptr<T>();
@@ -338,9 +350,10 @@ at::Tensor tiled_negatives_lse(const at::Tensor& den_scaled, const at::Tensor& p
     for (int64_t q0 = 0; q0 < t.c; q0 += kClassTile) {
       const int64_t cols = std::min(kClassTile, t.c - q0);
       at::Tensor tile = buffer.narrow(0, 0, rows * cols).view({rows, cols});
-      at::mm_out(tile, block, proxies.narrow(0, q0, cols).t());
+      if (!sign) at::mm_out(tile, block, proxies.narrow(0, q0, cols).t());
       T* tp = tile.data_ptr<T>();
       at::parallel_for(0, rows, tile_grain(cols), [&](int64_t b, int64_t e) {
+        if (sign) tile_scores_rows<T>(sign, block.const_data_ptr<T>(), k, q0, cols, tp, b, e);
         tile_rows_lse<T>(tp, r0, b, e, cols, q0, offsets, indices, cursor.data(), out);
       });
     }
@@ -351,8 +364,10 @@ at::Tensor tiled_negatives_lse(const at::Tensor& den_scaled, const at::Tensor& p
 // sum over each row's negatives of exp(den_scaled . g_q - lse) g_q, as an (n, k) tensor.
 template <typename T>
 at::Tensor tiled_negatives_softmax_sum(const at::Tensor& den_scaled, const at::Tensor& proxies,
-                                       const int64_t* offsets, const int64_t* indices, const at::Tensor& lse_in) {
+                                       const SignPanel* sign, const int64_t* offsets, const int64_t* indices,
+                                       const at::Tensor& lse_in) {
   const Tiling t{den_scaled.size(0), proxies.size(0)};
+  const int64_t k = den_scaled.size(1);
   const at::Tensor lse = lse_in.contiguous();
   at::Tensor sum = at::zeros_like(den_scaled);
   at::Tensor buffer = at::empty({t.row_block() * t.class_tile()}, den_scaled.options());
@@ -364,22 +379,54 @@ at::Tensor tiled_negatives_softmax_sum(const at::Tensor& den_scaled, const at::T
     at::Tensor block_sum = sum.narrow(0, r0, rows);
     for (int64_t q0 = 0; q0 < t.c; q0 += kClassTile) {
       const int64_t cols = std::min(kClassTile, t.c - q0);
-      const at::Tensor tile_proxies = proxies.narrow(0, q0, cols);
       at::Tensor tile = buffer.narrow(0, 0, rows * cols).view({rows, cols});
-      at::mm_out(tile, block, tile_proxies.t());
+      if (!sign) at::mm_out(tile, block, proxies.narrow(0, q0, cols).t());
       T* tp = tile.data_ptr<T>();
       at::parallel_for(0, rows, tile_grain(cols), [&](int64_t b, int64_t e) {
+        if (sign) tile_scores_rows<T>(sign, block.const_data_ptr<T>(), k, q0, cols, tp, b, e);
         tile_rows_weights<T>(tp, r0, b, e, cols, q0, offsets, indices, cursor.data(), lse.const_data_ptr<T>());
+        if constexpr (std::is_same_v<T, float>) {
+          if (sign)
+            for (int64_t i = b; i < e; ++i)
+              sign->combine_range(tp + i * cols, block_sum.data_ptr<T>() + i * k, q0, q0 + cols, true);
+        }
       });
-      block_sum.addmm_(tile, tile_proxies);
+      if (!sign) block_sum.addmm_(tile, proxies.narrow(0, q0, cols));
     }
   }
   return sum;
 }
 
-// Proxies in the codes' dtype, for at::mm (int8 proxies are converted once per call).
-at::Tensor gemm_proxies(const at::Tensor& proxies, const at::Tensor& codes) {
-  return proxies.to(codes.scalar_type()).contiguous();
+// The lookup tables of the calling thread, shared by both paths: rebuilt only when a call brings
+// other proxies (SignPanel::build compares bytes), so a training step allocates nothing for them.
+SignPanel& calling_thread_panel() {
+  static thread_local SignPanel panel;
+  return panel;
+}
+
+template <typename P>
+const SignPanel& built_panel(const at::Tensor& proxies) {
+  SignPanel& panel = calling_thread_panel();
+  const P* g = proxies.const_data_ptr<P>();
+  const int64_t k = proxies.size(1), bad = panel.build(g, proxies.size(0), k);
+  TORCH_CHECK_VALUE(bad < 0, "proxies must be +1/-1, got ", bad < 0 ? 0.0 : static_cast<double>(g[bad]), " at row ",
+                    bad / std::max<int64_t>(k, 1), ", column ", bad % std::max<int64_t>(k, 1));
+  return panel;
+}
+
+// The tiled path's products: the lookup tables (float on AVX-512), or at::mm on the proxies
+// converted once per call to the codes' dtype.
+struct TileProducts {
+  at::Tensor proxies;  // as given (tables) or converted (GEMM)
+  const SignPanel* sign = nullptr;
+};
+
+template <typename T, typename P>
+TileProducts tile_products(const at::Tensor& proxies, const at::Tensor& codes) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (SignPanel::supported()) return {proxies, &built_panel<P>(proxies)};
+  }
+  return {proxies.to(codes.scalar_type()).contiguous(), nullptr};
 }
 
 // ---- small-c path (c <= kSmallMaxClasses): proxies unpacked once per call, register-tiled ----
@@ -416,7 +463,7 @@ Panel<T> make_panel(const at::Tensor& proxies_tensor, bool need_rows) {
   bool use_sign = false;
   if constexpr (std::is_same_v<T, float>) use_sign = SignPanel::supported();
   if (use_sign) {
-    static thread_local SignPanel panel;
+    SignPanel& panel = calling_thread_panel();
     bad = panel.build(proxies, c, k);
     p.sign = &panel;
   } else {
@@ -817,7 +864,8 @@ std::tuple<at::Tensor, at::Tensor> mds_loss_cpu(const at::Tensor& codes_in, cons
       return;
     }
     check_plus_minus_one<P>(proxies);
-    const at::Tensor neg_lse = tiled_negatives_lse<T>(den * eta, gemm_proxies(proxies, codes), b.offsets, b.indices);
+    const TileProducts tp = tile_products<T, P>(proxies, codes);
+    const at::Tensor neg_lse = tiled_negatives_lse<T>(den * eta, tp.proxies, tp.sign, b.offsets, b.indices);
     const T* nl = neg_lse.const_data_ptr<T>();
     T* lo = loss.data_ptr<T>();
     T* ls = lse.data_ptr<T>();
@@ -861,7 +909,8 @@ std::tuple<at::Tensor, at::Tensor> mds_loss_backward_cpu(const at::Tensor& grad_
       });
       return;
     }
-    const at::Tensor neg_sum = tiled_negatives_softmax_sum<T>(den * eta, gemm_proxies(proxies, codes), b.offsets, b.indices, lse);
+    const TileProducts tp = tile_products<T, P>(proxies, codes);
+    const at::Tensor neg_sum = tiled_negatives_softmax_sum<T>(den * eta, tp.proxies, tp.sign, b.offsets, b.indices, lse);
     const T* ns = neg_sum.const_data_ptr<T>();
     T* gc = grad_codes.data_ptr<T>();
     T* go = separate ? grad_other.data_ptr<T>() : nullptr;
@@ -898,7 +947,8 @@ std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_cpu(const at::Tensor& co
       return;
     }
     check_plus_minus_one<P>(proxies);
-    const at::Tensor neg_lse = tiled_negatives_lse<T>(codes * gamma, gemm_proxies(proxies, codes), b.offsets, b.indices);
+    const TileProducts tp = tile_products<T, P>(proxies, codes);
+    const at::Tensor neg_lse = tiled_negatives_lse<T>(codes * gamma, tp.proxies, tp.sign, b.offsets, b.indices);
     const T* nl = neg_lse.const_data_ptr<T>();
     T* lo = loss.data_ptr<T>();
     T* ln = lse_neg.data_ptr<T>();
@@ -937,7 +987,8 @@ at::Tensor partial_softmax_loss_backward_cpu(const at::Tensor& grad_loss_in, con
       });
       return;
     }
-    const at::Tensor neg_sum = tiled_negatives_softmax_sum<T>(codes * gamma, gemm_proxies(proxies, codes), b.offsets, b.indices,
+    const TileProducts tp = tile_products<T, P>(proxies, codes);
+    const at::Tensor neg_sum = tiled_negatives_softmax_sum<T>(codes * gamma, tp.proxies, tp.sign, b.offsets, b.indices,
                                                lse_neg);
     const T* ns = neg_sum.const_data_ptr<T>();
     T* gc = grad_codes.data_ptr<T>();
