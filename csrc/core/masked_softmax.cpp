@@ -2,6 +2,7 @@
 #include "core/masked_softmax.h"
 
 #include <cmath>
+#include <vector>
 
 // GCC 12's AVX-512 headers start several intrinsics (masked max, roundscale, scalef, the
 // reductions) from _mm512_undefined_ps(), a self-initialised variable, and then warn that it "may
@@ -22,21 +23,29 @@ namespace dchml {
 #ifdef DCHML_MASKED_SOFTMAX_X86
 namespace {
 
-// Lanes of consecutive 16-score tiles that are negatives (q < c and not excluded), made tile by
-// tile: the excluded positions are sorted, so a cursor walks them once per pass.
-struct KeepMasks {
-  int64_t c;
-  const int64_t* excluded;
-  int64_t n_excluded;
-  int64_t cursor = 0;
+// keep[t]: the lanes of tile t (scores 16 t .. 16 t + 15) that are negatives: q < c and not
+// excluded. Made once per row before the passes (computing them inside the passes cost ~10% of a
+// c = 21 step, measured); rows of up to 512 scores keep them on the stack.
+constexpr int64_t kStackTiles = 32;
 
-  int64_t tiles() const { return (c + 15) / 16; }
-  void restart() { cursor = 0; }
-  __mmask16 next(int64_t t) {  // call with t = 0, 1, 2, ... in order
-    const int64_t left = c - 16 * t;
-    uint32_t keep = left >= 16 ? 0xFFFFu : (1u << left) - 1u;
-    while (cursor < n_excluded && excluded[cursor] < 16 * t + 16) keep &= ~(1u << (excluded[cursor++] - 16 * t));
-    return __mmask16(keep);
+void fill_keep(int64_t c, const int64_t* excluded, int64_t n_excluded, __mmask16* keep) {
+  const int64_t tiles = (c + 15) / 16;
+  for (int64_t t = 0; t < tiles; ++t) keep[t] = __mmask16(0xFFFF);
+  if (c % 16) keep[tiles - 1] = __mmask16((1u << (c % 16)) - 1u);
+  for (int64_t e = 0; e < n_excluded; ++e) {
+    const int64_t q = excluded[e];
+    keep[q / 16] = __mmask16(keep[q / 16] & ~(1u << (q % 16)));
+  }
+}
+
+// Storage for the masks of up to kMaskedLseMaxRows rows: on the stack for short rows.
+struct KeepStore {
+  __mmask16 small[kMaskedLseMaxRows][kStackTiles];
+  std::vector<__mmask16> large;
+  __mmask16* row(int r, int64_t tiles) {
+    if (tiles <= kStackTiles) return small[r];
+    if (large.size() < static_cast<size_t>(kMaskedLseMaxRows * tiles)) large.resize(kMaskedLseMaxRows * tiles);
+    return large.data() + r * tiles;
   }
 };
 
@@ -59,28 +68,26 @@ DCHML_AVX512F inline __m512 exp16(__m512 x) {
 }
 
 template <int NR>
-DCHML_AVX512F void masked_lse_block(const float* s, int64_t stride, KeepMasks* m, float scale, const float* extra,
-                                    float* out) {
+DCHML_AVX512F void masked_lse_block(const float* s, int64_t stride, __mmask16* const* keep, int64_t tiles,
+                                    float scale, const float* extra, float* out) {
   const __m512 vs = _mm512_set1_ps(scale);
-  const int64_t tiles = m[0].tiles();
   __m512 vmax[NR], sum[NR], shift[NR];
   float top[NR];
   for (int r = 0; r < NR; ++r) vmax[r] = _mm512_set1_ps(-INFINITY);
   for (int64_t t = 0; t < tiles; ++t)
     for (int r = 0; r < NR; ++r)
-      vmax[r] = _mm512_mask_max_ps(vmax[r], m[r].next(t), vmax[r],
+      vmax[r] = _mm512_mask_max_ps(vmax[r], keep[r][t], vmax[r],
                                    _mm512_mul_ps(_mm512_loadu_ps(s + r * stride + 16 * t), vs));
   for (int r = 0; r < NR; ++r) {
     top[r] = _mm512_reduce_max_ps(vmax[r]);
     top[r] = extra[r] > top[r] ? extra[r] : top[r];
     shift[r] = _mm512_set1_ps(top[r] == -INFINITY ? 0.0f : top[r]);  // an empty row: no NaN lanes
     sum[r] = _mm512_setzero_ps();
-    m[r].restart();
   }
   for (int64_t t = 0; t < tiles; ++t)
     for (int r = 0; r < NR; ++r) {
       const __m512 e = exp16(_mm512_fmsub_ps(_mm512_loadu_ps(s + r * stride + 16 * t), vs, shift[r]));
-      sum[r] = _mm512_mask_add_ps(sum[r], m[r].next(t), sum[r], e);
+      sum[r] = _mm512_mask_add_ps(sum[r], keep[r][t], sum[r], e);
     }
   for (int r = 0; r < NR; ++r) {
     if (top[r] == -INFINITY) {
@@ -92,11 +99,12 @@ DCHML_AVX512F void masked_lse_block(const float* s, int64_t stride, KeepMasks* m
   }
 }
 
-DCHML_AVX512F void masked_softmax_avx512(float* w, KeepMasks m, float scale, float lse, float coef) {
+DCHML_AVX512F void masked_softmax_avx512(float* w, const __mmask16* keep, int64_t tiles, float scale, float lse,
+                                         float coef) {
   const __m512 vs = _mm512_set1_ps(scale), shift = _mm512_set1_ps(lse), vc = _mm512_set1_ps(coef);
-  for (int64_t t = 0; t < m.tiles(); ++t) {
+  for (int64_t t = 0; t < tiles; ++t) {
     const __m512 e = exp16(_mm512_fmsub_ps(_mm512_loadu_ps(w + 16 * t), vs, shift));
-    _mm512_storeu_ps(w + 16 * t, _mm512_maskz_mul_ps(m.next(t), e, vc));
+    _mm512_storeu_ps(w + 16 * t, _mm512_maskz_mul_ps(keep[t], e, vc));
   }
 }
 
@@ -104,19 +112,28 @@ DCHML_AVX512F void masked_softmax_avx512(float* w, KeepMasks m, float scale, flo
 
 void masked_lse_rows(const float* s, int64_t stride, int nr, int64_t c, const int64_t* const* excluded,
                      const int64_t* n_excluded, float scale, const float* extra, float* out) {
-  KeepMasks m[kMaskedLseMaxRows];
-  for (int r = 0; r < nr; ++r) m[r] = KeepMasks{c, excluded[r], n_excluded[r]};
+  const int64_t tiles = (c + 15) / 16;
+  KeepStore store;
+  __mmask16* keep[kMaskedLseMaxRows];
+  for (int r = 0; r < nr; ++r) {
+    keep[r] = store.row(r, tiles);
+    fill_keep(c, excluded[r], n_excluded[r], keep[r]);
+  }
   switch (nr) {
-    case 4: masked_lse_block<4>(s, stride, m, scale, extra, out); break;
-    case 3: masked_lse_block<3>(s, stride, m, scale, extra, out); break;
-    case 2: masked_lse_block<2>(s, stride, m, scale, extra, out); break;
-    default: masked_lse_block<1>(s, stride, m, scale, extra, out); break;
+    case 4: masked_lse_block<4>(s, stride, keep, tiles, scale, extra, out); break;
+    case 3: masked_lse_block<3>(s, stride, keep, tiles, scale, extra, out); break;
+    case 2: masked_lse_block<2>(s, stride, keep, tiles, scale, extra, out); break;
+    default: masked_lse_block<1>(s, stride, keep, tiles, scale, extra, out); break;
   }
 }
 
 void masked_softmax(float* w, int64_t c, const int64_t* excluded, int64_t n_excluded, float scale, float lse,
                     float coef) {
-  masked_softmax_avx512(w, KeepMasks{c, excluded, n_excluded}, scale, lse, coef);
+  const int64_t tiles = (c + 15) / 16;
+  KeepStore store;
+  __mmask16* keep = store.row(0, tiles);
+  fill_keep(c, excluded, n_excluded, keep);
+  masked_softmax_avx512(w, keep, tiles, scale, lse, coef);
 }
 
 #else
