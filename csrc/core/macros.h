@@ -7,3 +7,11 @@
 #else
 #define DCHML_HD inline
 #endif
+
+// x86 host code built by GCC or Clang: the AVX-512 routines of the CPU loss (sign_panel.cpp,
+// masked_softmax.cpp) are compiled with this target attribute while the rest of the build stays
+// baseline x86-64; they are only called after a run-time CPU check (SignPanel::supported()).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#define DCHML_X86_TARGETS 1
+#define DCHML_AVX512F __attribute__((target("avx512f")))
+#endif

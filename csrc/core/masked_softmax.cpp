@@ -12,15 +12,15 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include "core/macros.h"
+
+#ifdef DCHML_X86_TARGETS
 #include <immintrin.h>
-#define DCHML_AVX512F __attribute__((target("avx512f")))
-#define DCHML_MASKED_SOFTMAX_X86 1
 #endif
 
 namespace dchml {
 
-#ifdef DCHML_MASKED_SOFTMAX_X86
+#ifdef DCHML_X86_TARGETS
 namespace {
 
 // keep[t]: the lanes of tile t (scores 16 t .. 16 t + 15) that are negatives: q < c and not

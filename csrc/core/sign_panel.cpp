@@ -7,10 +7,10 @@
 #include <cstring>
 #include <type_traits>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include "core/macros.h"
+
+#ifdef DCHML_X86_TARGETS
 #include <immintrin.h>
-#define DCHML_SIGN_PANEL_X86 1
-#define DCHML_AVX512F __attribute__((target("avx512f")))
 #endif
 
 namespace dchml {
@@ -29,7 +29,7 @@ bool is_plus(P v) {
   return v > P(0);
 }
 
-#ifdef DCHML_SIGN_PANEL_X86
+#ifdef DCHML_X86_TARGETS
 
 // sign[i] lane m = +1 if bit i of m is set, else -1
 struct Signs {
@@ -185,7 +185,7 @@ void SignPanel::scores(const float* b, float* s) const { scores_range(b, s, 0, c
 void SignPanel::combine(const float* w, float* out) const { combine_range(w, out, 0, c_, false); }
 
 void SignPanel::scores_range(const float* b, float* s, int64_t q_begin, int64_t q_end) const {
-#ifdef DCHML_SIGN_PANEL_X86
+#ifdef DCHML_X86_TARGETS
   table_product(b, k_, code_nibbles_, score_index_.data() + (q_begin / 16) * code_nibbles_ * 16, code_nibbles_,
                 q_end - q_begin, false, s);
 #else
@@ -194,7 +194,7 @@ void SignPanel::scores_range(const float* b, float* s, int64_t q_begin, int64_t 
 }
 
 void SignPanel::combine_range(const float* w, float* out, int64_t q_begin, int64_t q_end, bool accumulate) const {
-#ifdef DCHML_SIGN_PANEL_X86
+#ifdef DCHML_X86_TARGETS
   // q_begin is a multiple of 16, so the range starts on a group of 4 tables; rounding its table
   // count up to 4 stays inside the padded index, and the extra tables are built from zeros
   const int64_t n = q_end - q_begin;

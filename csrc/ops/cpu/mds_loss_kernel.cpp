@@ -1,17 +1,19 @@
 // CPU kernels of the loss operators (schemas in ops/mds_loss.cpp).
 //
 // Two paths, both fused (no (n x c) tensor) and both built on the row math of core/:
-// - small c (c <= kSmallMaxClasses = 512), blocks of 4 rows: scores of the block, the rows'
-//   log-sum-exp, and a backward that folds every proxy's coefficient into one weight so a row's
-//   gradient is one weights x proxies product. The products: float on an AVX-512 CPU through the
-//   ±1 lookup tables of core/sign_panel.h (softmax steps in core/masked_softmax.h); otherwise
-//   proxies unpacked once per call and 4 rows x 16 proxies accumulated in SIMD registers (GCC
-//   vector types, width picked at run time with target_clones). Dense one-byte labels are read
-//   row by row (no CSR). Calls above ~32K multiply-adds split their rows over the threads.
-// - tiled (large c): scores of a (<= 4096 rows) x (<= 2048 proxies) tile through at::mm (MKL /
-//   oneDNN sgemm, near peak), then one vectorised pass per row of the tile that masks the
-//   positives and merges the tile's log-sum-exp into the row's; backward recomputes the tile,
-//   turns it into softmax weights in place (positives zeroed) and accumulates weights @ proxies.
+// - row blocks (c <= 512; beyond that for float on AVX-512 while c * k <= 2^23): scores of a
+//   block of 4 rows (1 for wide rows), the rows' log-sum-exp, and a backward that folds every
+//   proxy's coefficient into one weight so a row's gradient is one weights x proxies product. The
+//   products: float on an AVX-512 CPU through the ±1 lookup tables of core/sign_panel.h (softmax
+//   steps in core/masked_softmax.h); otherwise proxies unpacked once per call and 4 rows x 16
+//   proxies accumulated in SIMD registers (GCC vector types, width picked at run time with
+//   target_clones). Dense one-byte labels are read row by row (no CSR). Calls above ~32K
+//   multiply-adds split their rows over the threads.
+// - tiled (the rest): scores of a (<= 4096 rows) x (<= 2048 proxies) tile through the lookup
+//   tables (float on AVX-512) or at::mm (MKL / oneDNN sgemm), then one vectorised pass per row of
+//   the tile that masks the positives and merges the tile's log-sum-exp into the row's; backward
+//   recomputes the tile, turns it into softmax weights in place (positives zeroed) and
+//   accumulates weights @ proxies.
 //   Extra memory: one tile (32 MiB in float) plus a few (n, k) row buffers.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -37,9 +39,8 @@ namespace {
 #define DCHML_SIMD_CLONES
 #endif
 
-// Up to kSmallMaxClasses (512, below) the register-tiled small-c path runs; above it every call
-// takes the GEMM tiles for the negatives, and the row engine finishes each row.
-// Tile of at most 4096 x 2048 scores (32 MiB in float): large enough that the few parallel
+// Calls the row-block path does not take (use_rows, below) go through tiles for the negatives,
+// and the row engine finishes each row. Tile of at most 4096 x 2048 scores (32 MiB in float): large enough that the few parallel
 // regions per tile (one GEMM, one row pass) cost little even on a busy machine, where each
 // OpenMP fork/join can wait for a descheduled thread.
 constexpr int64_t kRowBlock = 4096;
@@ -229,12 +230,17 @@ int64_t first_non_sign(const P* g, int64_t total) {
   return -1;
 }
 
+// ValueError naming the entry when bad (a flat index from first_non_sign / SignPanel::build) >= 0.
+template <typename P>
+void raise_if_not_sign(const P* g, int64_t bad, int64_t k) {
+  TORCH_CHECK_VALUE(bad < 0, "proxies must be +1/-1, got ", bad < 0 ? 0.0 : static_cast<double>(g[bad]), " at row ",
+                    bad / std::max<int64_t>(k, 1), ", column ", bad % std::max<int64_t>(k, 1));
+}
+
 template <typename P>
 void check_plus_minus_one(const at::Tensor& proxies) {
   const P* g = proxies.const_data_ptr<P>();
-  const int64_t bad = first_non_sign(g, proxies.numel());
-  TORCH_CHECK_VALUE(bad < 0, "proxies must be +1/-1, got ", bad < 0 ? 0.0 : static_cast<double>(g[bad]), " at row ",
-                    bad / proxies.size(1), ", column ", bad % proxies.size(1));
+  raise_if_not_sign(g, first_non_sign(g, proxies.numel()), proxies.size(1));
 }
 
 // ---- per-row finish of the tiled path (the negatives' log-sum-exp comes from the tiles) ----
@@ -408,9 +414,7 @@ template <typename P>
 const SignPanel& built_panel(const at::Tensor& proxies) {
   SignPanel& panel = calling_thread_panel();
   const P* g = proxies.const_data_ptr<P>();
-  const int64_t k = proxies.size(1), bad = panel.build(g, proxies.size(0), k);
-  TORCH_CHECK_VALUE(bad < 0, "proxies must be +1/-1, got ", bad < 0 ? 0.0 : static_cast<double>(g[bad]), " at row ",
-                    bad / std::max<int64_t>(k, 1), ", column ", bad % std::max<int64_t>(k, 1));
+  raise_if_not_sign(g, panel.build(g, proxies.size(0), proxies.size(1)), proxies.size(1));
   return panel;
 }
 
@@ -429,8 +433,9 @@ TileProducts tile_products(const at::Tensor& proxies, const at::Tensor& codes) {
   return {proxies.to(codes.scalar_type()).contiguous(), nullptr};
 }
 
-// ---- small-c path (c <= kSmallMaxClasses): proxies unpacked once per call, register-tiled ----
-// The paper's scale (n = 128, c <= 255, k = 64) is a few million multiply-adds: the row-by-row
+// ---- row-block path (c <= kSmallMaxClasses, or the lookup tables; see use_rows) ----
+// float on an AVX-512 CPU: both products through the SignPanel (see core/sign_panel.h). Otherwise:
+// the paper's scale (n = 128, c <= 255, k = 64) is a few million multiply-adds: the row-by-row
 // dot products of the direct engine spent their time in horizontal sums. Here the proxies are
 // unpacked once per call into the codes' dtype, twice: transposed (k x cp, cp = c rounded up to
 // a 16-proxy tile, zero padded) for the scores, and row-major (c x k) for the gradient. Scores of
@@ -459,18 +464,12 @@ Panel<T> make_panel(const at::Tensor& proxies_tensor, bool need_rows) {
   const P* proxies = proxies_tensor.const_data_ptr<P>();
   const int64_t c = proxies_tensor.size(0), k = proxies_tensor.size(1);
   Panel<T> p{{}, {}, c, k, (c + kTile - 1) / kTile * kTile};
-  int64_t bad = -1;
   bool use_sign = false;
   if constexpr (std::is_same_v<T, float>) use_sign = SignPanel::supported();
-  if (use_sign) {
-    SignPanel& panel = calling_thread_panel();
-    bad = panel.build(proxies, c, k);
-    p.sign = &panel;
-  } else {
-    bad = first_non_sign(proxies, c * k);
-  }
-  TORCH_CHECK_VALUE(bad < 0, "proxies must be +1/-1, got ", bad < 0 ? 0.0 : static_cast<double>(proxies[bad]),
-                    " at row ", bad / std::max<int64_t>(k, 1), ", column ", bad % std::max<int64_t>(k, 1));
+  if (use_sign)
+    p.sign = &built_panel<P>(proxies_tensor);
+  else
+    check_plus_minus_one<P>(proxies_tensor);
   if (!use_sign || need_rows) {
     p.g.resize(c * k);
     for (int64_t j = 0; j < c * k; ++j) p.g[j] = static_cast<T>(proxies[j]);
@@ -863,8 +862,8 @@ std::tuple<at::Tensor, at::Tensor> mds_loss_cpu(const at::Tensor& codes_in, cons
       });
       return;
     }
-    check_plus_minus_one<P>(proxies);
     const TileProducts tp = tile_products<T, P>(proxies, codes);
+    if (!tp.sign) check_plus_minus_one<P>(proxies);  // (the tables check while they build)
     const at::Tensor neg_lse = tiled_negatives_lse<T>(den * eta, tp.proxies, tp.sign, b.offsets, b.indices);
     const T* nl = neg_lse.const_data_ptr<T>();
     T* lo = loss.data_ptr<T>();
@@ -946,8 +945,8 @@ std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_cpu(const at::Tensor& co
       });
       return;
     }
-    check_plus_minus_one<P>(proxies);
     const TileProducts tp = tile_products<T, P>(proxies, codes);
+    if (!tp.sign) check_plus_minus_one<P>(proxies);  // (the tables check while they build)
     const at::Tensor neg_lse = tiled_negatives_lse<T>(codes * gamma, tp.proxies, tp.sign, b.offsets, b.indices);
     const T* nl = neg_lse.const_data_ptr<T>();
     T* lo = loss.data_ptr<T>();
