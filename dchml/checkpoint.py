@@ -6,7 +6,11 @@ so `torch.load(path, weights_only=True)` reads it. Keys:
   a dict), model_spec (CrossModalHashModel kwargs), model (state dict, proxies included),
   optim_image / optim_text (optimizer state dicts), codes_c, stored_image, stored_text (n_train, k),
   rng ({"generator": uint8 tensor, "torch": uint8 tensor[, "cuda": ...]}), history (list of dicts),
-  phnet (proxy training diagnostics), data ({"name", "n", "train_idx"}).
+  phnet (proxy training diagnostics), data ({"name", "n", "train_idx"}), split ({"fit_idx",
+  "val_idx"}: the training items trained on and the held-out validation slice), selection
+  ({"epoch", "score", "stale", "stopped_early"}); `model` holds the weights to use (the selected
+  epoch's) and `model_last`, present when they differ, the latest weights a resume continues from.
+Version 1 files (before input normalisation and selection) still load for evaluation and encoding.
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ import torch
 from .models import CrossModalHashModel
 
 FORMAT = "dchml-checkpoint"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class CheckpointError(ValueError):
@@ -55,17 +60,22 @@ def load_checkpoint(path: str) -> dict:
         raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({first_line})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dchml checkpoint (no 'format': '{FORMAT}' entry)")
-    if state.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {path} has version {state.get('version')}, this dchml reads {VERSION}")
+    if state.get("version") not in READABLE_VERSIONS:
+        raise CheckpointError(f"checkpoint {path} has version {state.get('version')}, this dchml reads "
+                              f"{', '.join(map(str, READABLE_VERSIONS))}")
     return state
 
 
-def model_from_checkpoint(state_or_path) -> CrossModalHashModel:
-    """Rebuild the trained model (eval mode, on the CPU) from a checkpoint dict or path."""
+def model_from_checkpoint(state_or_path, *, weights: str = "selected") -> CrossModalHashModel:
+    """Rebuild the trained model (eval mode, on the CPU) from a checkpoint dict or path.
+    weights="selected": the kept epoch's weights; "last": the latest epoch's (to resume)."""
     state = load_checkpoint(state_or_path) if isinstance(state_or_path, (str, os.PathLike)) else state_or_path
     try:
         model = CrossModalHashModel(**state["model_spec"])
-        model.load_state_dict(state["model"], strict=True)
+        values = state["model_last"] if weights == "last" and "model_last" in state else state["model"]
+        if state.get("version", VERSION) == 1:  # written before the input normalisers existed: identity
+            values = {**{k: v for k, v in model.state_dict().items() if ".normalizer." in k}, **values}
+        model.load_state_dict(values, strict=True)
     except (KeyError, TypeError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint does not hold a valid model ({type(exc).__name__}: {exc})") from None
     return model.eval()

@@ -26,13 +26,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-# --- defaults of the demo [choice, measured: see docs/method.md] ------------------------------------
-# Plain SGD at the paper's lr (1e-3) needs ~100+ epochs; the demo must finish in 5 minutes on 2
-# cores, so it uses momentum 0.9 and lr 0.01, which reach a converged MAP in DEMO_EPOCHS epochs.
-DEMO_EPOCHS = 50
-DEMO_LR = 0.01
-DEMO_MOMENTUM = 0.9
-DEMO_EVAL_EVERY = 10
 # One CPU thread by default for the demo: on a shared 2-core machine, OpenMP's spin-waiting makes
 # two threads 5-20x slower per epoch as soon as another process is busy (measured 5-25 s/epoch vs
 # 1.2-1.8 s/epoch on one thread); unloaded, two threads are only ~30% faster (0.8 vs ~1.1 s).
@@ -69,6 +62,23 @@ def _nonneg_float(text):
     return value
 
 
+def _bits_list(text):
+    """One code length or a comma-separated list of them, e.g. 16,32,64."""
+    values = [_positive_int(part.strip()) for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected code lengths like 64 or 16,32,64, got {text!r}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"code lengths repeat in {text!r}")
+    return values
+
+
+def _fraction(text):
+    value = _nonneg_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
 def _add_data_args(p, required=False):
     p.add_argument("--data", default=None if required else "synthetic", required=required,
                    help="'synthetic' (built-in set) or a path: .mat (v5 / v7.3), .npz, or a text-list folder")
@@ -78,23 +88,45 @@ def _add_data_args(p, required=False):
 
 
 def _add_train_args(p, *, demo=False):
-    from .train import TrainConfig
+    from .normalize import KINDS
+    from .train import OPTIMIZERS, PAPER_RECIPE, RECIPES, SCHEDULES, SELECTIONS, TrainConfig
 
     d = TrainConfig()
-    p.add_argument("--bits", type=_positive_int, default=None, help=f"code length (default {d.bits})")
+    paper = lambda name: f"; --recipe paper: {PAPER_RECIPE[name]}" if name in PAPER_RECIPE else ""  # noqa: E731
+    p.add_argument("--recipe", choices=list(RECIPES), default="default",
+                   help="training recipe: dchml's default (chosen on a panel of data sets, docs/method.md) or the "
+                        "paper's literal settings (plain SGD, lr 1e-3, 120 epochs, features as given, last epoch)")
+    p.add_argument("--bits", type=_positive_int if demo else _bits_list, default=None,
+                   help=f"code length (default {d.bits})" + ("" if demo else "; several, e.g. 16,32,64, train one "
+                                                            "model each into DIR/bitsN and write one report"))
     p.add_argument("--epochs", type=_positive_int, default=None,
-                   help=f"outer iterations of Algorithm 1 (default {DEMO_EPOCHS if demo else d.epochs})")
+                   help=f"at most this many outer iterations of Algorithm 1 (default {d.epochs}{paper('epochs')})")
     p.add_argument("--seed", type=_nonneg_int, default=None, help="seed of the data split, init and shuffles (default 0)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help=f"default {d.batch_size}")
-    p.add_argument("--lr", type=_nonneg_float, default=None, help=f"SGD learning rate (default {DEMO_LR if demo else d.lr})")
-    p.add_argument("--momentum", type=_nonneg_float, default=None,
-                   help=f"SGD momentum (default {DEMO_MOMENTUM if demo else d.momentum})")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help=f"default {d.optimizer}{paper('optimizer')}")
+    p.add_argument("--lr", type=_nonneg_float, default=None, help=f"peak learning rate (default {d.lr}{paper('lr')})")
+    p.add_argument("--momentum", type=_nonneg_float, default=None, help=f"SGD momentum (default {d.momentum}"
+                                                                          f"{paper('momentum')})")
     p.add_argument("--weight-decay", type=_nonneg_float, default=None, help=f"default {d.weight_decay}")
+    p.add_argument("--warmup-epochs", type=_nonneg_int, default=None, help=f"linear warm-up (default {d.warmup_epochs})")
+    p.add_argument("--schedule", choices=SCHEDULES, default=None,
+                   help=f"learning-rate schedule after the warm-up (default {d.schedule}{paper('schedule')})")
+    p.add_argument("--image-norm", choices=KINDS, default=None,
+                   help=f"input normalisation of image features (default {d.image_norm}{paper('image_norm')})")
+    p.add_argument("--text-norm", choices=KINDS, default=None,
+                   help=f"input normalisation of text (default {d.text_norm}{paper('text_norm')})")
+    p.add_argument("--val-fraction", type=_fraction, default=None,
+                   help=f"validation slice of the training items that picks the kept epoch (default {d.val_fraction}, "
+                        f"at most {d.val_max} items; 0: keep the last epoch)")
+    p.add_argument("--patience", type=_nonneg_int, default=None,
+                   help=f"stop after this many validations without improvement (default {d.patience}; 0: never)")
+    p.add_argument("--select", choices=SELECTIONS, default=None, help=f"kept epoch (default {d.select})")
     for flag, attr in (("--eta", "eta"), ("--mu", "mu"), ("--lambda", "lam"), ("--gamma", "gamma"),
                        ("--alpha", "alpha"), ("--beta", "beta")):
         p.add_argument(flag, dest=attr, type=_nonneg_float, default=None, help=f"default {getattr(d, attr)}")
     p.add_argument("--proxy-steps", type=_positive_int, default=None, help=f"PHNet step limit (default {d.proxy_steps})")
-    p.add_argument("--eval-every", type=_positive_int, default=None, help=f"MAP every N epochs (default {d.eval_every})")
+    p.add_argument("--eval-every", type=_positive_int, default=None,
+                   help=f"validation MAP every N epochs (default {d.eval_every})")
     p.add_argument("--topk", type=_positive_int, default=None, help=f"MAP@K cut-off (default {d.topk})")
     p.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -107,8 +139,9 @@ def _add_threads_arg(p, default=None):
                    help="CPU threads for torch (default: " + (str(default) if default else "torch's default, all cores") + ")")
 
 
-_CONFIG_FLAGS = ("bits", "epochs", "seed", "batch_size", "lr", "momentum", "weight_decay", "eta", "mu", "lam",
-                 "gamma", "alpha", "beta", "proxy_steps", "eval_every", "topk", "device")
+_CONFIG_FLAGS = ("bits", "epochs", "seed", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+                 "warmup_epochs", "schedule", "image_norm", "text_norm", "val_fraction", "patience", "select",
+                 "eta", "mu", "lam", "gamma", "alpha", "beta", "proxy_steps", "eval_every", "topk", "device")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,7 +214,7 @@ def _load_data(args, seed):
     return load_dataset(args.data, args.format, seed=seed, drop_unlabeled=args.drop_unlabeled)
 
 
-def _config_from_args(args, base: dict):
+def _config_from_args(args, base: dict, **fixed):
     from .train import TrainConfig
 
     values = dict(base)
@@ -189,6 +222,7 @@ def _config_from_args(args, base: dict):
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
+    values.update(fixed)
     if getattr(args, "image_weights", None):
         if not os.path.isfile(args.image_weights):
             raise UsageError(f"--image-weights {args.image_weights}: no such file")
@@ -200,33 +234,71 @@ def _command_line(argv) -> str:
     return "dchml " + " ".join(shlex.quote(a) for a in argv)
 
 
-def cmd_train(args, argv):
+def _resumed_base(args, out_dir: str) -> dict:
+    """The interrupted run's config: flags not given on the command line keep its values."""
     from .checkpoint import load_checkpoint
-    from .experiment import CHECKPOINT, prepare_out_dir, run_experiment
-    from .report import write_report
+    from .experiment import CHECKPOINT
 
-    base = {}
+    return load_checkpoint(os.path.join(out_dir, CHECKPOINT))["config"]
+
+
+def _check_resume_unchanged(cfg, base: dict) -> None:
+    changed = sorted(k for k, v in cfg.to_dict().items()
+                     if k not in ("epochs", "eval_every", "device") and base.get(k) != v)
+    if changed:
+        raise UsageError(f"--resume continues the run as it was configured; cannot change {', '.join(changed)} "
+                         "(only --epochs, --eval-every and --device may differ)")
+
+
+def cmd_train(args, argv):
+    from .experiment import CHECKPOINT, prepare_out_dir, run_experiment, write_json
+    from .report import write_report
+    from .train import RECIPES
+
+    bits_list = args.bits or [None]
+    several = len(bits_list) > 1
     if args.resume:
-        prepare_out_dir(args.out, resume=True)
-        # Flags not given on the command line keep the interrupted run's values.
-        base = load_checkpoint(os.path.join(args.out, CHECKPOINT))["config"]
-    cfg = _config_from_args(args, base)
-    if args.resume:
-        changed = sorted(k for k, v in cfg.to_dict().items()
-                         if k not in ("epochs", "eval_every", "device") and base.get(k) != v)
-        if changed:
-            raise UsageError(f"--resume continues the run as it was configured; cannot change {', '.join(changed)} "
-                             "(only --epochs, --eval-every and --device may differ)")
-    data = _load_data(args, cfg.seed)
-    metrics, _ = run_experiment(data, cfg, args.out, resume=args.resume, force=args.force,
-                                progress=None if not args.quiet else False, log=_log(args),
-                                command=_command_line(argv), nproc=args.nproc)
-    if metrics is None:  # a rank > 0 of a torchrun job: rank 0 writes the outputs
-        return
-    write_report(args.out, {cfg.method: metrics}, title=f"dchml: {cfg.method.upper()} at {cfg.bits} bits on {data.name}")
-    print(f"{cfg.method} {cfg.bits} bits: MAP@{cfg.topk} I->T {metrics['i2t_map']:.4f}  T->I {metrics['t2i_map']:.4f}"
-          f"  ({metrics['epochs']} epochs, {metrics['seconds_per_epoch']:.2f} s/epoch); report: "
-          f"{os.path.join(args.out, 'report.md')}")
+        prepare_out_dir(args.out, resume=True, several=several)
+    elif several:
+        prepare_out_dir(args.out, force=args.force)
+    plans = []
+    for bits in bits_list:
+        out_dir = os.path.join(args.out, f"bits{bits}") if several else args.out
+        resume = args.resume and os.path.isfile(os.path.join(out_dir, CHECKPOINT))
+        fixed = {} if bits is None else {"bits": bits}
+        if resume:
+            base = _resumed_base(args, out_dir)
+            cfg = _config_from_args(args, base, **fixed)
+            _check_resume_unchanged(cfg, base)
+        else:
+            cfg = _config_from_args(args, RECIPES[args.recipe], **fixed)
+        plans.append((cfg, out_dir, resume))
+    data = _load_data(args, plans[0][0].seed)
+    runs = {}
+    for cfg, out_dir, resume in plans:
+        if several and _log(args):
+            _log(args)(f"[{cfg.bits} bits] training {cfg.method} into {out_dir}")
+        metrics, _ = run_experiment(data, cfg, out_dir, resume=resume, force=args.force,
+                                    progress=None if not args.quiet else False, log=_log(args),
+                                    command=_command_line(argv), nproc=args.nproc)
+        if metrics is None:  # a rank > 0 of a torchrun job: rank 0 writes the outputs
+            return
+        runs[f"{cfg.method} {cfg.bits}"] = metrics
+        if not several:
+            write_report(out_dir, {cfg.method: metrics},
+                         title=f"dchml: {cfg.method.upper()} at {cfg.bits} bits on {data.name}")
+    if several:
+        write_json({"bits": [m["bits"] for m in runs.values()], "runs": runs}, os.path.join(args.out, "metrics.json"))
+        method = plans[0][0].method.upper()
+        write_report(args.out, runs, title=f"dchml: {method} at " + ", ".join(str(m["bits"]) for m in runs.values())
+                     + f" bits on {data.name}")
+    for metrics in runs.values():
+        linear = metrics["baselines"].get("linear", {})
+        versus = (f"; linear hasher {linear['i2t_map']:.4f} / {linear['t2i_map']:.4f}" if "i2t_map" in linear else "")
+        print(f"{metrics['method']} {metrics['bits']} bits: MAP@{metrics['topk']} I->T {metrics['i2t_map']:.4f}  "
+              f"T->I {metrics['t2i_map']:.4f}{versus} (kept epoch {metrics['selection']['kept_epoch']} of "
+              f"{metrics['epochs']}, {metrics['seconds_per_epoch']:.2f} s/epoch)")
+    print(f"report: {os.path.join(args.out, 'report.md')}")
 
 
 def _check_output_file(path, force, what="--out"):
@@ -242,9 +314,9 @@ def _load_model(args):
 
     import torch
 
-    from .train import _resolve_device
+    from .train import resolve_device
 
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     return model_from_checkpoint(args.checkpoint).to(device), device, torch
 
 
@@ -386,23 +458,22 @@ def cmd_demo(args, argv):
     from .data import make_synthetic
     from .experiment import prepare_out_dir, run_experiment
     from .report import write_report
+    from .train import RECIPES
 
     prepare_out_dir(args.out, force=args.force)
-    base = {"bits": 64, "epochs": DEMO_EPOCHS, "lr": DEMO_LR, "momentum": DEMO_MOMENTUM, "eval_every": DEMO_EVAL_EVERY}
-    cfg = _config_from_args(args, base)
+    cfg = _config_from_args(args, RECIPES[args.recipe])  # exactly `dchml train`'s defaults
     data = make_synthetic(seed=cfg.seed)
     log = _log(args)
     runs = {}
     for method in ("dchml", "dchml_p"):
         method_cfg = _config_from_args(args, {**cfg.to_dict(), "method": method})
         if log:
-            log(f"[demo] training {method} at {cfg.bits} bits for {cfg.epochs} epochs")
+            log(f"[demo] training {method} at {cfg.bits} bits for at most {cfg.epochs} epochs")
         runs[method], _ = run_experiment(data, method_cfg, os.path.join(args.out, method), force=args.force,
                                          progress=None if not args.quiet else False, log=log,
                                          command=_command_line(argv))
-    notes = [f"Demo setting: SGD with momentum {cfg.momentum} and lr {cfg.lr} for {cfg.epochs} epochs (the paper's "
-             "plain SGD at lr 1e-3 needs far more epochs than a 5-minute demo allows: measured MAP@5000 0.57 / 0.53 "
-             "after 60 epochs; `dchml train` keeps the paper's defaults).",
+    notes = [f"Recipe: {args.recipe} ({cfg.optimizer}, lr {cfg.lr}, {cfg.schedule} schedule, at most {cfg.epochs} "
+             "epochs, the epoch kept by validation MAP), the same defaults as `dchml train`.",
              f"torch threads: {__import__('torch').get_num_threads()} (the demo defaults to one: on a shared 2-core "
              "machine two threads are 5-20x slower as soon as another process is busy).",
              "Per-run outputs (checkpoint.pt, metrics.json) are in the dchml/ and dchml_p/ subdirectories."]

@@ -30,11 +30,9 @@ from __future__ import annotations
 import atexit
 import datetime
 import gc
-import math
 import os
 import sys
 import tempfile
-import time
 
 import torch
 import torch.distributed as dist
@@ -42,11 +40,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import train as _single
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .distributed import _Group as _EvalGroup
+from .distributed import _Group as EvalGroup
 from .distributed import mean_average_precision as _sharded_map
 from .encoding import hash_codes
-from .objective import full_objective, step_loss
-from .train import TrainConfig, TrainResult
+from .objective import step_loss
+from .train import TrainConfig, TrainResult, check_finite, set_learning_rate
 
 __all__ = ["train", "launched_by_torchrun", "is_main_process"]
 
@@ -89,7 +87,7 @@ def train(data, config: TrainConfig | None = None, *, nproc: int | None = None,
         return _train_in_group(data, cfg, checkpoint_path, resume, progress, log, on_epoch_end)
     if launched_by_torchrun():
         _check_nproc(nproc, int(os.environ["WORLD_SIZE"]))
-        device = _single._resolve_device(cfg.device)
+        device = _single.resolve_device(cfg.device)
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         # The group stays up for the rest of the process (later calls reuse it): destroying and
@@ -119,7 +117,7 @@ def _check_nproc(nproc, world: int) -> None:
 
 
 def _spawn(data, cfg, nproc, checkpoint_path, resume, progress, log) -> TrainResult:
-    device = _single._resolve_device(cfg.device)  # a clear error here, before any process starts
+    device = _single.resolve_device(cfg.device)  # a clear error here, before any process starts
     if device.type == "cuda" and torch.cuda.device_count() < nproc:
         raise ValueError(f"nproc={nproc} CUDA processes need {nproc} GPUs, found {torch.cuda.device_count()}")
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=_TIMEOUT)
@@ -140,13 +138,13 @@ def _spawn(data, cfg, nproc, checkpoint_path, resume, progress, log) -> TrainRes
     model = model_from_checkpoint(state).to(device)
     state = {k: v for k, v in state.items() if k not in ("format", "version")}
     return TrainResult(model=model, history=list(state["history"]), proxy_diagnostics=dict(state["phnet"]),
-                       state=state)
+                       state=state, selection=dict(state["selection"]["summary"]))
 
 
 def _worker(rank, world, port, data, cfg, path, resume, progress, logging, threads):
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(threads)
-    device = _single._resolve_device(cfg.device)
+    device = _single.resolve_device(cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(rank)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # all ranks are on this machine
@@ -165,7 +163,7 @@ def _worker(rank, world, port, data, cfg, path, resume, progress, logging, threa
 
 def _train_in_group(data, cfg, checkpoint_path, resume, progress, log, on_epoch_end) -> TrainResult:
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = _single._resolve_device(cfg.device)
+    device = _single.resolve_device(cfg.device)
     if device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     main = rank == 0
@@ -179,72 +177,65 @@ def _train_in_group(data, cfg, checkpoint_path, resume, progress, log, on_epoch_
 
 
 def _run(data, cfg, device, rank, world, checkpoint_path, resume, progress, log, on_epoch_end):
-    train_idx = data.train_idx.to(torch.int64)
-    labels = data.labels[train_idx].to(device, torch.float32)
-    n_train = train_idx.numel()
     # Every rank reads the same checkpoint, or runs the same seeded start.
-    run = _single.start_run(data, cfg, device, train_idx, checkpoint_path, resume, log)
-    cfg, model, opt_image, opt_text = run.cfg, run.model, run.opt_image, run.opt_text
-    codes_c, stored_image, stored_text, generator = run.codes_c, run.stored_image, run.stored_text, run.generator
-    history, diag, start_epoch = run.history, run.diag, run.start_epoch
-    if resume:
-        log(f"resuming {cfg.method} on {world} processes from {checkpoint_path} after epoch {start_epoch}")
-    else:
-        # One source of truth for the frozen proxies and PHNet (identical already on the CPU).
-        for tensor in list(model.phnet.parameters()) + [model.proxies]:
-            dist.broadcast(tensor.data, src=0)
-        log(f"training {cfg.method} on {world} processes ({dist.get_backend()}), "
-            f"{n_train} training pairs split across them")
-    group = _EvalGroup(None, device)  # rank agreement helpers of dchml.distributed
-    ddp_kw = dict(device_ids=[device.index]) if device.type == "cuda" else {}
-    image_net = DistributedDataParallel(model.image_net, **ddp_kw)
-    text_net = DistributedDataParallel(model.text_net, **ddp_kw)
-    weights = cfg.loss_weights()
-    proxies = model.proxies
-    steps_per_pass = math.ceil(n_train / cfg.batch_size)
-    state = {}
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        began = time.perf_counter()
-        bar = _single._progress(2 * steps_per_pass, f"{cfg.method} epoch {epoch}/{cfg.epochs} x{world}", progress)
-        try:
-            order = torch.randperm(n_train, generator=generator)
-            image_stats = _sharded_pass(image_net, opt_image, data.image, train_idx, order, stored_image,
-                                        stored_text, codes_c, labels, proxies, weights, cfg.batch_size,
-                                        device, bar, rank, world)
-            order = torch.randperm(n_train, generator=generator)
-            text_stats = _sharded_pass(text_net, opt_text, data.text, train_idx, order, stored_text,
-                                       stored_image, codes_c, labels, proxies, weights, cfg.batch_size,
-                                       device, bar, rank, world)
-        finally:
-            if bar is not None:
-                bar.close()
-        codes_c = _single.update_codes(stored_image, stored_text)  # identical on every rank
-        seconds = _slowest(time.perf_counter() - began, device)
-        record = _single.epoch_record(cfg, epoch, seconds, image_stats, text_stats,
-                                      full_objective(stored_image, stored_text, codes_c, proxies, labels, weights),
-                                      lambda: evaluate_sharded(model, data, topk=cfg.topk, device=device))
-        history.append(record)
-        log(_single._epoch_line(cfg, record))
+    run = _single.start_run(data, cfg, device, checkpoint_path, resume, log)
+    return _single.run_epochs(data, run, device, DistributedPasses(rank, world, device),
+                              checkpoint_path=checkpoint_path, progress=progress, log=log,
+                              on_epoch_end=on_epoch_end, resumed=resume)
+
+
+class DistributedPasses:
+    """The passes of one rank: DDP-wrapped nets, each rank training on its slice of every batch,
+    the checkpoint written by rank 0, and decisions (selection, early stopping) taken by rank 0."""
+
+    def __init__(self, rank: int, world: int, device):
+        self.rank, self.world, self.device = rank, world, device
+        self.main = rank == 0
+        self.label = f" x{world}"
+        self.group = EvalGroup(None, device)  # rank agreement helpers of dchml.distributed
+        self.nets = {}
+
+    def prepare(self, run, log) -> None:
+        if run.epoch == 0:
+            # One source of truth for the frozen proxies and PHNet (identical already on the CPU).
+            for tensor in list(run.model.phnet.parameters()) + [run.model.proxies]:
+                dist.broadcast(tensor.data, src=0)
+            log(f"training {run.cfg.method} on {self.world} processes ({dist.get_backend()}), "
+                f"{run.fit_idx.numel()} training pairs split across them")
+        ddp_kw = dict(device_ids=[self.device.index]) if self.device.type == "cuda" else {}
+        self.nets = {m: DistributedDataParallel(run.model.net(m), **ddp_kw) for m in ("image", "text")}
+
+    def net(self, run, modality: str):
+        return self.nets[modality]
+
+    def run_pass(self, p) -> dict:
+        return _sharded_pass(p, self.rank, self.world)
+
+    def epoch_seconds(self, seconds: float) -> float:
+        return _slowest(seconds, self.device)
+
+    def commit(self, state: dict, path) -> None:
         error = None
-        if rank == 0:
-            state = _single._checkpoint_state(model, cfg, epoch, opt_image, opt_text, codes_c, stored_image,
-                                              stored_text, generator, device, history, diag, data, train_idx)
+        if self.main and path:
             try:
-                if checkpoint_path:
-                    save_checkpoint(state, checkpoint_path)
+                save_checkpoint(state, path)
             except Exception as exc:  # noqa: BLE001  (raised on every rank just below)
                 error = exc
         # Also a barrier: when any rank moves on (or returns), the checkpoint is on disk, so a
         # resume right after this call reads the finished file on every rank.
-        group.raise_if_any_failed(error, f"saving the checkpoint {checkpoint_path}")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, record)
-    # Unwrap now: DDP's reducer keeps autograd hooks on the parameters (a later backward pass on
-    # the returned model would start all-reduces) and must not outlive the process group.
-    del image_net, text_net
-    gc.collect()
-    model.eval()
-    return TrainResult(model=model, history=history, proxy_diagnostics=diag, state=state)
+        self.group.raise_if_any_failed(error, f"saving the checkpoint {path}")
+
+    def agree(self, flag: bool) -> bool:
+        t = torch.tensor([1 if flag else 0], dtype=torch.int64,
+                         device=self.device if dist.get_backend() == "nccl" else "cpu")
+        dist.broadcast(t, src=0)
+        return bool(t[0])
+
+    def finish(self, run) -> None:
+        # Unwrap now: DDP's reducer keeps autograd hooks on the parameters (a later backward pass on
+        # the returned model would start all-reduces) and must not outlive the process group.
+        self.nets = {}
+        gc.collect()
 
 
 def _slowest(seconds: float, device) -> float:
@@ -260,23 +251,23 @@ def _rank_slices(positions: torch.Tensor, batch_size: int, world: int) -> list[t
             for r in range(world)]
 
 
-def _sharded_pass(net, optimizer, inputs, rows, positions, stored_self, stored_other, codes_c, labels, proxies,
-                  weights, batch_size, device, progress, rank, world) -> dict:
-    """One pass of the DDP-wrapped `net` over `positions` (shuffled identically on every rank), this
-    rank taking its slice of each batch; then the pass's outputs are shared so every rank's
+def _sharded_pass(p, rank: int, world: int) -> dict:
+    """One pass of the DDP-wrapped `p.net` over `p.positions` (shuffled identically on every rank),
+    this rank taking its slice of each batch; then the pass's outputs are shared so every rank's
     stored_self is complete. Returns the pass's mean step loss and terms, over all ranks."""
-    net.train()
+    p.net.train()
     sums = torch.zeros(5, dtype=torch.float64)  # loss, intra, inter, quant (sample-weighted), samples
     outputs = []
-    for start in range(0, positions.numel(), batch_size):
-        batch = positions[start:start + batch_size]
+    for step, start in enumerate(range(0, p.positions.numel(), p.batch_size)):
+        batch = p.positions[start:start + p.batch_size]
         pos = batch.tensor_split(world)[rank]
-        x = inputs[rows[pos]].to(device, non_blocking=True)
-        pos_d = pos.to(device)
-        out = net(x)
+        x = p.inputs[p.rows[pos]].to(p.device, non_blocking=True)
+        pos_d = pos.to(p.device)
+        out = p.net(x)
         b = pos.numel()
         if b:
-            loss, terms = step_loss(out, stored_other[pos_d], codes_c[pos_d], proxies, labels[pos_d], weights)
+            loss, terms = step_loss(out, p.stored_other[pos_d], p.codes_c[pos_d], p.proxies, p.labels[pos_d],
+                                    p.weights)
             # DDP divides the summed gradients by `world`: weigh this rank's batch mean by its share
             # so the step is that of the mean over the WHOLE batch, as in one process.
             scaled = loss * (b * world / batch.numel())
@@ -284,19 +275,20 @@ def _sharded_pass(net, optimizer, inputs, rows, positions, stored_self, stored_o
                                   terms["quant"] * b, b], dtype=torch.float64)
         else:
             scaled = out.sum() * 0.0  # nothing here this step, but the gradient all-reduce needs us
-        optimizer.zero_grad(set_to_none=True)
+        set_learning_rate(p.optimizer, p.lr_at(step))
+        p.optimizer.zero_grad(set_to_none=True)
         scaled.backward()
-        optimizer.step()
+        p.optimizer.step()
         outputs.append(out.detach())
-        if progress is not None:
-            progress.update(1)
-    _share_outputs(stored_self, positions, batch_size, outputs, rank, world)
-    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+        if p.progress is not None:
+            p.progress.update(1)
+    _share_outputs(p.stored_self, p.positions, p.batch_size, outputs, rank, world)
+    comm = p.device if dist.get_backend() == "nccl" else torch.device("cpu")
     totals = sums.to(comm)
     dist.all_reduce(totals)
     totals = totals.cpu()
-    if not all(math.isfinite(float(v)) for v in totals):
-        raise FloatingPointError("the training loss became NaN or infinite; lower the learning rate (--lr)")
+    for value in totals:
+        check_finite(float(value))
     seen = max(float(totals[4]), 1.0)
     return {"loss": float(totals[0]) / seen, "intra": float(totals[1]) / seen,
             "inter": float(totals[2]) / seen, "quant": float(totals[3]) / seen}

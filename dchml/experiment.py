@@ -28,9 +28,16 @@ class OutputDirError(ValueError):
     """The --out directory cannot be used as asked (exists and is not empty, nothing to resume...)."""
 
 
-def prepare_out_dir(path: str, *, resume: bool = False, force: bool = False) -> None:
+def prepare_out_dir(path: str, *, resume: bool = False, force: bool = False, several: bool = False) -> None:
+    """several=True: the folder holds one sub-folder per code length (bitsN/), so a resume needs
+    at least one of their checkpoints."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise OutputDirError(f"output path {path} exists and is not a directory")
+    if resume and several:
+        found = os.path.isdir(path) and any(os.path.isfile(os.path.join(path, d, CHECKPOINT)) for d in os.listdir(path))
+        if not found:
+            raise OutputDirError(f"nothing to resume: no {path}/bits*/{CHECKPOINT}")
+        return
     if resume:
         if not os.path.isfile(os.path.join(path, CHECKPOINT)):
             raise OutputDirError(f"nothing to resume: {os.path.join(path, CHECKPOINT)} does not exist")
@@ -81,7 +88,25 @@ def data_summary(data) -> dict:
             "n_retrieval": int(data.retrieval_idx.numel()), "n_train": int(data.train_idx.numel())}
 
 
-def build_metrics(cfg: TrainConfig, result, scores: dict, data, *, command: str | None = None) -> dict:
+def baselines(result, data, topk: int) -> dict:
+    """The linear hasher (trained on the run's fitted training items, with its proxies and input
+    normalisers) and chance, scored on the same queries and database as the run."""
+    from .baselines import chance_map, linear_hasher
+
+    split = result.state.get("split") or {"fit_idx": data.train_idx, "val_idx": data.train_idx[:0]}
+    return {"linear": linear_hasher(result.model, data, split["fit_idx"], split["val_idx"], topk=topk),
+            "chance": chance_map(data, topk=topk)}
+
+
+def normalization_summary(model) -> dict:
+    out = {"text": model.text_net.normalizer.describe()}
+    out["image"] = ({"kind": "pixels", "detail": "the backbone's ImageNet mean/std"} if model.image_net.uses_pixels
+                    else model.image_net.normalizer.describe())
+    return out
+
+
+def build_metrics(cfg: TrainConfig, result, scores: dict, data, *, command: str | None = None,
+                  reference: dict | None = None) -> dict:
     seconds = [r["seconds"] for r in result.history]
     return {
         "method": cfg.method,
@@ -89,6 +114,9 @@ def build_metrics(cfg: TrainConfig, result, scores: dict, data, *, command: str 
         "topk": cfg.topk,
         "i2t_map": scores["i2t_map"],
         "t2i_map": scores["t2i_map"],
+        "baselines": reference or {},
+        "selection": result.selection,
+        "normalization": normalization_summary(result.model),
         "epochs": len(result.history),
         "seconds_per_epoch": statistics.median(seconds) if seconds else None,
         "train_seconds": sum(seconds),
@@ -127,6 +155,7 @@ def run_experiment(data, cfg: TrainConfig, out_dir: str, *, resume: bool = False
                        progress=progress, log=log)
     final_cfg = TrainConfig.from_dict(result.state["config"]) if result.state else cfg
     scores = evaluate(result.model, data, topk=final_cfg.topk, curves=True, device=final_cfg.device)
-    metrics = build_metrics(final_cfg, result, scores, data, command=command)
+    metrics = build_metrics(final_cfg, result, scores, data, command=command,
+                            reference=baselines(result, data, final_cfg.topk))
     write_json(metrics, os.path.join(out_dir, METRICS))
     return metrics, result

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .normalize import FeatureNormalizer
+
 # ImageNet statistics torchvision's pretrained AlexNet expects.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -148,6 +150,7 @@ class IHNet(nn.Module):
             self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         else:
             _check_positive(image_dim=image_dim)
+            self.normalizer = FeatureNormalizer(image_dim)
             self.mlp = nn.Sequential(nn.Linear(image_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, bits))
             _xavier(self.mlp)
 
@@ -171,7 +174,7 @@ class IHNet(nn.Module):
             return torch.tanh(self.hash(self.backbone(x)))
         if x.dim() != 2 or x.shape[1] != self.image_dim:
             raise ValueError(f"IHNet expects image features of shape (n, {self.image_dim}), got {tuple(x.shape)}")
-        return torch.tanh(self.mlp(x.float()))
+        return torch.tanh(self.mlp(self.normalizer(x.float())))
 
 
 class THNet(nn.Module):
@@ -181,13 +184,14 @@ class THNet(nn.Module):
         super().__init__()
         _check_positive(text_dim=text_dim, bits=bits, hidden=hidden)
         self.text_dim, self.bits = text_dim, bits
+        self.normalizer = FeatureNormalizer(text_dim)
         self.mlp = nn.Sequential(nn.Linear(text_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, bits))
         _xavier(self.mlp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.text_dim:
             raise ValueError(f"THNet expects bag-of-words of shape (n, {self.text_dim}), got {tuple(x.shape)}")
-        return torch.tanh(self.mlp(x.float()))
+        return torch.tanh(self.mlp(self.normalizer(x.float())))
 
 
 class CrossModalHashModel(nn.Module):

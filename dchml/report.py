@@ -69,18 +69,21 @@ def plot_training(runs: dict, path: str) -> None:
         hist = m.get("history", [])
         epochs = [r["epoch"] for r in hist]
         line, = ax_loss.plot(epochs, [r["objective"] for r in hist], label=_label(name, m))
-        evaluated = [r for r in hist if r.get("i2t_map") is not None]
+        evaluated = [r for r in hist if r.get("val_i2t_map") is not None]
         ep = [r["epoch"] for r in evaluated]
-        ax_map.plot(ep, [r["i2t_map"] for r in evaluated], marker="o", markersize=3, color=line.get_color(),
+        ax_map.plot(ep, [r["val_i2t_map"] for r in evaluated], marker="o", markersize=3, color=line.get_color(),
                     label=f"{_label(name, m)} I->T")
-        ax_map.plot(ep, [r["t2i_map"] for r in evaluated], marker="s", markersize=3, linestyle="--",
+        ax_map.plot(ep, [r["val_t2i_map"] for r in evaluated], marker="s", markersize=3, linestyle="--",
                     color=line.get_color(), label=f"{_label(name, m)} T->I")
+        kept = (m.get("selection") or {}).get("kept_epoch")
+        if kept and evaluated:
+            ax_map.axvline(kept, color=line.get_color(), alpha=0.3, linestyle=":")
     from matplotlib.ticker import MaxNLocator
 
     for ax in (ax_loss, ax_map):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.set(title="objective (eq. 16, per training pair)", xlabel="epoch", ylabel="loss")
-    ax_map.set(title="MAP@topk during training", xlabel="epoch", ylabel="MAP")
+    ax_map.set(title="validation MAP during training (dotted: kept epoch)", xlabel="epoch", ylabel="MAP")
     for ax in (ax_loss, ax_map):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -89,6 +92,53 @@ def plot_training(runs: dict, path: str) -> None:
 
 def _fmt(value, digits=4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _mean(scores: dict) -> float:
+    return (scores["i2t_map"] + scores["t2i_map"]) / 2
+
+
+def _map_table(runs: dict) -> list[str]:
+    """One table as papers present them: a row per method and direction, a column per code length;
+    the baselines of each code length below the trained methods."""
+    bits = sorted({m["bits"] for m in runs.values()})
+    methods = list(dict.fromkeys(LABELS.get(m["method"], m["method"]) for m in runs.values()))
+    cell = {}
+    for m in runs.values():
+        cell[(LABELS.get(m["method"], m["method"]), m["bits"])] = m
+        for name, label in (("linear", "linear hasher"), ("chance", "chance")):
+            ref = m.get("baselines", {}).get(name)
+            if ref and "i2t_map" in ref:
+                cell.setdefault((label, m["bits"]), ref)
+    rows = methods + [label for label in ("linear hasher", "chance") if any((label, b) in cell for b in bits)]
+    lines = ["| method | task | " + " | ".join(f"{b} bits" for b in bits) + " |",
+             "|---|---|" + "---|" * len(bits)]
+    for row in rows:
+        for task, name in (("i2t", "I->T"), ("t2i", "T->I")):
+            values = [_fmt(cell[(row, b)][f"{task}_map"]) if (row, b) in cell else "-" for b in bits]
+            shown = f"**{row}**" if row in methods else row
+            lines.append(f"| {shown} | {name} | " + " | ".join(values) + " |")
+    return lines
+
+
+def verdicts(runs: dict) -> list[str]:
+    """Plain-language comparison of every trained run with its baselines."""
+    out = []
+    for name, m in runs.items():
+        label = f"{LABELS.get(m['method'], name)} at {m['bits']} bits"
+        ours = _mean(m)
+        linear = m.get("baselines", {}).get("linear", {})
+        chance = m.get("baselines", {}).get("chance", {})
+        if chance and ours < _mean(chance) + 0.02:
+            out.append(f"{label} is at chance level (mean MAP {ours:.4f}, chance {_mean(chance):.4f}): its codes "
+                       "carry no label information. Check that the features and labels belong together.")
+        elif "i2t_map" in linear and ours <= _mean(linear):
+            out.append(f"{label} does NOT beat the linear hasher (mean MAP {ours:.4f} vs {_mean(linear):.4f}). "
+                       "Train longer (--epochs), or try another --lr; the linear hasher is the better code here.")
+        elif "i2t_map" in linear:
+            out.append(f"{label} beats the linear hasher by {ours - _mean(linear):+.4f} mean MAP "
+                       f"({ours:.4f} vs {_mean(linear):.4f}; chance {_mean(chance):.4f}).")
+    return out
 
 
 def render_markdown(runs: dict, *, title: str, notes: list[str] | None = None) -> str:
@@ -102,19 +152,34 @@ def render_markdown(runs: dict, *, title: str, notes: list[str] | None = None) -
               f"torch {first['torch_version']}.", ""]
     if first.get("command"):
         lines += [f"Command: `{first['command']}`", ""]
-    lines += [f"## MAP@{first['topk']}", "",
-              "| method | bits | I->T | T->I | epochs | seconds/epoch | proxy Hamming min / mean |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [f"## MAP@{first['topk']}", ""] + _map_table(runs) + [""]
+    lines += ["The linear hasher is ridge regression from each modality's normalised features to the mean "
+              "proxy code of the item's labels, then sign; chance is the exact MAP of a random ranking.", ""]
+    lines += verdicts(runs) + [""]
+    lines += ["## Runs", "",
+              "| method | bits | kept epoch | epochs run | seconds/epoch | proxy Hamming min / mean |",
+              "|---|---|---|---|---|---|"]
     for name, m in runs.items():
         p = m.get("proxies", {})
-        lines.append(f"| {LABELS.get(m['method'], name)} | {m['bits']} | {_fmt(m['i2t_map'])} | {_fmt(m['t2i_map'])} "
+        sel = m.get("selection") or {}
+        lines.append(f"| {LABELS.get(m['method'], name)} | {m['bits']} | {sel.get('kept_epoch', m['epochs'])} "
                      f"| {m['epochs']} | {_fmt(m['seconds_per_epoch'], 2)} | "
                      f"{_fmt(p.get('min_hamming'), 0)} / {_fmt(p.get('mean_hamming'), 1)} |")
-    lines += ["", "## Settings", "", "| method | " + " | ".join(_SETTINGS) + " |",
-              "|---|" + "---|" * len(_SETTINGS)]
+    lines += ["", "Model selection (the queries are never used to choose anything):", ""]
+    for name, m in runs.items():
+        sel = m.get("selection") or {}
+        if sel:
+            lines.append(f"- {LABELS.get(m['method'], name)} at {m['bits']} bits: {sel['reason']}.")
+    norm = first.get("normalization")
+    if norm:
+        lines += ["", "Input normalisation (fitted on the training items): " + "; ".join(
+            f"{modality} {_describe_norm(v)}" for modality, v in norm.items()) + "."]
+    lines += ["", "## Settings", "", "| method | bits | " + " | ".join(_SETTINGS) + " |",
+              "|---|---|" + "---|" * len(_SETTINGS)]
     for name, m in runs.items():
         c = m["config"]
-        lines.append(f"| {LABELS.get(m['method'], name)} | " + " | ".join(str(c[k]) for k in _SETTINGS) + " |")
+        lines.append(f"| {LABELS.get(m['method'], name)} | {m['bits']} | "
+                     + " | ".join(str(c.get(k, "-")) for k in _SETTINGS) + " |")
     if any(m["method"] == "dchml_q" for m in runs.values()):
         lines += ["", "DCHML_Q trains with gamma = 0 whatever the gamma column says."]
     lines += ["", "## Plots", "", "![precision-recall](pr_curves.png)", "", "![precision@N](precision_at_n.png)", "",
@@ -124,7 +189,17 @@ def render_markdown(runs: dict, *, title: str, notes: list[str] | None = None) -
     return "\n".join(lines)
 
 
-_SETTINGS = ("epochs", "batch_size", "lr", "momentum", "eta", "mu", "lam", "gamma", "alpha", "beta", "seed")
+def _describe_norm(v: dict) -> str:
+    if v.get("kind") == "pixels":
+        return "pixels, " + v["detail"]
+    if v.get("kind") == "none":
+        return "none (features as given)"
+    text = {"standardize": "standardised per dimension", "log": "log1p of the shifted values, then standardised"}
+    extra = f", {v['constant_dims']} constant dimensions set to 0" if v.get("constant_dims") else ""
+    return f"{text.get(v['kind'], v['kind'])}, clipped to +-{v['clip']:g}{extra}"
+
+
+_SETTINGS = ("optimizer", "lr", "schedule", "epochs", "batch_size", "eta", "mu", "lam", "gamma", "alpha", "beta", "seed")
 
 
 def write_report(out_dir: str, runs: dict, *, title: str = "dchml run report", notes: list[str] | None = None) -> str:

@@ -202,6 +202,8 @@ def _compare_training(got: dict, ref: dict, what: str) -> None:
     assert torch.equal(got["codes_c"], ref["codes_c"]), f"{what}: C differs"
     assert torch.allclose(got["history"], ref["history"], rtol=0, atol=TRAIN_ATOL), (
         f"{what}: history differs\n{got['history']}\n{ref['history']}")
+    assert torch.allclose(got["test_map"], ref["test_map"], rtol=0, atol=TRAIN_ATOL), f"{what}: MAP differs"
+    assert torch.equal(got["kept_epoch"], ref["kept_epoch"]), f"{what}: another epoch was kept"
 
 
 def _summary_of_checkpoint(path: str) -> dict:
@@ -209,7 +211,8 @@ def _summary_of_checkpoint(path: str) -> dict:
     from dchml.train import TrainResult
 
     state = load_checkpoint(path)
-    result = TrainResult(model=model_from_checkpoint(state), history=state["history"], state=state)
+    result = TrainResult(model=model_from_checkpoint(state), history=state["history"], state=state,
+                         selection=state["selection"]["summary"])
     return W.training_summary(result)
 
 
@@ -234,7 +237,7 @@ def test_cli_nproc_2_trains_like_one_process(single_process_training, tiny_npz, 
                       "dchml train --nproc 2")
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)
-    ref_i2t, ref_t2i = single_process_training["history"][-1, 3:].tolist()
+    ref_i2t, ref_t2i = single_process_training["test_map"].tolist()
     assert abs(metrics["i2t_map"] - ref_i2t) <= TRAIN_ATOL and abs(metrics["t2i_map"] - ref_t2i) <= TRAIN_ATOL
     assert os.path.isfile(os.path.join(out, "report.md"))
     # the training really moved, so the agreement above is not trivial

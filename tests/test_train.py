@@ -117,9 +117,19 @@ def test_config_validation():
     with pytest.raises(ValueError, match="unknown TrainConfig fields"):
         TrainConfig.from_dict({"bits": 8, "colour": "red"})
     assert TrainConfig.from_dict(TrainConfig(bits=8).to_dict()) == TrainConfig(bits=8)
-    d = TrainConfig()  # the paper's defaults
+    d = TrainConfig()
     assert (d.eta, d.mu, d.lam, d.gamma, d.alpha, d.beta, d.batch_size) == (0.3, 0.3, 0.001, 0.01, 0.05, 0.1, 128)
-    assert 1e-4 <= d.lr <= 1e-3 and d.momentum == 0.0
+    p = TrainConfig.paper()  # the paper's literal recipe, one call away
+    assert (p.optimizer, p.lr, p.momentum, p.epochs, p.image_norm, p.text_norm, p.select) == (
+        "sgd", 1e-3, 0.0, 120, "none", "none", "last")
+    assert TrainConfig.for_recipe("paper", bits=16) == TrainConfig.paper(bits=16)
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        TrainConfig.for_recipe("fast")
+    for bad, match in ((dict(optimizer="lbfgs"), "optimizer must be one of"), (dict(image_norm="zscore"), "image_norm"),
+                       (dict(val_fraction=1.0), "val_fraction"), (dict(patience=-1), "patience"),
+                       (dict(norm_clip=0.0), "norm_clip")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**bad)
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +140,9 @@ def tiny():
 
 
 def _cfg(**kw):
-    base = dict(bits=16, epochs=3, batch_size=32, lr=0.05, momentum=0.9, eval_every=1, proxy_steps=300,
-                image_hidden=64, text_hidden=64, proxy_hidden=32, topk=100, seed=7)
+    base = dict(bits=16, epochs=3, batch_size=32, optimizer="sgd", lr=0.05, momentum=0.9, schedule="constant",
+                warmup_epochs=0, patience=0, eval_every=1, proxy_steps=300, image_hidden=64, text_hidden=64,
+                proxy_hidden=32, topk=100, seed=7)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -151,8 +162,10 @@ def test_short_run_beats_the_untrained_model(tiny):
     hist = result.history
     assert [r["epoch"] for r in hist] == list(range(1, 5))
     assert hist[-1]["objective"] < hist[0]["objective"]
-    assert hist[0]["i2t_map"] is None and hist[1]["i2t_map"] is not None
-    assert hist[-1]["i2t_map"] == pytest.approx(after["i2t_map"])
+    assert hist[0]["val_i2t_map"] is None and hist[1]["val_i2t_map"] is not None
+    kept = max((r for r in hist if r["val_i2t_map"] is not None),
+               key=lambda r: r["val_i2t_map"] + r["val_t2i_map"])["epoch"]
+    assert result.selection["kept_epoch"] == kept and result.selection["validation_items"] == 20
     assert result.proxy_diagnostics["min_hamming"] > 0
 
 
@@ -249,7 +262,7 @@ def test_pixel_images_train_with_alexnet():
     cfg = _cfg(epochs=1, image_size=64, batch_size=8, topk=20)
     result = train(data, cfg, progress=False, log=None)
     assert result.model.image_net.uses_pixels
-    assert result.history[-1]["i2t_map"] is not None
+    assert result.selection["rule"] == "last"  # 16 training items: too few to spare a validation slice
 
 
 def test_progress_bar_and_epoch_lines(tiny, capsys):
@@ -258,4 +271,4 @@ def test_progress_bar_and_epoch_lines(tiny, capsys):
     err = capsys.readouterr().err
     assert "dchml epoch 1/1" in err and "loss=" in err  # tqdm bar with the running loss
     assert messages[0].startswith("PHNet:") and "Hamming distance min" in messages[0]
-    assert "MAP@100 I->T" in messages[-1]
+    assert "validation MAP I->T" in messages[-2] and messages[-1].startswith("kept epoch 1 of 1")

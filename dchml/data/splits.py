@@ -1,6 +1,7 @@
 """The paper's split protocol (METHOD.md §8) from a seed: a random query set, the rest is the
-retrieval database, and the training set is a random subset of the database. Sizes follow the
-paper for full-size data sets and shrink by a fixed rule for small ones."""
+retrieval database, and the training set is drawn from the database: all of it up to 10,000
+items, else a seeded sample of 10,000 (the common convention of the field's public code). Query
+set sizes follow the paper for full-size data sets and shrink by a fixed rule for small ones."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,7 @@ def default_split_sizes(n: int) -> tuple[int, int]:
     Rule (it reproduces every row of METHOD.md §8 and scales smoothly below them):
       n_query = 5000 if n >= 100,000 (NUS-WIDE, MS COCO), else min(2000, n // 6)
                 (IAPR TC-12, MIRFlickr-25K: 2000; the 12,000-item synthetic set: 2000);
-      n_train = 10,000 if the database holds >= 15,000 items (every public set),
-                else half the database (the synthetic set: 5,000 of 10,000).
+      n_train = the whole database up to 10,000 items, else 10,000 (default_train_size).
     """
     if n < 2:
         raise DataError(f"cannot split {n} items: need at least 2")
@@ -27,8 +27,8 @@ def default_split_sizes(n: int) -> tuple[int, int]:
 
 
 def default_train_size(n_db: int) -> int:
-    """10,000 (the paper) for a database of >= 15,000 items, else half the database."""
-    return PAPER_TRAIN if n_db >= 15_000 else max(1, n_db // 2)
+    """The whole database up to 10,000 items, else 10,000 (the paper's training set size)."""
+    return max(1, min(PAPER_TRAIN, n_db))
 
 
 def paper_split(n: int, *, seed: int = 0, n_query: int | None = None, n_train: int | None = None,

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .dataset import CrossModalData, DataError
-from .splits import paper_split
+from .splits import default_split_sizes, paper_split
 
 
 def make_synthetic(n: int = 12_000, n_labels: int = 21, image_dim: int = 512, text_dim: int = 1000, *,
@@ -34,7 +34,8 @@ def make_synthetic(n: int = 12_000, n_labels: int = 21, image_dim: int = 512, te
     word distribution of one of the item's labels (each label prefers `words_per_label` words).
     Binary presence by default (NUS-WIDE's tags are 0/1), counts with text_counts=True.
     Split: `n_query` queries, the rest is the database, `n_train` training items from the
-    database (None: the rule of splits.default_split_sizes: 2000 and 5000 for the default n).
+    database (None: 2000 queries by splits.default_split_sizes for the default n, and half the
+    database as training items: 5,000 of 10,000, which keeps the demo within minutes).
     """
     if n < 2 or n_labels < 1 or image_dim < 1 or text_dim < 1:
         raise DataError(f"synthetic: need n >= 2, n_labels, image_dim, text_dim >= 1; got n={n}, "
@@ -58,6 +59,9 @@ def make_synthetic(n: int = 12_000, n_labels: int = 21, image_dim: int = 512, te
     text = _text(r_txt, _corrupt(r_txt, labels, label_noise), text_dim, lo, hi, words_per_label,
                  text_background, text_counts)
     split_seed = int(r_split.integers(2**63 - 1))
+    if n_train is None:
+        n_query_used = default_split_sizes(n)[0] if n_query is None else n_query
+        n_train = max(1, (n - n_query_used) // 2)
     q, r, t = paper_split(n, seed=split_seed, n_query=n_query, n_train=n_train)
     return CrossModalData(image=torch.from_numpy(image), text=torch.from_numpy(text),
                           labels=torch.from_numpy(labels), query_idx=q, retrieval_idx=r, train_idx=t,

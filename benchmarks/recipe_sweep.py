@@ -1,0 +1,113 @@
+"""Sweep training recipes over the panel of generated data sets (benchmarks/panel.py) and record
+DCHML's MAP beside the linear hasher and chance, one JSON line per run.
+
+    python benchmarks/recipe_sweep.py --sets all --recipes default,paper --bits 16,32,64 \
+        --out benchmarks/results/panel.jsonl
+    python benchmarks/recipe_sweep.py --sets bovw-l1 --recipes "adam3e-4=optimizer:adam,lr:3e-4" --bits 32
+
+A recipe is `name` (a named recipe of dchml.train: default, paper) or `label=field:value,...` (the
+defaults with those TrainConfig fields changed). `--scale image:1000,text:0.001` multiplies the
+features first (the scale-robustness check). Runs are single-threaded by default (--threads).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from panel import PANEL, make_panel_set, scaled  # noqa: E402
+
+from dchml.baselines import chance_map, linear_hasher  # noqa: E402
+from dchml.experiment import describe_device  # noqa: E402
+from dchml.train import RECIPES, TrainConfig, evaluate, train  # noqa: E402
+
+
+def parse_recipe(spec: str) -> tuple[str, dict]:
+    if "=" not in spec:
+        if spec not in RECIPES:
+            raise SystemExit(f"unknown recipe {spec!r}")
+        return spec, dict(RECIPES[spec])
+    label, fields = spec.split("=", 1)
+    values = {}
+    for item in fields.split(","):
+        key, raw = item.split(":", 1)
+        default = getattr(TrainConfig(), key)
+        if isinstance(default, bool):
+            values[key] = raw.lower() in ("1", "true", "yes")
+        elif isinstance(default, int):
+            values[key] = int(raw)
+        elif isinstance(default, float):
+            values[key] = float(raw)
+        else:
+            values[key] = raw
+    return label, values
+
+
+def parse_scale(spec: str | None) -> dict:
+    if not spec:
+        return {}
+    return {k: float(v) for k, v in (item.split(":") for item in spec.split(","))}
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", default="all", help=f"comma-separated from {', '.join(PANEL)}, or all")
+    ap.add_argument("--recipes", default="default,paper", help="';'-separated recipe specs")
+    ap.add_argument("--bits", default="32")
+    ap.add_argument("--scale", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="append JSON lines here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sets = PANEL if args.sets == "all" else args.sets.split(",")
+    recipes = [parse_recipe(s) for s in args.recipes.split(";")]
+    scale = parse_scale(args.scale)
+    for name in sets:
+        data = make_panel_set(name, seed=args.seed)
+        if scale:
+            data = scaled(data, **scale)
+        chance = chance_map(data)
+        for bits in (int(b) for b in args.bits.split(",")):
+            for label, values in recipes:
+                cfg = TrainConfig(**{**values, "bits": bits, "seed": args.seed})
+                began = time.perf_counter()
+                result = train(data, cfg, progress=False, log=None)
+                seconds = time.perf_counter() - began
+                scores = evaluate(result.model, data, topk=cfg.topk)
+                split = result.state["split"]
+                linear = linear_hasher(result.model, data, split["fit_idx"], split["val_idx"], topk=cfg.topk)
+                row = {"set": name, "scale": scale, "bits": bits, "recipe": label, "overrides": values,
+                       "i2t_map": scores["i2t_map"], "t2i_map": scores["t2i_map"],
+                       "mean_map": (scores["i2t_map"] + scores["t2i_map"]) / 2,
+                       "linear_mean_map": (linear["i2t_map"] + linear["t2i_map"]) / 2,
+                       "chance_map": chance["i2t_map"], "kept_epoch": result.selection["kept_epoch"],
+                       "last_epoch": result.selection["last_epoch"], "seconds": round(seconds, 1),
+                       "n_train": int(data.train_idx.numel()),
+                       "device": describe_device("cpu"), "commit": commit(),
+                       "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+                print(f"{name:13s} {bits:3d} {label:14s} MAP {row['mean_map']:.4f} (I->T {row['i2t_map']:.4f} "
+                      f"T->I {row['t2i_map']:.4f}) linear {row['linear_mean_map']:.4f} chance {row['chance_map']:.4f} "
+                      f"epoch {row['kept_epoch']}/{row['last_epoch']} {seconds:.0f}s", flush=True)
+                if args.out:
+                    with open(args.out, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
