@@ -273,16 +273,16 @@ def train_benchmark(args) -> None:
     sys.path.insert(0, ROOT)
     import dchml.distributed_train as dt
     from dchml.data import make_synthetic
-    from dchml.train import TrainConfig, train
+    from dchml.train import TrainConfig, evaluate, train
 
     cores = args.cores or os.cpu_count() or 1
     torch.set_num_threads(cores)
     data = make_synthetic(seed=args.seed)
     command = "python benchmarks/bench_distributed.py " + " ".join(sys.argv[1:])
     rows, results = [], {}
-    for lr, momentum in ((1e-3, 0.0), (1e-2, 0.9)):  # the paper's SGD, and the demo's faster setting
-        cfg = TrainConfig(bits=args.bits, epochs=args.epochs, eval_every=10**6, lr=lr, momentum=momentum,
-                          seed=args.seed)
+    for lr, momentum in ((1e-3, 0.0), (1e-2, 0.9)):  # the paper's SGD, and a faster SGD setting
+        cfg = TrainConfig(bits=args.bits, epochs=args.epochs, eval_every=10**6, optimizer="sgd", lr=lr,
+                          momentum=momentum, seed=args.seed)
         for nproc in [1] + args.procs + [f"1 (halves x{n})" for n in args.procs]:
             t = time.perf_counter()
             if nproc == 1:
@@ -302,7 +302,8 @@ def train_benchmark(args) -> None:
             rows.append(dict(lr=lr, momentum=momentum, nproc=nproc,
                              threads=cores if isinstance(nproc, str) else max(1, cores // nproc),
                              epoch_s=statistics.median(epochs), total_s=total, param=param, stored=stored,
-                             same_c=same_c, i2t=result.history[-1]["i2t_map"], t2i=result.history[-1]["t2i_map"]))
+                             same_c=same_c, **{k[:3]: v for k, v in evaluate(result.model, data).items()
+                                               if k.endswith("_map")}))
             print(rows[-1], flush=True)
     date = datetime.date.today().isoformat()
     base = {r["lr"]: r["epoch_s"] for r in rows if r["nproc"] == 1}
@@ -341,30 +342,27 @@ def _train_in_slices(data, cfg, slices: int):
     import dchml.train as single
     from dchml.objective import step_loss
 
-    def sliced_pass(net, optimizer, inputs, rows, positions, stored_self, stored_other, codes_c, labels,
-                    proxies, weights, batch_size, device, progress=None):
-        net.train()
-        for start in range(0, positions.numel(), batch_size):
-            batch = positions[start:start + batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            outputs = []
-            for pos in batch.tensor_split(slices):
-                if pos.numel():
-                    out = net(inputs[rows[pos]].to(device))
-                    loss, _ = step_loss(out, stored_other[pos], codes_c[pos], proxies, labels[pos], weights)
-                    (loss * (pos.numel() / batch.numel())).backward()
-                    outputs.append((pos, out.detach()))
-            optimizer.step()
-            for pos, out in outputs:
-                stored_self[pos] = out
-        return {"loss": 0.0, "intra": 0.0, "inter": 0.0, "quant": 0.0}
+    class SlicedPasses(single.SingleProcess):
+        def run_pass(self, p):
+            p.net.train()
+            for step, start in enumerate(range(0, p.positions.numel(), p.batch_size)):
+                batch = p.positions[start:start + p.batch_size]
+                single.set_learning_rate(p.optimizer, p.lr_at(step))
+                p.optimizer.zero_grad(set_to_none=True)
+                outputs = []
+                for pos in batch.tensor_split(slices):
+                    if pos.numel():
+                        out = p.net(p.inputs[p.rows[pos]].to(p.device))
+                        loss, _ = step_loss(out, p.stored_other[pos], p.codes_c[pos], p.proxies, p.labels[pos],
+                                            p.weights)
+                        (loss * (pos.numel() / batch.numel())).backward()
+                        outputs.append((pos, out.detach()))
+                p.optimizer.step()
+                for pos, out in outputs:
+                    p.stored_self[pos] = out
+            return {"loss": 0.0, "intra": 0.0, "inter": 0.0, "quant": 0.0}
 
-    original = single.train_pass
-    single.train_pass = sliced_pass
-    try:
-        return single.train(data, cfg, progress=False, log=None)
-    finally:
-        single.train_pass = original
+    return single.train(data, cfg, progress=False, log=None, passes=SlicedPasses())
 
 
 def main() -> None:

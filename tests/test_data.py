@@ -100,7 +100,7 @@ def test_synthetic_bad_arguments(bad, match):
 
 @pytest.mark.parametrize("n, expect", [
     (195_834, (5000, 10_000)), (122_218, (5000, 10_000)), (19_999, (2000, 10_000)),
-    (20_015, (2000, 10_000)), (12_000, (2000, 5000)), (600, (100, 250)), (2, (1, 1)),
+    (20_015, (2000, 10_000)), (12_000, (2000, 10_000)), (600, (100, 500)), (2, (1, 1)),
 ])
 def test_default_split_sizes_follow_the_paper(n, expect):
     assert default_split_sizes(n) == expect
@@ -215,7 +215,7 @@ def test_npz_pixels_and_split_from_seed(tmp_path):
     a, b = load_dataset(str(p), seed=1), load_dataset(str(p), seed=1)
     assert a.image_is_pixels and a.image_dim is None and a.image.dtype == torch.uint8
     assert torch.equal(a.image, torch.from_numpy(pix)) and a.text.dtype == torch.float32
-    assert (len(a.query_idx), len(a.retrieval_idx), len(a.train_idx)) == (6, 34, 17)  # the rule
+    assert (len(a.query_idx), len(a.retrieval_idx), len(a.train_idx)) == (6, 34, 34)  # the rule
     _same(a, b)
     assert not torch.equal(a.query_idx, load_dataset(str(p), seed=2).query_idx)
     c = load_dataset(str(p), n_query=10, n_train=5)
@@ -227,7 +227,7 @@ def test_npz_query_and_retrieval_only_draws_train(tiny, tmp_path):
     del arr["train_idx"]
     np.savez(tmp_path / "qr.npz", **arr)
     d = load_dataset(str(tmp_path / "qr.npz"), seed=3)
-    assert torch.equal(d.query_idx, tiny.query_idx) and len(d.train_idx) == len(tiny.retrieval_idx) // 2
+    assert torch.equal(d.query_idx, tiny.query_idx) and torch.equal(d.train_idx, tiny.retrieval_idx)
 
 
 def _npz_case(tmp_path, tiny, mutate):
