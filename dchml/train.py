@@ -51,7 +51,7 @@ class TrainConfig:
     epochs: int = 60                # at most this many outer iterations of Algorithm 1
     batch_size: int = 128
     optimizer: str = "adam"         # adam | adamw | sgd (the paper: sgd)
-    lr: float = 1e-4
+    lr: float = 1e-3
     momentum: float = 0.9           # sgd only
     weight_decay: float = 0.0
     warmup_epochs: int = 1          # linear warm-up of the learning rate ...
