@@ -64,6 +64,41 @@ def commit() -> str:
         return "unknown"
 
 
+def summarize(rows: list[dict]) -> str:
+    """Markdown tables of the panel results: defaults vs the paper's recipe vs the baselines at each
+    code length, then the scale check (the same default run on rescaled feature files)."""
+    def key(r):
+        return (r["set"], r["bits"], r["recipe"], json.dumps(r["scale"], sort_keys=True))
+
+    latest = {key(r): r for r in rows}  # a rerun replaces an earlier row
+    plain = {k: r for k, r in latest.items() if not r["scale"]}
+    sets = [s for s in PANEL if any(k[0] == s for k in plain)]
+    bits = sorted({k[1] for k in plain})
+    lines = ["| set | bits | default MAP (I->T / T->I) | kept / run epochs | paper recipe | linear hasher | chance "
+             "| default - linear |", "|---|---|---|---|---|---|---|---|"]
+    for name in sets:
+        for b in bits:
+            d = plain.get((name, b, "default", "{}"))
+            p = plain.get((name, b, "paper", "{}"))
+            if not d:
+                continue
+            lines.append(f"| {name} | {b} | {d['mean_map']:.4f} ({d['i2t_map']:.4f} / {d['t2i_map']:.4f}) | "
+                         f"{d['kept_epoch']} / {d['last_epoch']} | {p['mean_map']:.4f} | " if p else
+                         f"| {name} | {b} | {d['mean_map']:.4f} ({d['i2t_map']:.4f} / {d['t2i_map']:.4f}) | "
+                         f"{d['kept_epoch']} / {d['last_epoch']} | - | ")
+            lines[-1] += f"{d['linear_mean_map']:.4f} | {d['chance_map']:.4f} | {d['mean_map'] - d['linear_mean_map']:+.4f} |"
+    scaled_rows = [r for r in latest.values() if r["scale"] and r["recipe"] == "default"]
+    if scaled_rows:
+        lines += ["", "| set | bits | features | default MAP | unscaled | change |", "|---|---|---|---|---|---|"]
+        for r in sorted(scaled_rows, key=lambda r: (PANEL.index(r["set"]), r["bits"], json.dumps(r["scale"]))):
+            base = plain.get((r["set"], r["bits"], "default", "{}"))
+            scale = ", ".join(f"{k} x{v:g}" for k, v in r["scale"].items())
+            change = f"{r['mean_map'] - base['mean_map']:+.4f}" if base else "-"
+            lines.append(f"| {r['set']} | {r['bits']} | {scale} | {r['mean_map']:.4f} | "
+                         f"{base['mean_map'] if base else float('nan'):.4f} | {change} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default="all", help=f"comma-separated from {', '.join(PANEL)}, or all")
@@ -73,7 +108,13 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="append JSON lines here")
+    ap.add_argument("--summarize", nargs="+", default=None, metavar="JSONL",
+                    help="print the Markdown tables of these result files instead of training")
     args = ap.parse_args(argv)
+    if args.summarize:
+        rows = [json.loads(line) for path in args.summarize for line in open(path) if line.strip()]
+        print(summarize(rows), end="")
+        return
     torch.set_num_threads(args.threads)
     sets = PANEL if args.sets == "all" else args.sets.split(",")
     recipes = [parse_recipe(s) for s in args.recipes.split(";")]
