@@ -6,57 +6,59 @@ so `torch.load(path, weights_only=True)` reads it. Keys:
   a dict), model_spec (CrossModalHashModel kwargs), model (state dict, proxies included),
   optim_image / optim_text (optimizer state dicts), codes_c, stored_image, stored_text (n_train, k),
   rng ({"generator": uint8 tensor, "torch": uint8 tensor[, "cuda": ...]}), history (list of dicts),
-  phnet (proxy training diagnostics), data ({"name", "n", "train_idx"}).
+  phnet (proxy training diagnostics), data ({"name", "n", "train_idx", "fingerprint": {"content",
+  "split"}, "train_row_hashes", "source"}: see dchml/data/fingerprint.py).
 """
 from __future__ import annotations
 
 import os
-import tempfile
+import warnings
 
 import torch
 
 from .models import CrossModalHashModel
+from .outputs import write_atomic
 
 FORMAT = "dchml-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the data entry holds the data's fingerprint, training-row hashes and source
+_ZIP_MAGIC = b"PK\x03\x04"
+_REQUIRED = ("epoch", "config", "model_spec", "model", "history", "data")
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or not a dchml checkpoint."""
 
 
-def atomic_write(path: str, write) -> None:
-    """Call write(tmp_path) on a temporary file in path's directory, then os.replace it onto path,
-    so a reader (or a crash) never sees a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(state: dict, path: str) -> None:
     state = {"format": FORMAT, "version": VERSION, **state}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str) -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({first_line})") from None
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+    if head != _ZIP_MAGIC:  # dchml writes torch's zip format; anything else is not ours
+        raise CheckpointError(f"{path} is not a dchml checkpoint or is corrupt (not a torch zip file)")
+    try:
+        with warnings.catch_warnings():  # torch's advice would not fit a user's one-line error
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        # torch's own message would advise weights_only=False: never do that on a user's file.
+        raise CheckpointError(f"{path} is not a dchml checkpoint or is corrupt (a truncated or damaged zip, "
+                              "or objects a weights-only load refuses)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dchml checkpoint (no 'format': '{FORMAT}' entry)")
     if state.get("version") != VERSION:
         raise CheckpointError(f"checkpoint {path} has version {state.get('version')}, this dchml reads {VERSION}")
+    missing = [key for key in _REQUIRED if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: no {', '.join(missing)}")
     return state
 
 
