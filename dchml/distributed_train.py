@@ -224,7 +224,6 @@ def _run(data, cfg, device, rank, world, checkpoint_path, resume, progress, log,
                                       full_objective(stored_image, stored_text, codes_c, proxies, labels, weights),
                                       lambda: evaluate_sharded(model, data, topk=cfg.topk, device=device))
         history.append(record)
-        log(_single._epoch_line(cfg, record))
         error = None
         if rank == 0:
             state = _single._checkpoint_state(model, cfg, epoch, opt_image, opt_text, codes_c, stored_image,
@@ -237,6 +236,7 @@ def _run(data, cfg, device, rank, world, checkpoint_path, resume, progress, log,
         # Also a barrier: when any rank moves on (or returns), the checkpoint is on disk, so a
         # resume right after this call reads the finished file on every rank.
         group.raise_if_any_failed(error, f"saving the checkpoint {checkpoint_path}")
+        log(_single._epoch_line(cfg, record))  # after the save: a printed epoch is a committed epoch
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
     # Unwrap now: DDP's reducer keeps autograd hooks on the parameters (a later backward pass on

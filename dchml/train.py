@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .data.fingerprint import difference, identity
 from .losses import proxy_network_loss
 from .models import CrossModalHashModel, load_alexnet_weights, sgn
 from .objective import METHODS, LossWeights, full_objective, step_loss
+from .ops import MAX_BITS
 
 
 @dataclass
@@ -77,6 +79,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        # Upper bounds that would otherwise fail late, after minutes of work (the memory a
+        # configuration needs on given data is checked by dchml/preflight.py).
+        if self.bits > MAX_BITS:
+            raise ValueError(f"bits must be at most {MAX_BITS} (the ranker's longest code), got {self.bits}")
+        if self.seed >= 2**64:
+            raise ValueError(f"seed must be below 2**64 (torch's generator), got {self.seed}")
+        if self.image_size < 63:
+            raise ValueError(f"image_size must be >= 63 (AlexNet's smallest input), got {self.image_size}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -385,11 +395,11 @@ def _train(data, cfg, device, checkpoint_path, resume, progress, log, on_epoch_e
                               full_objective(stored_image, stored_text, codes_c, proxies, labels, weights),
                               lambda: evaluate(model, data, topk=cfg.topk, device=device))
         history.append(record)
-        log(_epoch_line(cfg, record))
         state = _checkpoint_state(model, cfg, epoch, opt_image, opt_text, codes_c, stored_image, stored_text,
                                   generator, device, history, diag, data, train_idx)
         if checkpoint_path:
             save_checkpoint(state, checkpoint_path)
+        log(_epoch_line(cfg, record))  # after the save: a printed epoch is a committed epoch
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
     model.eval()
@@ -434,7 +444,7 @@ def _checkpoint_state(model, cfg, epoch, opt_image, opt_text, codes_c, stored_im
         "rng": rng,
         "history": [dict(r) for r in history],
         "phnet": dict(diag),
-        "data": {"name": data.name, "n": int(data.n), "train_idx": train_idx.clone()},
+        "data": {"name": data.name, "n": int(data.n), "train_idx": train_idx.clone(), **identity(data, train_idx)},
     }
 
 
@@ -457,9 +467,7 @@ def _resumed_config(state: dict, requested: TrainConfig) -> TrainConfig:
 
 
 def _check_same_data(state: dict, data, path: str) -> None:
-    saved = state.get("data", {})
-    same = (saved.get("n") == data.n and isinstance(saved.get("train_idx"), torch.Tensor)
-            and torch.equal(saved["train_idx"], data.train_idx.to(torch.int64)))
-    if not same:
-        raise CheckpointError(f"checkpoint {path} was trained on different data ({saved.get('name')!r}, "
-                              f"n={saved.get('n')}); resume with the same --data and --seed")
+    why = difference(state.get("data", {}), data)
+    if why:
+        raise CheckpointError(f"checkpoint {path} cannot be resumed on this data: {why}; "
+                              "resume with the data and --seed it was trained with")
