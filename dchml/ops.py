@@ -53,6 +53,7 @@ def _check_packed(name: str, t: torch.Tensor, bits: int) -> None:
 
 
 MAX_BITS = 65535  # the longest code the ranker takes (kMaxBits in csrc/core/hamming.h)
+MAX_CUDA_BITS = 1024  # ... on a GPU (kMaxCudaBits in csrc/ops/cuda/hamming_kernel.cu)
 
 
 def _check_pair(query: torch.Tensor, db: torch.Tensor, bits: int) -> None:

@@ -25,7 +25,7 @@ from .data.fingerprint import difference, identity
 from .losses import proxy_network_loss
 from .models import CrossModalHashModel, load_alexnet_weights, sgn
 from .objective import METHODS, LossWeights, full_objective, step_loss
-from .ops import MAX_BITS
+from .ops import MAX_BITS, MAX_CUDA_BITS
 
 
 @dataclass
@@ -83,6 +83,9 @@ class TrainConfig:
         # configuration needs on given data is checked by dchml/preflight.py).
         if self.bits > MAX_BITS:
             raise ValueError(f"bits must be at most {MAX_BITS} (the ranker's longest code), got {self.bits}")
+        if str(self.device).startswith("cuda") and self.bits > MAX_CUDA_BITS:
+            raise ValueError(f"bits must be at most {MAX_CUDA_BITS} on CUDA (the GPU ranker's longest code), "
+                             f"got {self.bits}")
         if self.seed >= 2**64:
             raise ValueError(f"seed must be below 2**64 (torch's generator), got {self.seed}")
         if self.image_size < 63:
