@@ -11,6 +11,8 @@ every run. Environment:
                      (H100/H200 native code, PTX that newer GPUs JIT-compile) to keep builds short.
   MAX_JOBS           parallel compile jobs (ninja).
   DCHML_DEBUG=1      -O0 -g, for debuggers and sanitizers.
+  DCHML_PREBUILT=1   do not build the extension: scripts/setup_env.sh has built it in place
+                     (incrementally) and its editable install would compile it all again.
 Install with `pip install --no-build-isolation -e .` (isolation would fetch another torch).
 """
 import glob
@@ -85,6 +87,6 @@ def extension():
 
 
 setup(
-    ext_modules=[extension()],
+    ext_modules=[] if os.environ.get("DCHML_PREBUILT") == "1" else [extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

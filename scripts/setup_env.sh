@@ -41,7 +41,7 @@ if ! "$PY" setup.py build_ext --inplace --force >"$LOG" 2>&1; then cat "$LOG" >&
 grep -m1 "^dchml build:" "$LOG" >&2 || true
 echo "[setup] built after ${SECONDS}s" >&2
 if [ ! -x "$VENV/bin/dchml" ]; then
-  quiet "$PY" -m pip install --disable-pip-version-check --no-build-isolation --no-deps -e .
+  DCHML_PREBUILT=1 quiet "$PY" -m pip install --disable-pip-version-check --no-build-isolation --no-deps -e .
 fi
 echo "[setup] ready after ${SECONDS}s" >&2
 echo "$PY"
