@@ -22,7 +22,7 @@ class MarginDynamicSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, codes, proxies, labels, eta=0.3, mu=0.3, other=None):
         proxies, labels, indices = ops._prepare_loss_inputs(codes, proxies, labels, other)
-        eta, mu = ops._check_scalar("eta", eta), ops._check_scalar("mu", mu)
+        eta, mu = ops._check_scale("eta", eta), ops._check_scalar("mu", mu)
         loss, lse = torch.ops.dchml.mds_loss(codes, other, proxies, labels, indices, eta, mu)
         ctx.save_for_backward(codes, other, proxies, labels, indices, lse)
         ctx.eta, ctx.mu = eta, mu

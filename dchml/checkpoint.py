@@ -6,63 +6,67 @@ so `torch.load(path, weights_only=True)` reads it. Keys:
   a dict), model_spec (CrossModalHashModel kwargs), model (state dict, proxies included),
   optim_image / optim_text (optimizer state dicts), codes_c, stored_image, stored_text (n_train, k),
   rng ({"generator": uint8 tensor, "torch": uint8 tensor[, "cuda": ...]}), history (list of dicts),
-  phnet (proxy training diagnostics), data ({"name", "n", "train_idx"}), split ({"fit_idx",
+  phnet (proxy training diagnostics), data ({"name", "n", "train_idx", "fingerprint": {"content",
+  "split"}, "train_row_hashes", "source"}: see dchml/data/fingerprint.py), split ({"fit_idx",
   "val_idx"}: the training items trained on and the held-out validation slice), selection
-  ({"epoch", "score", "stale", "stopped_early"}); `model` holds the weights to use (the selected
-  epoch's) and `model_last`, present when they differ, the latest weights a resume continues from.
-Version 1 files (before input normalisation and selection) still load for evaluation and encoding.
+  ({"epoch", "score", "stale", "stopped_early", "summary"}); `model` holds the weights to use (the
+  selected epoch's) and `model_last`, present when they differ, the latest weights a resume
+  continues from.
+Versions 1 and 2 (before input normalisation and selection) still load for evaluation and
+encoding, with identity normalisers; only version 3 can be resumed.
 """
 from __future__ import annotations
 
 import os
-import tempfile
+import warnings
 
 import torch
 
 from .models import CrossModalHashModel
+from .outputs import write_atomic
 
 FORMAT = "dchml-checkpoint"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 3  # 2: data fingerprint, training-row hashes, source; 3: input normalisers, split, selection
+READABLE_VERSIONS = (1, 2, 3)
+_ZIP_MAGIC = b"PK\x03\x04"
+_REQUIRED = ("epoch", "config", "model_spec", "model", "history", "data")
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or not a dchml checkpoint."""
 
 
-def atomic_write(path: str, write) -> None:
-    """Call write(tmp_path) on a temporary file in path's directory, then os.replace it onto path,
-    so a reader (or a crash) never sees a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(state: dict, path: str) -> None:
     state = {"format": FORMAT, "version": VERSION, **state}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str) -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({first_line})") from None
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+    if head != _ZIP_MAGIC:  # dchml writes torch's zip format; anything else is not ours
+        raise CheckpointError(f"{path} is not a dchml checkpoint or is corrupt (not a torch zip file)")
+    try:
+        with warnings.catch_warnings():  # torch's advice would not fit a user's one-line error
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        # torch's own message would advise weights_only=False: never do that on a user's file.
+        raise CheckpointError(f"{path} is not a dchml checkpoint or is corrupt (a truncated or damaged zip, "
+                              "or objects a weights-only load refuses)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dchml checkpoint (no 'format': '{FORMAT}' entry)")
     if state.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(f"checkpoint {path} has version {state.get('version')}, this dchml reads "
                               f"{', '.join(map(str, READABLE_VERSIONS))}")
+    missing = [key for key in _REQUIRED if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: no {', '.join(missing)}")
     return state
 
 
@@ -73,7 +77,7 @@ def model_from_checkpoint(state_or_path, *, weights: str = "selected") -> CrossM
     try:
         model = CrossModalHashModel(**state["model_spec"])
         values = state["model_last"] if weights == "last" and "model_last" in state else state["model"]
-        if state.get("version", VERSION) == 1:  # written before the input normalisers existed: identity
+        if state.get("version", VERSION) < 3:  # written before the input normalisers existed: identity
             values = {**{k: v for k, v in model.state_dict().items() if ".normalizer." in k}, **values}
         model.load_state_dict(values, strict=True)
     except (KeyError, TypeError, RuntimeError) as exc:

@@ -79,9 +79,10 @@ def _fraction(text):
     return value
 
 
-def _add_data_args(p, required=False):
-    p.add_argument("--data", default=None if required else "synthetic", required=required,
-                   help="'synthetic' (built-in set) or a path: .mat (v5 / v7.3), .npz, or a text-list folder")
+def _add_data_args(p, default_help):
+    p.add_argument("--data", default=None,
+                   help="'synthetic' (built-in set) or a path: .mat (v5 / v7.3), .npz, or a text-list folder "
+                        f"(default: {default_help})")
     p.add_argument("--format", default="auto", choices=["auto", "mat", "txt", "npz"], help="data format (default: auto)")
     p.add_argument("--drop-unlabeled", action="store_true",
                    help="drop items without any label (the paper's protocol) instead of refusing the file")
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a model (Algorithm 1), evaluate it and write a report")
-    _add_data_args(p)
+    _add_data_args(p, "synthetic; with --resume, the data the run was started on")
     p.add_argument("--method", choices=["dchml", "dchml_q", "dchml_p"], default=None, help="default dchml")
     _add_train_args(p)
     p.add_argument("--image-weights", default=None, help="local torchvision AlexNet state dict (pixel data only)")
@@ -161,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="MAP@K of a checkpoint on a data set")
     p.add_argument("--checkpoint", required=True)
-    _add_data_args(p)
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the data split (default 0)")
+    _add_data_args(p, "the data the checkpoint was trained on")
+    p.add_argument("--seed", type=_nonneg_int, default=None,
+                   help="seed of the data split (default: the seed the checkpoint was trained with)")
     p.add_argument("--topk", type=_positive_int, default=5000)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="also write the scores (and curves) to this JSON file")
@@ -180,8 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="top-k cross-modal search of a data set's database with the Hamming index")
     p.add_argument("--checkpoint", required=True)
-    _add_data_args(p)
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the data split (default 0)")
+    _add_data_args(p, "the data the checkpoint was trained on")
+    p.add_argument("--seed", type=_nonneg_int, default=None,
+                   help="seed of the data split (default: the seed the checkpoint was trained with)")
     p.add_argument("--query-modality", required=True, choices=["image", "text"],
                    help="modality of the queries; the database is the other modality")
     group = p.add_mutually_exclusive_group(required=True)
@@ -206,12 +209,25 @@ def _log(args):
     return None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
 
 
-def _load_data(args, seed):
-    from .data import load_dataset
+def _load_data(args, seed, recorded=None):
+    """--data (default: `recorded`, a checkpoint's record of its data, else the synthetic set)."""
+    from .data import UnlabeledItemsError, load_dataset, load_recorded
 
-    if args.data != "synthetic" and not os.path.exists(args.data):
-        raise UsageError(f"--data {args.data}: no such file or directory")
-    return load_dataset(args.data, args.format, seed=seed, drop_unlabeled=args.drop_unlabeled)
+    try:
+        if args.data is None and recorded is not None:
+            path = recorded["path"] if recorded.get("abspath") is None else recorded["abspath"]
+            if recorded.get("format") != "synthetic" and not os.path.exists(path):
+                raise UsageError(f"the checkpoint's data {recorded['path']} ({path}) no longer exists; pass --data")
+            print(f"using the checkpoint's data: {path} ({recorded.get('format')}, seed {seed}"
+                  f"{', drop unlabeled' if recorded.get('drop_unlabeled') else ''}); --data overrides",
+                  file=sys.stderr, flush=True)
+            return load_recorded({**recorded, "seed": seed})
+        source = "synthetic" if args.data is None else args.data
+        if source != "synthetic" and not os.path.exists(source):
+            raise UsageError(f"--data {source}: no such file or directory")
+        return load_dataset(source, args.format, seed=seed, drop_unlabeled=args.drop_unlabeled)
+    except UnlabeledItemsError as exc:
+        raise exc.with_option("--drop-unlabeled") from None
 
 
 def _config_from_args(args, base: dict, **fixed):
@@ -234,12 +250,14 @@ def _command_line(argv) -> str:
     return "dchml " + " ".join(shlex.quote(a) for a in argv)
 
 
-def _resumed_base(args, out_dir: str) -> dict:
-    """The interrupted run's config: flags not given on the command line keep its values."""
+def _resumed(out_dir: str):
+    """The interrupted run's config and data record: flags not given on the command line keep
+    its values."""
     from .checkpoint import load_checkpoint
-    from .experiment import CHECKPOINT
+    from .run_dir import CHECKPOINT
 
-    return load_checkpoint(os.path.join(out_dir, CHECKPOINT))["config"]
+    saved = load_checkpoint(os.path.join(out_dir, CHECKPOINT))
+    return saved["config"], saved["data"].get("source")
 
 
 def _check_resume_unchanged(cfg, base: dict) -> None:
@@ -251,36 +269,56 @@ def _check_resume_unchanged(cfg, base: dict) -> None:
 
 
 def cmd_train(args, argv):
-    from .experiment import CHECKPOINT, prepare_out_dir, run_experiment, write_json
-    from .report import write_report
+    from . import distributed_train
+    from .run_dir import CHECKPOINT, check_output_dir, claim
     from .train import RECIPES
 
     bits_list = args.bits or [None]
     several = len(bits_list) > 1
     if args.resume:
-        prepare_out_dir(args.out, resume=True, several=several)
-    elif several:
-        prepare_out_dir(args.out, force=args.force)
-    plans = []
+        check_output_dir(args.out, resume=True, several=several)
+    plans, recorded = [], None
     for bits in bits_list:
         out_dir = os.path.join(args.out, f"bits{bits}") if several else args.out
         resume = args.resume and os.path.isfile(os.path.join(out_dir, CHECKPOINT))
         fixed = {} if bits is None else {"bits": bits}
         if resume:
-            base = _resumed_base(args, out_dir)
+            base, source = _resumed(out_dir)
+            recorded = recorded or source
             cfg = _config_from_args(args, base, **fixed)
             _check_resume_unchanged(cfg, base)
         else:
             cfg = _config_from_args(args, RECIPES[args.recipe], **fixed)
         plans.append((cfg, out_dir, resume))
-    data = _load_data(args, plans[0][0].seed)
+    _preflight(plans[0][0], args.out)
+    if not distributed_train.is_main_process():  # another rank of a torchrun job: rank 0 holds --out
+        return _train_into(args, argv, plans, recorded, several)
+    with claim(args.out, resume=args.resume, force=args.force, several=several):
+        return _train_into(args, argv, plans, recorded, several)
+
+
+def _preflight(cfg, out):
+    """Checks that need no data: the device and that --out can be written (the arguments'
+    ranges were checked by TrainConfig)."""
+    from .run_dir import check_writable
+    from .train import resolve_device
+
+    resolve_device(cfg.device)
+    check_writable(out)
+
+
+def _train_into(args, argv, plans, recorded, several):
+    from .experiment import run_experiment, write_json
+    from .report import write_report
+
+    data = _load_data(args, plans[0][0].seed, recorded)
     runs = {}
     for cfg, out_dir, resume in plans:
         if several and _log(args):
             _log(args)(f"[{cfg.bits} bits] training {cfg.method} into {out_dir}")
         metrics, _ = run_experiment(data, cfg, out_dir, resume=resume, force=args.force,
                                     progress=None if not args.quiet else False, log=_log(args),
-                                    command=_command_line(argv), nproc=args.nproc)
+                                    command=_command_line(argv), nproc=args.nproc, lock=several)
         if metrics is None:  # a rank > 0 of a torchrun job: rank 0 writes the outputs
             return
         runs[f"{cfg.method} {cfg.bits}"] = metrics
@@ -307,32 +345,66 @@ def _check_output_file(path, force, what="--out"):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise UsageError(f"{what} {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path}: directory {directory} is not writable")
 
 
 def _load_model(args):
-    from .checkpoint import model_from_checkpoint
-
-    import torch
-
+    """(checkpoint dict, model on --device, device)."""
+    from .checkpoint import load_checkpoint, model_from_checkpoint
     from .train import resolve_device
 
     device = resolve_device(args.device)
-    return model_from_checkpoint(args.checkpoint).to(device), device, torch
+    state = load_checkpoint(args.checkpoint)
+    return state, model_from_checkpoint(state).to(device), device
+
+
+def _checkpoint_data(args, state):
+    """--data, or the data the checkpoint was trained on; split seed --seed or the training seed."""
+    recorded = state["data"].get("source")
+    if args.data is None and recorded is None:
+        raise UsageError(f"checkpoint {args.checkpoint} does not record where its data came from (it was "
+                         "trained on data built in memory); pass --data")
+    seed = args.seed
+    if seed is None:
+        seed = recorded["seed"] if recorded is not None else int(state["config"]["seed"])
+    return _load_data(args, seed, recorded), seed
+
+
+def _refuse_trained_queries(state, data, rows, seed, what):
+    """Queries that are training items of the checkpoint inflate every score: refuse them."""
+    from .data.fingerprint import data_fingerprint, trained_items
+
+    if "fingerprint" not in state["data"]:
+        return  # written before data fingerprints existed: the overlap cannot be known
+    count = trained_items(state["data"], data, rows)
+    if count:
+        saved = state["data"]
+        if saved["fingerprint"]["content"] == data_fingerprint(data)["content"]:
+            trained_seed = (saved.get("source") or {}).get("seed", state["config"]["seed"])
+            hint = f"use the split it was trained with (--seed {trained_seed})"
+        else:
+            hint = f"this file holds items of its training data {saved.get('name')!r} (matched by content)"
+        raise UsageError(f"{count} of the {len(rows)} {what} ({data.name}, split seed {seed}) are items the "
+                         f"checkpoint was trained on, which would inflate the scores; {hint}")
 
 
 def cmd_eval(args, argv):
-    from .experiment import write_json
+    from .data.fingerprint import data_fingerprint
+    from .outputs import write_json
     from .train import evaluate
 
     if args.out:
         _check_output_file(args.out, args.force)
-    model, device, _ = _load_model(args)
-    data = _load_data(args, args.seed)
+    state, model, device = _load_model(args)
+    data, seed = _checkpoint_data(args, state)
     _check_model_fits_data(model, data)
+    _refuse_trained_queries(state, data, data.query_idx, seed, "queries")
     scores = evaluate(model, data, topk=args.topk, curves=bool(args.out), device=device)
     print(f"MAP@{args.topk} I->T {scores['i2t_map']:.4f}  T->I {scores['t2i_map']:.4f}")
     if args.out:
-        write_json({"bits": model.bits, **scores, "checkpoint": args.checkpoint, "data": data.name}, args.out)
+        write_json({"bits": model.bits, **scores, "checkpoint": args.checkpoint, "data": data.name, "seed": seed,
+                    "data_fingerprint": data_fingerprint(data)}, args.out)
 
 
 def _check_model_fits_data(model, data):
@@ -384,30 +456,27 @@ def _as_model_input(array, model, modality, what):
 
 
 def cmd_encode(args, argv):
-    from .checkpoint import atomic_write
     from .encoding import encode
+    from .outputs import write_atomic
 
     _check_output_file(args.out, args.force)
-    model, device, _ = _load_model(args)
+    _, model, device = _load_model(args)
     batch = _as_model_input(_load_npy(args.input, "--input"), model, args.modality, f"--input {args.input}")
     codes = encode(model, batch, args.modality, device=device).numpy()
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.save(f, codes)
-
-    atomic_write(args.out, write)
+    write_atomic(args.out, lambda f: np.save(f, codes))
     print(f"wrote {codes.shape[0]} {model.bits}-bit {args.modality} codes, packed uint8 {codes.shape}, to {args.out}")
 
 
 def cmd_search(args, argv):
+    import torch
+
     from . import HammingIndex
     from .encoding import encode
 
     if args.out:
         _check_output_file(args.out, args.force)
-    model, device, torch = _load_model(args)
-    data = _load_data(args, args.seed)
+    state, model, device = _load_model(args)
+    data, seed = _checkpoint_data(args, state)
     _check_model_fits_data(model, data)
     db_modality = "text" if args.query_modality == "image" else "image"
     db_source = data.text if db_modality == "text" else data.image
@@ -421,28 +490,36 @@ def cmd_search(args, argv):
         if bad or not positions:
             raise UsageError(f"--queries must be positions in 0..{n_query - 1} of the query split, got {args.queries!r}")
         rows = data.query_idx[positions]
+        _refuse_trained_queries(state, data, rows, seed, "queries asked for")
         source = data.image if args.query_modality == "image" else data.text
         queries = source[rows]
     else:
-        rows = None
+        # Items the user brings: one modality cannot identify an item (tag vectors repeat), so
+        # they are not compared with the training items.
+        positions = rows = None
         queries = _as_model_input(_load_npy(args.input, "--input"), model, args.query_modality, f"--input {args.input}")
     index = HammingIndex(model.bits)
     index.add(encode(model, db_source[data.retrieval_idx], db_modality, device=device))
     k = min(args.k, data.retrieval_idx.numel())
+    if k < args.k:
+        print(f"dchml search: warning: -k {args.k} is more than the {k} items of the database; "
+              f"showing {k} per query", file=sys.stderr, flush=True)
     distances, positions_db = index.search(encode(model, queries, args.query_modality, device=device), k)
     distances, positions_db = torch.as_tensor(distances), torch.as_tensor(positions_db)
     results = []
     for qi in range(distances.shape[0]):
         item_rows = data.retrieval_idx[positions_db[qi]]
-        entry = {"query": qi if rows is None else int(rows[qi]),
+        # "query": the position asked for (--queries) or the --input row; "row": its data row
+        entry = {"query": qi if positions is None else positions[qi],
                  "results": [{"row": int(r), "distance": int(dist)} for r, dist in zip(item_rows, distances[qi])]}
         if rows is not None:
+            entry["row"] = int(rows[qi])
             shared = (data.labels[item_rows] @ data.labels[rows[qi]]) > 0
             for res, rel in zip(entry["results"], shared.tolist()):
                 res["relevant"] = bool(rel)
         results.append(entry)
     if args.out:
-        from .experiment import write_json
+        from .outputs import write_json
 
         write_json({"query_modality": args.query_modality, "database_modality": db_modality, "k": k,
                     "results": results}, args.out)
@@ -451,18 +528,26 @@ def cmd_search(args, argv):
     for entry in results:
         items = "  ".join(f"{r['row']}(d={r['distance']}{'' if 'relevant' not in r else ', rel' if r['relevant'] else ''})"
                           for r in entry["results"])
-        print(f"{args.query_modality} query {entry['query']} -> {db_modality} rows: {items}")
+        where = f"query {entry['query']}" if rows is None else f"query position {entry['query']} (row {entry['row']})"
+        print(f"{args.query_modality} {where} -> {db_modality} rows: {items}")
 
 
 def cmd_demo(args, argv):
-    from .data import make_synthetic
-    from .experiment import prepare_out_dir, run_experiment
-    from .report import write_report
+    from .run_dir import claim
     from .train import RECIPES
 
-    prepare_out_dir(args.out, force=args.force)
     cfg = _config_from_args(args, RECIPES[args.recipe])  # exactly `dchml train`'s defaults
-    data = make_synthetic(seed=cfg.seed)
+    _preflight(cfg, args.out)
+    with claim(args.out, force=args.force):
+        _demo_into(args, argv, cfg)
+
+
+def _demo_into(args, argv, cfg):
+    from .data import load_dataset
+    from .experiment import run_experiment
+    from .report import write_report
+
+    data = load_dataset("synthetic", seed=cfg.seed)
     log = _log(args)
     runs = {}
     for method in ("dchml", "dchml_p"):
@@ -501,8 +586,7 @@ def main(argv=None) -> int:
         COMMANDS[args.command](args, argv)
         return 0
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; the last completed epoch is in the checkpoint (resume with --resume)",
-              file=sys.stderr)
+        print(f"{prog}: interrupted{_after_interrupt(args if prog != 'dchml' else None)}", file=sys.stderr)
         return 130
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
@@ -516,11 +600,26 @@ def main(argv=None) -> int:
         torch.set_num_threads(threads)  # main() may run in-process (tests, notebooks)
 
 
+def _after_interrupt(args) -> str:
+    """What the user can do after Ctrl-C: only `train` can resume."""
+    if args is None or args.command not in ("train", "demo"):
+        return ""
+    from .run_dir import CHECKPOINT
+
+    if args.command == "demo":
+        return f"; the demo cannot resume: run `dchml demo --out {shlex.quote(args.out)} --force` to start it again"
+    if os.path.isfile(os.path.join(args.out, CHECKPOINT)):
+        return (f"; the last completed epoch is in {os.path.join(args.out, CHECKPOINT)} "
+                f"(continue with `dchml train --out {shlex.quote(args.out)} --resume`)")
+    return "; no epoch was completed"
+
+
 def _is_user_error(exc) -> bool:
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .outputs import OutputError
 
-    return isinstance(exc, (UsageError, DataError, CheckpointError, ValueError, FileNotFoundError,
+    return isinstance(exc, (UsageError, DataError, CheckpointError, OutputError, ValueError, FileNotFoundError,
                             PermissionError, FloatingPointError, json.JSONDecodeError))
 
 

@@ -4,62 +4,37 @@ Shared by `dchml train`, `dchml demo` and benchmarks/method_table.py.
 Output directory policy [choice]: a run writes into DIR only when DIR does not exist, is empty,
 or the caller passes resume=True (continue DIR/checkpoint.pt) or force=True (replace dchml's own
 files there: checkpoint.pt, metrics.json, report.md, *.png; other files are never touched).
-Every file is written atomically (temporary file + os.replace).
+A run holds DIR's lock for its whole length (dchml/run_dir.py), checks that it fits in memory
+and on disk before training (dchml/preflight.py), and writes every file atomically
+(dchml/outputs.py).
 """
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import statistics
 
 import torch
 
-from . import __version__
-from .checkpoint import atomic_write
+from . import __version__, run_dir
+from .data.fingerprint import data_fingerprint
+from .outputs import write_json  # noqa: F401  (re-exported: experiment.write_json)
+from .preflight import check_room
+from .run_dir import CHECKPOINT, OutputDirError  # noqa: F401  (re-exported)
 from .train import TrainConfig, log_to_stderr, evaluate, train
 
-CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
 
 
-class OutputDirError(ValueError):
-    """The --out directory cannot be used as asked (exists and is not empty, nothing to resume...)."""
-
-
 def prepare_out_dir(path: str, *, resume: bool = False, force: bool = False, several: bool = False) -> None:
-    """several=True: the folder holds one sub-folder per code length (bitsN/), so a resume needs
-    at least one of their checkpoints."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise OutputDirError(f"output path {path} exists and is not a directory")
-    if resume and several:
-        found = os.path.isdir(path) and any(os.path.isfile(os.path.join(path, d, CHECKPOINT)) for d in os.listdir(path))
-        if not found:
-            raise OutputDirError(f"nothing to resume: no {path}/bits*/{CHECKPOINT}")
-        return
-    if resume:
-        if not os.path.isfile(os.path.join(path, CHECKPOINT)):
-            raise OutputDirError(f"nothing to resume: {os.path.join(path, CHECKPOINT)} does not exist")
-        return
-    if os.path.isdir(path) and os.listdir(path) and not force:
-        raise OutputDirError(
-            f"output directory {path} already exists and is not empty; choose a new --out, "
-            "pass --resume to continue its run, or --force to replace dchml's files in it"
-        )
+    """The output policy (run_dir.check_output_dir), then create the folder. several=True: the
+    folder holds one sub-folder per code length (bitsN/)."""
+    run_dir.check_output_dir(path, resume=resume, force=force, several=several)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
         raise OutputDirError(f"cannot create output directory {path}: {exc.strerror}") from None
-
-
-def write_json(obj, path: str) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-
-    atomic_write(path, write)
 
 
 def describe_device(device: str) -> str:
@@ -85,7 +60,8 @@ def data_summary(data) -> dict:
     image = "pixels %s" % "x".join(map(str, data.image.shape[1:])) if data.image_is_pixels else f"{data.image_dim}-d features"
     return {"name": data.name, "n": int(data.n), "n_labels": int(data.n_labels), "image": image,
             "text_dim": int(data.text_dim), "n_query": int(data.query_idx.numel()),
-            "n_retrieval": int(data.retrieval_idx.numel()), "n_train": int(data.train_idx.numel())}
+            "n_retrieval": int(data.retrieval_idx.numel()), "n_train": int(data.train_idx.numel()),
+            "fingerprint": data_fingerprint(data), "source": getattr(data, "source", None)}
 
 
 def baselines(result, data, topk: int) -> dict:
@@ -134,17 +110,29 @@ def build_metrics(cfg: TrainConfig, result, scores: dict, data, *, command: str 
 
 
 def run_experiment(data, cfg: TrainConfig, out_dir: str, *, resume: bool = False, force: bool = False,
-                   progress=None, log=log_to_stderr, command: str | None = None, nproc: int | None = None):
+                   progress=None, log=log_to_stderr, command: str | None = None, nproc: int | None = None,
+                   lock: bool = True):
     """Train into out_dir (checkpoint every epoch), evaluate with curves, write metrics.json.
     log: callable for one-line progress messages (default: stderr), None for silence.
     Returns (metrics dict, TrainResult).
     nproc > 1 (or a torchrun launch) trains on several processes (dchml/distributed_train.py); only
-    rank 0 of a torchrun job evaluates and writes, the other ranks get (None, TrainResult)."""
+    rank 0 of a torchrun job evaluates and writes, the other ranks get (None, TrainResult).
+    lock: hold out_dir's run lock (run_dir.claim) meanwhile; False when the caller holds it."""
+    from . import distributed_train
+
+    if lock and distributed_train.is_main_process():
+        with run_dir.claim(out_dir, resume=resume, force=force):
+            return _run_experiment(data, cfg, out_dir, resume, force, progress, log, command, nproc)
+    return _run_experiment(data, cfg, out_dir, resume, force, progress, log, command, nproc)
+
+
+def _run_experiment(data, cfg, out_dir, resume, force, progress, log, command, nproc):
     from . import distributed_train
 
     main = distributed_train.is_main_process()
     if main:
         prepare_out_dir(out_dir, resume=resume, force=force)
+        check_room(data, [cfg], out_dir)
     if nproc is not None or distributed_train.launched_by_torchrun():
         result = distributed_train.train(data, cfg, nproc=nproc, checkpoint_path=os.path.join(out_dir, CHECKPOINT),
                                          resume=resume, progress=progress, log=log)

@@ -11,7 +11,6 @@ same folder and moved into place with os.replace, so a crash never leaves a half
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 from . import ops
 from ._C import cuda_built
 from .codes import as_packed, label_pair, packed_pair
+from .outputs import write_atomic
 
 _FORMAT_VERSION = 1
 _CHUNK_ROWS = 1 << 22  # rows of a memory-mapped database brought into memory at a time
@@ -65,8 +65,8 @@ class HammingIndex:
     """
 
     def __init__(self, bits: int):
-        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 65535:
-            raise ValueError(f"bits must be an int in [1, 65535], got {bits!r}")
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= ops.MAX_BITS:
+            raise ValueError(f"bits must be an int in [1, {ops.MAX_BITS}], got {bits!r}")
         self.bits = int(bits)
         self.nbytes = (self.bits + 7) // 8
         self.device = torch.device("cpu")
@@ -177,12 +177,8 @@ class HammingIndex:
     # -------------------------------------------------------------------------- persistence
     def save(self, path) -> None:
         """Write the index as an .npz archive (format in this module's docstring), atomically."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-        os.close(fd)
-        try:
-            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        def write(out):
+            with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
                 for name, value in (("bits", self.bits), ("version", _FORMAT_VERSION)):
                     with zf.open(name + ".npy", "w") as f:
                         np.lib.format.write_array(f, np.asarray(value, dtype=np.int64), allow_pickle=False)
@@ -191,11 +187,8 @@ class HammingIndex:
                     np.lib.format.write_array_header_1_0(f, header)
                     for _, chunk in self._chunks("cpu"):  # streamed: memory-mapped parts stay on disk
                         f.write(chunk.contiguous().numpy().tobytes())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+
+        write_atomic(os.fspath(path), write)
 
     @classmethod
     def load(cls, path, device="cpu") -> "HammingIndex":

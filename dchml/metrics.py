@@ -22,6 +22,8 @@ def _prepare(query_codes, db_codes, query_labels, db_labels):
     ops.require_same_device(query_codes=q, db_codes=d)
     if q.shape[0] == 0:
         raise ValueError("query_codes has no rows")
+    if d.shape[0] == 0:
+        raise ValueError("db_codes has no rows (an empty database has no ranking to score)")
     ql, dl = label_pair(query_labels, db_labels, q.shape[0], d.shape[0])
     return q, d, bits, ql.to(q.device), dl.to(q.device)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import losses
+from . import losses, ops
 
 
 def _proxy_buffer(proxies):
@@ -22,7 +22,8 @@ class MarginDynamicSoftmaxLoss(nn.Module):
     def __init__(self, proxies, *, eta=0.3, mu=0.3, reduction="mean"):
         super().__init__()
         self.register_buffer("proxies", _proxy_buffer(proxies))
-        self.eta, self.mu, self.reduction = float(eta), float(mu), reduction
+        self.eta, self.mu = ops._check_scale("eta", float(eta)), ops._check_scalar("mu", float(mu))
+        self.reduction = reduction
         losses._check_reduction(reduction)
 
     def forward(self, codes, labels, other=None):
@@ -39,7 +40,8 @@ class PartialSoftmaxLoss(nn.Module):
     def __init__(self, proxies, *, gamma=0.2, sigma=0.2, reduction="mean"):
         super().__init__()
         self.register_buffer("proxies", _proxy_buffer(proxies))
-        self.gamma, self.sigma, self.reduction = float(gamma), float(sigma), reduction
+        self.gamma, self.sigma = ops._check_scale("gamma", float(gamma)), ops._check_scalar("sigma", float(sigma))
+        self.reduction = reduction
         losses._check_reduction(reduction)
 
     def forward(self, codes, labels):

@@ -52,9 +52,13 @@ def _check_packed(name: str, t: torch.Tensor, bits: int) -> None:
                          f"got {t.dim()}-D {t.dtype} of shape {tuple(t.shape)}")
 
 
+MAX_BITS = 65535  # the longest code the ranker takes (kMaxBits in csrc/core/hamming.h)
+MAX_CUDA_BITS = 1024  # ... on a GPU (kMaxCudaBits in csrc/ops/cuda/hamming_kernel.cu)
+
+
 def _check_pair(query: torch.Tensor, db: torch.Tensor, bits: int) -> None:
-    if not 1 <= bits <= 65535:
-        raise ValueError(f"bits must be in [1, 65535], got {bits}")
+    if not 1 <= bits <= MAX_BITS:
+        raise ValueError(f"bits must be in [1, {MAX_BITS}], got {bits}")
     _check_packed("query", query, bits)
     _check_packed("db", db, bits)
     require_same_device(query=query, db=db)
@@ -224,6 +228,14 @@ def _check_scalar(name, value):
     return float(value)
 
 
+def _check_scale(name, value):
+    """The softmax scale (eta, or PSLDH's gamma): a negative one turns the loss upside down."""
+    value = _check_scalar(name, value)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
 def _normalise_sparse_rows(offsets, indices, n, c, device):
     """Validate a user CSR of positives; return it sorted within rows, as int64 on `device`."""
     for name, t in (("labels offsets", offsets), ("labels indices", indices)):
@@ -324,7 +336,7 @@ def _unchecked_loss(op, codes, labels, a, b, *args):
     """The op's loss for args, or None when the fast path does not apply or the op refused them."""
     # (is_cpu / is_cuda: a meta or other device's tensor would run the fake kernel instead of failing)
     if not (type(labels) is torch.Tensor and labels.layout == torch.strided and (codes.is_cpu or codes.is_cuda)
-            and type(a) is float and type(b) is float and math.isfinite(a) and math.isfinite(b)
+            and type(a) is float and type(b) is float and 0.0 <= a < math.inf and math.isfinite(b)
             and not torch.compiler.is_compiling()):
         return None
     try:
@@ -341,7 +353,7 @@ def mds_loss_rows(codes, proxies, labels, *, eta=0.3, mu=0.3, other=None):
         return loss
     proxies, labels, indices = _prepare_loss_inputs(codes, proxies, labels, other)
     loss, _ = torch.ops.dchml.mds_loss.default(codes, other, proxies, labels, indices,
-                                       _check_scalar("eta", eta), _check_scalar("mu", mu))
+                                       _check_scale("eta", eta), _check_scalar("mu", mu))
     return loss
 
 
@@ -360,7 +372,7 @@ def mds_loss_reduced(codes, proxies, labels, reduction, *, eta=0.3, mu=0.3, othe
         return loss
     proxies, labels, indices = _prepare_loss_inputs(codes, proxies, labels, other)
     loss, _ = torch.ops.dchml.mds_loss_reduced.default(codes, other, proxies, labels, indices,
-                                                       _check_scalar("eta", eta), _check_scalar("mu", mu), code)
+                                                       _check_scale("eta", eta), _check_scalar("mu", mu), code)
     return loss
 
 
@@ -373,7 +385,7 @@ def partial_softmax_reduced(codes, proxies, labels, reduction, *, gamma=0.2, sig
         return loss
     proxies, labels, indices = _prepare_loss_inputs(codes, proxies, labels, None)
     loss, _ = torch.ops.dchml.partial_softmax_loss_reduced.default(
-        codes, proxies, labels, indices, _check_scalar("gamma", gamma), _check_scalar("sigma", sigma), code)
+        codes, proxies, labels, indices, _check_scale("gamma", gamma), _check_scalar("sigma", sigma), code)
     return loss
 
 
@@ -385,7 +397,7 @@ def partial_softmax_rows(codes, proxies, labels, *, gamma=0.2, sigma=0.2):
         return loss
     proxies, labels, indices = _prepare_loss_inputs(codes, proxies, labels, None)
     loss, _ = torch.ops.dchml.partial_softmax_loss.default(codes, proxies, labels, indices,
-                                                   _check_scalar("gamma", gamma), _check_scalar("sigma", sigma))
+                                                   _check_scale("gamma", gamma), _check_scalar("sigma", sigma))
     return loss
 
 

@@ -6,7 +6,6 @@ Plots: pr_curves.png (precision-recall by Hamming radius, I->T and T->I), precis
 """
 from __future__ import annotations
 
-import io
 import os
 
 import matplotlib
@@ -14,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .checkpoint import atomic_write  # noqa: E402
+from .outputs import write_atomic, write_text  # noqa: E402
 
 TASKS = (("i2t", "I->T (image query, text database)"), ("t2i", "T->I (text query, image database)"))
 LABELS = {"dchml": "DCHML", "dchml_p": "DCHML_P", "dchml_q": "DCHML_Q"}
@@ -25,15 +24,10 @@ def _label(name: str, metrics: dict) -> str:
 
 
 def _save(fig, path: str) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            f.write(buffer.getvalue())
-
-    atomic_write(path, write)
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def plot_pr(runs: dict, path: str) -> None:
@@ -211,10 +205,5 @@ def write_report(out_dir: str, runs: dict, *, title: str = "dchml run report", n
     plot_training(runs, os.path.join(out_dir, "training.png"))
     text = render_markdown(runs, title=title, notes=notes)
     path = os.path.join(out_dir, "report.md")
-
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    atomic_write(path, write)
+    write_text(path, text)
     return path

@@ -30,10 +30,12 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .data.fingerprint import difference, identity
 from .losses import proxy_network_loss
 from .models import CrossModalHashModel, load_alexnet_weights, sgn
 from .normalize import DEFAULT_CLIP, check_kind
 from .objective import METHODS, LossWeights, full_objective, step_loss
+from .ops import MAX_BITS, MAX_CUDA_BITS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -124,6 +126,17 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not (isinstance(self.val_fraction, (int, float)) and 0 <= self.val_fraction < 1):
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        # Upper bounds that would otherwise fail late, after minutes of work (the memory a
+        # configuration needs on given data is checked by dchml/preflight.py).
+        if self.bits > MAX_BITS:
+            raise ValueError(f"bits must be at most {MAX_BITS} (the ranker's longest code), got {self.bits}")
+        if str(self.device).startswith("cuda") and self.bits > MAX_CUDA_BITS:
+            raise ValueError(f"bits must be at most {MAX_CUDA_BITS} on CUDA (the GPU ranker's longest code), "
+                             f"got {self.bits}")
+        if self.seed >= 2**64:
+            raise ValueError(f"seed must be below 2**64 (torch's generator), got {self.seed}")
+        if self.image_size < 63:
+            raise ValueError(f"image_size must be >= 63 (AlexNet's smallest input), got {self.image_size}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -434,6 +447,7 @@ class RunState:
     diag: dict
     epoch: int                    # completed epochs
     best: dict                    # {"epoch", "score", "model" (state dict on the CPU)} or {}
+    identity: dict = field(default_factory=dict)  # the data's fingerprint (dchml.data.fingerprint)
     stale: int = 0                # evaluations since the best one
     stopped_early: bool = False
 
@@ -519,6 +533,7 @@ def start_run(data, cfg: TrainConfig, device, checkpoint_path, resume: bool, log
                         state["stored_image"].to(device), state["stored_text"].to(device), generator,
                         train_idx, fit_idx, val_idx, data.labels[fit_idx].to(device, torch.float32),
                         list(state["history"]), dict(state["phnet"]), int(state["epoch"]), best,
+                        {k: v for k, v in state["data"].items() if k not in ("name", "n", "train_idx")},
                         int(sel["stale"]), bool(sel["stopped_early"]))
     torch.manual_seed(cfg.seed)
     generator.manual_seed(cfg.seed)
@@ -534,7 +549,8 @@ def start_run(data, cfg: TrainConfig, device, checkpoint_path, resume: bool, log
     stored_image = continuous_codes(model, data.image[fit_idx], "image", device=device).to(device)
     stored_text = continuous_codes(model, data.text[fit_idx], "text", device=device).to(device)
     return RunState(cfg, model, opt_image, opt_text, codes_c, stored_image, stored_text, generator, train_idx,
-                    fit_idx, val_idx, data.labels[fit_idx].to(device, torch.float32), [], diag, 0, {})
+                    fit_idx, val_idx, data.labels[fit_idx].to(device, torch.float32), [], diag, 0, {},
+                    identity(data, train_idx))
 
 
 def run_epochs(data, run: RunState, device, passes, *, checkpoint_path=None, progress=False, log=None,
@@ -665,7 +681,7 @@ def checkpoint_state(run: RunState, data, device) -> dict:
         "rng": rng,
         "history": [dict(r) for r in run.history],
         "phnet": dict(run.diag),
-        "data": {"name": data.name, "n": int(data.n), "train_idx": run.train_idx.clone()},
+        "data": {"name": data.name, "n": int(data.n), "train_idx": run.train_idx.clone(), **run.identity},
         "split": {"fit_idx": run.fit_idx.clone(), "val_idx": run.val_idx.clone()},
         "selection": {"epoch": run.best.get("epoch", 0), "score": run.best.get("score"), "stale": run.stale,
                       "stopped_early": run.stopped_early, "summary": selection_summary(run)},
@@ -694,9 +710,7 @@ def _resumed_config(state: dict, requested: TrainConfig) -> TrainConfig:
 
 
 def _check_same_data(state: dict, data, path: str) -> None:
-    saved = state.get("data", {})
-    same = (saved.get("n") == data.n and isinstance(saved.get("train_idx"), torch.Tensor)
-            and torch.equal(saved["train_idx"], data.train_idx.to(torch.int64)))
-    if not same:
-        raise CheckpointError(f"checkpoint {path} was trained on different data ({saved.get('name')!r}, "
-                              f"n={saved.get('n')}); resume with the same --data and --seed")
+    why = difference(state.get("data", {}), data)
+    if why:
+        raise CheckpointError(f"checkpoint {path} cannot be resumed on this data: {why}; "
+                              "resume with the data and --seed it was trained with")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Makes the environment dchml needs, from nothing: a virtual environment (.venv, or $DCHML_VENV),
-# PyTorch and the other dependencies, and the compiled extension (CUDA kernels included whenever
-# a CUDA toolkit is found). Idempotent: a second run reuses what is there and rebuilds only
-# what changed. Sourced by scripts/test.sh and scripts/demo.sh; prints the venv's python path.
+# PyTorch and the other dependencies, and the compiled extension (its CUDA kernels only when a GPU
+# is visible or FORCE_CUDA=1: see setup.py). Idempotent: a second run reuses what is there and
+# rebuilds only what changed. Sourced by scripts/test.sh and scripts/demo.sh; prints the venv's
+# python path.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -23,19 +24,24 @@ PY="$VENV/bin/python"
 
 if ! "$PY" -c "import torch, numpy, tqdm, matplotlib, scipy, h5py, pytest, faiss, ninja, setuptools" >/dev/null 2>&1; then
   echo "[setup] installing $TORCH_SPEC and dependencies (a few minutes the first time)" >&2
-  quiet "$PY" -m pip install --disable-pip-version-check "$TORCH_SPEC"
-  quiet "$PY" -m pip install --disable-pip-version-check numpy tqdm matplotlib scipy h5py pytest faiss-cpu ninja setuptools wheel
+  # One resolver run for everything; --no-compile: Python compiles the modules it imports on first
+  # use instead of all of torch's files up front.
+  quiet "$PY" -m pip install --disable-pip-version-check --no-compile "$TORCH_SPEC" \
+    numpy tqdm matplotlib scipy h5py pytest faiss-cpu ninja setuptools wheel
+  echo "[setup] installed after ${SECONDS}s" >&2
 fi
 
 if [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda ]; then export CUDA_HOME=/usr/local/cuda; fi
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 echo "[setup] building dchml (incremental)" >&2
 # build_ext --inplace keeps ninja's build folder, so later runs recompile only changed files;
-# the editable install (once) adds the `dchml` command and the package to the venv.
-if ! "$PY" setup.py build_ext --inplace >"$LOG" 2>&1; then cat "$LOG" >&2; echo "setup failed: build" >&2; exit 1; fi
+# --force hands every build to ninja, which also notices a changed configuration (FORCE_CUDA) that
+# setuptools' timestamp check would miss. The editable install (once) adds the `dchml` command.
+if ! "$PY" setup.py build_ext --inplace --force >"$LOG" 2>&1; then cat "$LOG" >&2; echo "setup failed: build" >&2; exit 1; fi
 grep -m1 "^dchml build:" "$LOG" >&2 || true
+echo "[setup] built after ${SECONDS}s" >&2
 if [ ! -x "$VENV/bin/dchml" ]; then
-  quiet "$PY" -m pip install --disable-pip-version-check --no-build-isolation --no-deps -e .
+  DCHML_PREBUILT=1 quiet "$PY" -m pip install --disable-pip-version-check --no-build-isolation --no-deps -e .
 fi
 echo "[setup] ready after ${SECONDS}s" >&2
 echo "$PY"

@@ -175,7 +175,7 @@ def test_console_entry_point_exit_code_and_help():
 def test_demo_on_a_small_synthetic_set(tmp_path, monkeypatch, capsys):
     import dchml.data
 
-    monkeypatch.setattr(dchml.data, "make_synthetic", lambda seed=0: _tiny())
+    monkeypatch.setattr(dchml.data.load, "make_synthetic", lambda seed=0: _tiny())
     out = str(tmp_path / "demo")
     threads = torch.get_num_threads()
     assert main(["demo", "--out", out, "--epochs", "1", "--bits", "16", "--topk", "100", "--proxy-steps", "100",

@@ -3,7 +3,7 @@ validation every loader goes through, so a bad file fails once, here, with a mes
 the source and the problem instead of failing later inside training."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -11,6 +11,19 @@ import torch
 
 class DataError(ValueError):
     """A data file or array is missing, corrupt or inconsistent (the message says which and why)."""
+
+
+class UnlabeledItemsError(DataError):
+    """Some items have no label. The message names the Python option that drops them;
+    `with_option` names another (the command line's --drop-unlabeled)."""
+
+    def __init__(self, source: str, count: int, first: int, option: str = "drop_unlabeled=True"):
+        self.source, self.count, self.first = source, count, first
+        super().__init__(f"{source}: {count} rows have no label (first: row {first}); every item needs >= 1 "
+                         f"label (load with {option} to drop them, as the paper's protocol does)")
+
+    def with_option(self, option: str) -> "UnlabeledItemsError":
+        return UnlabeledItemsError(self.source, self.count, self.first, option)
 
 
 @dataclass(frozen=True)
@@ -24,6 +37,8 @@ class CrossModalData:
     retrieval_idx: int64, 0-based: the database searched by the queries
     train_idx:     int64, 0-based, a subset of retrieval_idx (METHOD.md §8)
     name:          where the data came from ("synthetic", or the file name)
+    source:        load_dataset's arguments (path as given and absolute, format, seed, ...), so
+                   the same data can be loaded again; None for data built in memory
 
     Construction validates everything (raises DataError), so any instance is consistent.
     """
@@ -35,6 +50,7 @@ class CrossModalData:
     retrieval_idx: torch.Tensor
     train_idx: torch.Tensor
     name: str = "data"
+    source: dict | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         validate(self)
@@ -105,8 +121,7 @@ def validate(d: CrossModalData) -> None:
         _fail(src, f"labels must be 0/1, found {lab[bad[0], bad[1]].item()} at row {bad[0]}, column {bad[1]}")
     empty = (lab.sum(1) == 0).nonzero().flatten()
     if len(empty):
-        _fail(src, f"{len(empty)} rows have no label (first: row {empty[0].item()}); every item needs >= 1 "
-                   "label (load with drop_unlabeled=True to drop them, as the paper's protocol does)")
+        raise UnlabeledItemsError(src, len(empty), int(empty[0].item()))
     seen = {}
     for field in ("query_idx", "retrieval_idx", "train_idx"):
         idx = getattr(d, field)
@@ -134,7 +149,7 @@ def _first_bad_row(x: torch.Tensor) -> int:
 
 
 def from_arrays(image, text, labels, *, query_idx, retrieval_idx, train_idx, name: str,
-                drop_unlabeled: bool = False) -> CrossModalData:
+                drop_unlabeled: bool = False, source: dict | None = None) -> CrossModalData:
     """Build a validated CrossModalData from array-likes (numpy or torch, any numeric dtype).
 
     Conversions: features and BoW to float32, pixels stay uint8, labels to float32, indices to
@@ -166,7 +181,7 @@ def from_arrays(image, text, labels, *, query_idx, retrieval_idx, train_idx, nam
             idx = {k: new_pos[v[keep[v]]] for k, v in idx.items()}
             image, text, labels = image[keep], text[keep], labels[keep]
     return CrossModalData(image=image.contiguous(), text=text.contiguous(), labels=labels.contiguous(),
-                          name=name, **{k: v.contiguous() for k, v in idx.items()})
+                          name=name, source=source, **{k: v.contiguous() for k, v in idx.items()})
 
 
 def _as_tensor(x, field: str, name: str) -> torch.Tensor:

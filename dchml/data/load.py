@@ -3,6 +3,7 @@ text-list folders, dchml's .npz), the format detection, and the split: a file's 
 when it has them, otherwise the paper's protocol from a seed (splits.py)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -55,16 +56,20 @@ def load_dataset(source: str, format: str = "auto", *, seed: int = 0, n_query: i
         NUS-WIDE and IAPR TC-12 contain such rows). Default False: such rows raise DataError.
     image_size: side of the square RGB pixels read from a text-list images.txt.
     Raises DataError for a missing, corrupt or inconsistent source.
+    The result's `source` records these arguments (load_recorded loads the same data again).
     """
     if format not in FORMATS:
         raise DataError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    recorded = {"path": os.fspath(source), "abspath": None, "format": "synthetic", "seed": seed,
+                "n_query": n_query, "n_train": n_train, "drop_unlabeled": drop_unlabeled, "image_size": image_size}
     if source == "synthetic":
         kw = {k: v for k, v in (("n_query", n_query), ("n_train", n_train)) if v is not None}
-        return make_synthetic(seed=seed, **kw)
+        return dataclasses.replace(make_synthetic(seed=seed, **kw), source=recorded)
     path = Path(os.fspath(source))
     if not path.exists():
         raise DataError(f"{path}: file not found")
     fmt = detect_format(path) if format == "auto" else format
+    recorded.update(abspath=str(path.resolve()), format=fmt)
     if fmt == "mat":
         from .matlab import load_mat_arrays
         arrays = load_mat_arrays(path)
@@ -77,10 +82,22 @@ def load_dataset(source: str, format: str = "auto", *, seed: int = 0, n_query: i
             raise DataError(f"{path}: format 'npz' needs a file, got a folder")
         arrays = load_npz_arrays(path)
     return _assemble(arrays, name=path.name, seed=seed, n_query=n_query, n_train=n_train,
-                     drop_unlabeled=drop_unlabeled)
+                     drop_unlabeled=drop_unlabeled, source=recorded)
 
 
-def _assemble(arrays: dict, *, name: str, seed: int, n_query, n_train, drop_unlabeled: bool) -> CrossModalData:
+def load_recorded(source: dict) -> CrossModalData:
+    """Load the data a `CrossModalData.source` record describes (e.g. one kept in a checkpoint).
+    Raises DataError, naming the recorded path, when that file is gone."""
+    path = source["path"] if source.get("abspath") is None else source["abspath"]
+    if source.get("format") != "synthetic" and not os.path.exists(path):
+        raise DataError(f"the recorded data {source['path']!r} ({path}) no longer exists")
+    return load_dataset(path, "auto" if source.get("format") == "synthetic" else source["format"],
+                        seed=source["seed"], n_query=source.get("n_query"), n_train=source.get("n_train"),
+                        drop_unlabeled=bool(source.get("drop_unlabeled")), image_size=source.get("image_size", 224))
+
+
+def _assemble(arrays: dict, *, name: str, seed: int, n_query, n_train, drop_unlabeled: bool,
+              source: dict) -> CrossModalData:
     image, text, labels = arrays["image"], arrays["text"], arrays["labels"]
     n = labels.shape[0]
     for role, a in (("image", image), ("text", text)):
@@ -93,7 +110,7 @@ def _assemble(arrays: dict, *, name: str, seed: int, n_query, n_train, drop_unla
             image, text, labels = image[keep], text[keep], labels[keep]
             n = int(keep.sum())
         q, r, t = paper_split(n, seed=seed, n_query=n_query, n_train=n_train)
-        return from_arrays(image, text, labels, query_idx=q, retrieval_idx=r, train_idx=t, name=name)
+        return from_arrays(image, text, labels, query_idx=q, retrieval_idx=r, train_idx=t, name=name, source=source)
     if n_query is not None or n_train is not None:
         raise DataError(f"{name}: the file defines its own query/database split; n_query / n_train "
                         "cannot be applied (remove them, or remove the file's indices)")
@@ -111,4 +128,4 @@ def _assemble(arrays: dict, *, name: str, seed: int, n_query, n_train, drop_unla
         else:
             t = r_arr  # empty: validation reports the empty database
     return from_arrays(image, text, labels, query_idx=q, retrieval_idx=r, train_idx=t, name=name,
-                       drop_unlabeled=drop_unlabeled)
+                       drop_unlabeled=drop_unlabeled, source=source)

@@ -12,12 +12,12 @@ Any other array name is an error (it is most likely a typo). save_npz writes ato
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..outputs import write_atomic
 from .dataset import CrossModalData, DataError
 
 REQUIRED = ("image", "text", "labels")
@@ -62,14 +62,6 @@ def save_npz(data: CrossModalData, path) -> None:
     file in the same folder, then os.replace, so a crash never leaves a half-written file."""
     if not isinstance(data, CrossModalData):
         raise TypeError(f"data must be a CrossModalData, got {type(data).__name__}")
-    path = Path(os.fspath(path))
     arrays = {k: getattr(data, k).numpy() for k in REQUIRED + OPTIONAL}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)  # a file object: numpy does not append ".npz"
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # a file object: numpy does not append ".npz"
+    write_atomic(os.fspath(path), lambda fh: np.savez_compressed(fh, **arrays))
