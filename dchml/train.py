@@ -20,10 +20,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .backbones import find_weights, get_spec, load_backbone_weights, param_groups
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .data.images import ImageSource, training_batches
 from .losses import proxy_network_loss
-from .models import CrossModalHashModel, load_alexnet_weights, sgn
+from .models import CrossModalHashModel, sgn
 from .objective import METHODS, LossWeights, full_objective, step_loss
+from .precision import FP32, MixedPrecision, check_precision
 
 
 @dataclass
@@ -54,7 +57,12 @@ class TrainConfig:
     image_hidden: int = 2048        # feature MLP width (feature data only)
     text_hidden: int = 2048
     proxy_hidden: int = 512
-    image_weights: str | None = None  # local torchvision AlexNet state dict (pixel data only)
+    image_weights: str | None = None  # local backbone state dict, or "random" (pixel data only)
+    # End-to-end training on pixels (dchml.backbones, dchml.precision, dchml.data.images):
+    image_backbone: str = "alexnet"  # alexnet (the paper) | vgg16 | resnet50 | clip-vit-b-32[-openai]
+    backbone_lr_scale: float = 1.0   # the backbone's lr = lr x this (0 freezes it)
+    precision: str = "fp32"          # fp32 | auto | bf16 | fp16: mixed precision on CUDA
+    augment: bool = False            # random crop + flip of training images streamed from files
 
     def __post_init__(self):
         self.validate()
@@ -71,12 +79,15 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
-        for name in ("momentum", "weight_decay", "eta", "mu", "lam", "gamma", "alpha", "beta", "proxy_tol"):
+        for name in ("momentum", "weight_decay", "eta", "mu", "lam", "gamma", "alpha", "beta", "proxy_tol",
+                     "backbone_lr_scale"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        get_spec(self.image_backbone)
+        check_precision(self.precision)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -157,25 +168,26 @@ def _train_proxies(model: CrossModalHashModel, cfg: TrainConfig) -> dict:
 
 
 def train_pass(net, optimizer, inputs, rows, positions, stored_self, stored_other, codes_c, labels, proxies,
-               weights: LossWeights, batch_size: int, device, progress=None) -> dict:
+               weights: LossWeights, batch_size: int, device, progress=None, precision=FP32) -> dict:
     """One pass of `net` over the training positions `positions` (already shuffled), in batches.
 
-    inputs: the modality's full data tensor; rows: data row of each training position;
+    inputs: the modality's full data tensor, or an ImageSource (decoded by its worker processes);
+    rows: data row of each training position; precision: a MixedPrecision (autocast on CUDA);
     stored_self / stored_other (n_train, k): latest outputs, stored_self updated in place;
     codes_c (n_train, k) ±1; labels (n_train, c). Returns the mean step loss and mean terms.
     """
     net.train()
     totals = {"loss": 0.0, "intra": 0.0, "inter": 0.0, "quant": 0.0}
     seen = 0
-    for start in range(0, positions.numel(), batch_size):
-        pos = positions[start:start + batch_size]
-        x = inputs[rows[pos]].to(device, non_blocking=True)
+    for pos, x in training_batches(inputs, rows, positions, batch_size):
+        x = x.to(device, non_blocking=True)
         pos_d = pos.to(device)
-        out = net(x)
+        with precision.autocast():
+            out = net(x)
+        out = out.float()
         loss, terms = step_loss(out, stored_other[pos_d], codes_c[pos_d], proxies, labels[pos_d], weights)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        precision.step(loss, optimizer)
         stored_self[pos_d] = out.detach()
         b = pos.numel()
         seen += b
@@ -249,20 +261,29 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_model(data, cfg: TrainConfig) -> CrossModalHashModel:
+def build_model(data, cfg: TrainConfig, log=None) -> CrossModalHashModel:
     image_dim = None if data.image_is_pixels else data.image_dim
-    if cfg.image_weights and image_dim is not None:
-        raise ValueError("image_weights is only for pixel images (AlexNet); this data set has image features")
+    if image_dim is not None:
+        for name, default in (("image_weights", None), ("image_backbone", "alexnet"), ("augment", False)):
+            if getattr(cfg, name) != default:
+                raise ValueError(f"{name} is only for pixel images; this data set has {image_dim}-d image features")
+    elif cfg.augment and not isinstance(data.image, ImageSource):
+        raise ValueError("augment applies to images streamed from files; these pixels are in memory")
     model = CrossModalHashModel(cfg.bits, data.n_labels, data.text_dim, image_dim, proxy_hidden=cfg.proxy_hidden,
                                 image_hidden=cfg.image_hidden, text_hidden=cfg.text_hidden,
-                                image_size=cfg.image_size)
-    if cfg.image_weights:
-        load_alexnet_weights(model.image_net.backbone, cfg.image_weights)
+                                image_size=cfg.image_size, image_backbone=cfg.image_backbone)
+    if image_dim is None:
+        weights = find_weights(cfg.image_backbone, cfg.image_weights)
+        if weights:
+            load_backbone_weights(cfg.image_backbone, model.image_net.backbone, weights)
+        if log:
+            log(f"image backbone {cfg.image_backbone}: " + (f"weights from {weights}" if weights else "random weights"))
     return model
 
 
 def _optimizer(net, cfg: TrainConfig):
-    return torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(param_groups(net, cfg.lr, cfg.backbone_lr_scale), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -340,7 +361,7 @@ def start_run(data, cfg: TrainConfig, device, train_idx, checkpoint_path, resume
                         {k: v for k, v in state.items() if k not in ("format", "version")})
     torch.manual_seed(cfg.seed)
     generator.manual_seed(cfg.seed)
-    model = build_model(data, cfg).to(device)
+    model = build_model(data, cfg, log).to(device)
     diag = train_proxies(model, cfg, log)
     opt_image, opt_text = _optimizer(model.image_net, cfg), _optimizer(model.text_net, cfg)
     codes_c = sgn(torch.randn(train_idx.numel(), cfg.bits, generator=generator)).to(device)
@@ -365,17 +386,20 @@ def _train(data, cfg, device, checkpoint_path, resume, progress, log, on_epoch_e
     weights = cfg.loss_weights()
     proxies = model.proxies
     steps_per_pass = math.ceil(n_train / cfg.batch_size)
+    images, precision = training_images(data, cfg), MixedPrecision(cfg.precision, device)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         began = time.perf_counter()
         bar = _progress(2 * steps_per_pass, f"{cfg.method} epoch {epoch}/{cfg.epochs}", progress)
         try:
             # 2a: image net, text side from the stored text outputs; 2b: the reverse.
             order = torch.randperm(n_train, generator=generator)
-            image_stats = train_pass(model.image_net, opt_image, data.image, train_idx, order, stored_image,
-                                     stored_text, codes_c, labels, proxies, weights, cfg.batch_size, device, bar)
+            image_stats = train_pass(model.image_net, opt_image, images, train_idx, order, stored_image,
+                                     stored_text, codes_c, labels, proxies, weights, cfg.batch_size, device, bar,
+                                     precision)
             order = torch.randperm(n_train, generator=generator)
             text_stats = train_pass(model.text_net, opt_text, data.text, train_idx, order, stored_text,
-                                    stored_image, codes_c, labels, proxies, weights, cfg.batch_size, device, bar)
+                                    stored_image, codes_c, labels, proxies, weights, cfg.batch_size, device, bar,
+                                    precision)
         finally:
             if bar is not None:
                 bar.close()
@@ -394,6 +418,14 @@ def _train(data, cfg, device, checkpoint_path, resume, progress, log, on_epoch_e
             on_epoch_end(epoch, record)
     model.eval()
     return TrainResult(model=model, history=history, proxy_diagnostics=diag, state=state)
+
+
+def training_images(data, cfg: TrainConfig):
+    """The image input of the training passes: data.image, with the augmentation switched on
+    for images streamed from files when cfg.augment asks for it."""
+    if isinstance(data.image, ImageSource):
+        return data.image.with_options(augment=cfg.augment)
+    return data.image
 
 
 def epoch_record(cfg: TrainConfig, epoch: int, seconds: float, image_stats: dict, text_stats: dict,
@@ -434,7 +466,8 @@ def _checkpoint_state(model, cfg, epoch, opt_image, opt_text, codes_c, stored_im
         "rng": rng,
         "history": [dict(r) for r in history],
         "phnet": dict(diag),
-        "data": {"name": data.name, "n": int(data.n), "train_idx": train_idx.clone()},
+        "data": {"name": data.name, "n": int(data.n), "train_idx": train_idx.clone(),
+                 "encoders": dict(data.encoders or {})},
     }
 
 
