@@ -21,10 +21,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 
-if ! "$PY" -c "import torch, numpy, tqdm, matplotlib, scipy, h5py, pytest, faiss, ninja, setuptools" >/dev/null 2>&1; then
+if ! "$PY" -c "import torch, torchvision, numpy, tqdm, matplotlib, scipy, h5py, PIL, pytest, faiss, ninja, setuptools" >/dev/null 2>&1; then
   echo "[setup] installing $TORCH_SPEC and dependencies (a few minutes the first time)" >&2
-  quiet "$PY" -m pip install --disable-pip-version-check "$TORCH_SPEC"
-  quiet "$PY" -m pip install --disable-pip-version-check numpy tqdm matplotlib scipy h5py pytest faiss-cpu ninja setuptools wheel
+  # torchvision in the same command, so pip picks the release built for this torch
+  quiet "$PY" -m pip install --disable-pip-version-check "$TORCH_SPEC" torchvision
+  quiet "$PY" -m pip install --disable-pip-version-check numpy tqdm matplotlib scipy h5py pillow pytest faiss-cpu ninja setuptools wheel
 fi
 
 if [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda ]; then export CUDA_HOME=/usr/local/cuda; fi
