@@ -13,9 +13,14 @@ import torch
 PRECISIONS = ("fp32", "auto", "bf16", "fp16")
 
 
-def check_precision(precision: str) -> None:
+def check_precision(precision: str, device="cpu") -> None:
+    """A clear error for an unknown precision, or bf16 / fp16 asked for off CUDA."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0]
+    if precision in ("bf16", "fp16") and kind != "cuda":
+        raise ValueError(f"precision {precision!r} needs a CUDA device (mixed precision runs on GPUs only); "
+                         f"use fp32 or auto on {kind}")
 
 
 class MixedPrecision:
@@ -23,11 +28,8 @@ class MixedPrecision:
     else fp16, and fp32 on the CPU. `dtype` is the autocast dtype, None for float32."""
 
     def __init__(self, precision: str = "fp32", device="cpu"):
-        check_precision(precision)
         device = torch.device(device)
-        if precision in ("bf16", "fp16") and device.type != "cuda":
-            raise ValueError(f"precision {precision!r} needs a CUDA device (mixed precision runs on GPUs only); "
-                             f"use fp32 or auto on {device.type}")
+        check_precision(precision, device)
         self.device = device
         self.dtype = None
         if device.type == "cuda" and precision != "fp32":

@@ -87,7 +87,7 @@ class TrainConfig:
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         get_spec(self.image_backbone)
-        check_precision(self.precision)
+        check_precision(self.precision, self.device)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

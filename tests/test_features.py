@@ -138,3 +138,16 @@ def test_a_corrupt_image_stops_training_with_its_name(tmp_path, capsys):
                                      "64", "--image-weights", "random", "--workers", "0"] + TINY))
     assert "dchml train: error:" in line and "line 4: image file" in line and "3.jpg: cannot decode" in line
     assert "--skip-bad-images" in line
+
+
+def test_mixed_precision_and_augment_are_checked_before_training(tmp_path, capsys):
+    from dchml import distributed_train
+    from dchml.data import make_synthetic
+    from dchml.train import TrainConfig
+
+    line = _error_line(capsys, main(["train", "--data", "synthetic", "--out", str(tmp_path / "r"),
+                                     "--precision", "bf16"] + TINY))
+    assert "precision 'bf16' needs a CUDA device" in line
+    data = make_synthetic(n=60, n_labels=3, image_dim=8, text_dim=6, n_query=10, n_train=20)
+    with pytest.raises(ValueError, match="single-process training only"):
+        distributed_train.train(data, TrainConfig(epochs=1, augment=True), nproc=2)
