@@ -76,11 +76,11 @@ def _fingerprint(data: CrossModalData) -> str:
         h.update(type(reader).__name__.encode())
         h.update("\n".join(getattr(reader, "paths", [])).encode())
         h.update(repr((getattr(reader, "path", None), getattr(reader, "key", None), reader.item_shape)).encode())
-        h.update(image.rows.tobytes())
+        h.update(np.ascontiguousarray(image.rows))
     else:
-        h.update(np.ascontiguousarray(image.numpy()).tobytes())
+        h.update(np.ascontiguousarray(image.numpy()))
     for t in (data.labels, data.query_idx, data.retrieval_idx, data.train_idx, data.text):
-        h.update(t.numpy().tobytes())
+        h.update(np.ascontiguousarray(t.numpy()))  # hashed in place: no copy of the text rows
     return h.hexdigest()
 
 
@@ -217,13 +217,17 @@ def _image_features(net: IHNet, images, rows, batch_size, device, amp, bar) -> n
         batches = view.with_options(augment=False).iter_batches(list(torch.arange(len(view)).split(batch_size)))
     else:
         batches = view.split(batch_size)
-    parts = []
+    out, start = None, 0
     for x in batches:
         with amp.autocast():
-            parts.append(net.backbone(net.preprocess(x.to(device))).float().cpu())
+            features = net.backbone(net.preprocess(x.to(device))).float().cpu().numpy()
+        if out is None:  # filled in place: a chunk's features are held once, not once more by a concatenation
+            out = np.empty((len(rows), features.shape[1]), dtype=np.float32)
+        out[start:start + len(features)] = features
+        start += len(features)
         if bar is not None:
             bar.update(len(x))
-    return torch.cat(parts).numpy()
+    return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
 
 def _text_features(encoder: ClipTextEncoder, captions, batch_size, bar) -> np.ndarray:
