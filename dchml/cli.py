@@ -274,6 +274,7 @@ def cmd_train(args, argv):
     from .checkpoint import load_checkpoint
     from .experiment import CHECKPOINT, prepare_out_dir, run_experiment
     from .report import write_report
+    from .train import TrainConfig
 
     base = {}
     if args.resume:
@@ -282,8 +283,10 @@ def cmd_train(args, argv):
         base = load_checkpoint(os.path.join(args.out, CHECKPOINT))["config"]
     cfg = _config_from_args(args, base)
     if args.resume:
+        # A field the checkpoint predates has its default value in the resumed run.
+        saved = {**TrainConfig.from_dict({}).to_dict(), **base}
         changed = sorted(k for k, v in cfg.to_dict().items()
-                         if k not in ("epochs", "eval_every", "device") and base.get(k) != v)
+                         if k not in ("epochs", "eval_every", "device") and saved.get(k) != v)
         if changed:
             raise UsageError(f"--resume continues the run as it was configured; cannot change {', '.join(changed)} "
                              "(only --epochs, --eval-every and --device may differ)")

@@ -151,3 +151,22 @@ def test_mixed_precision_and_augment_are_checked_before_training(tmp_path, capsy
     data = make_synthetic(n=60, n_labels=3, image_dim=8, text_dim=6, n_query=10, n_train=20)
     with pytest.raises(ValueError, match="single-process training only"):
         distributed_train.train(data, TrainConfig(epochs=1, augment=True), nproc=2)
+
+
+def test_a_checkpoint_from_before_the_image_options_resumes(tmp_path):
+    import torch
+
+    from dchml.data import make_synthetic, save_npz
+
+    data = str(tmp_path / "s.npz")
+    save_npz(make_synthetic(n=80, n_labels=3, image_dim=8, text_dim=6, n_query=10, n_train=30), data)
+    run = str(tmp_path / "run")
+    assert main(["train", "--data", data, "--out", run] + TINY) == 0
+    path = os.path.join(run, "checkpoint.pt")
+    state = torch.load(path, weights_only=True)
+    for key in ("image_backbone", "backbone_lr_scale", "precision", "augment"):
+        del state["config"][key]  # as written before these options existed
+    del state["model_spec"]["image_backbone"]
+    torch.save(state, path)
+    assert main(["train", "--data", data, "--out", run, "--resume", "--epochs", "2", "--quiet"]) == 0
+    assert load_checkpoint(path)["epoch"] == 2
