@@ -1,4 +1,4 @@
-"""The `dchml` command line: train, eval, encode, search, demo.
+"""The `dchml` command line: train, eval, encode, search, demo, features.
 
 A user's mistake (bad path, bad flag value, corrupt file, existing output) prints ONE line
 `dchml <command>: error: ...` on stderr and exits with status 2, no traceback (set DCHML_DEBUG=1
@@ -79,13 +79,31 @@ def _fraction(text):
     return value
 
 
-def _add_data_args(p, default_help):
-    p.add_argument("--data", default=None,
-                   help="'synthetic' (built-in set) or a path: .mat (v5 / v7.3), .npz, or a text-list folder "
-                        f"(default: {default_help})")
-    p.add_argument("--format", default="auto", choices=["auto", "mat", "txt", "npz"], help="data format (default: auto)")
+def _add_data_args(p, default_help=None, required=False):
+    p.add_argument("--data", default=None, required=required,
+                   help="'synthetic' (built-in set) or a path: .mat (v5 / v7.3), .npz, a text-list folder, "
+                        "or an index.mat / caption.mat / label.mat folder"
+                        + (f" (default: {default_help})" if default_help else ""))
+    p.add_argument("--format", default="auto", choices=["auto", "mat", "txt", "npz", "indexmat"],
+                   help="data format (default: auto)")
     p.add_argument("--drop-unlabeled", action="store_true",
                    help="drop items without any label (the paper's protocol) instead of refusing the file")
+    _add_image_data_args(p)
+
+
+def _add_image_data_args(p):
+    from .data.images import DEFAULT_WORKERS
+    from .data.vocab import DEFAULT_MAX_TERMS, WEIGHTINGS
+
+    p.add_argument("--workers", type=_nonneg_int, default=DEFAULT_WORKERS,
+                   help=f"processes that decode image files (default {DEFAULT_WORKERS}; 0: decode in this process)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="decode every image file once at load and drop the items whose image is missing or "
+                        "unreadable (counted in the report) instead of stopping with an error")
+    p.add_argument("--vocab-size", type=_positive_int, default=DEFAULT_MAX_TERMS,
+                   help=f"raw captions: keep this many most frequent words of the training items (default {DEFAULT_MAX_TERMS})")
+    p.add_argument("--text-weighting", choices=WEIGHTINGS, default="binary",
+                   help="raw captions: bag-of-words values (default binary)")
 
 
 def _add_train_args(p, *, demo=False):
@@ -131,8 +149,26 @@ def _add_train_args(p, *, demo=False):
     p.add_argument("--topk", type=_positive_int, default=None, help=f"MAP@K cut-off (default {d.topk})")
     p.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    if not demo:
+        _add_finetune_args(p)
     _add_threads_arg(p, DEMO_THREADS if demo else None)
     p.add_argument("--force", action="store_true", help="write into an existing non-empty --out directory")
+
+
+def _add_finetune_args(p):
+    from .backbones import BACKBONES
+    from .precision import PRECISIONS
+
+    p.add_argument("--image-backbone", choices=list(BACKBONES), default=None,
+                   help="network on image pixels (default alexnet, the paper's); pixel data only")
+    p.add_argument("--image-size", type=_positive_int, default=None,
+                   help="side of the square image input (default 224); image files are resized to it")
+    p.add_argument("--backbone-lr-scale", type=_nonneg_float, default=None,
+                   help="the backbone's learning rate = --lr x this (default 1; 0 freezes the backbone)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="fp32 (default), or mixed precision on CUDA: auto (bf16 where supported), bf16, fp16")
+    p.add_argument("--augment", action="store_true", default=None,
+                   help="random crop + horizontal flip of training images streamed from files")
 
 
 def _add_threads_arg(p, default=None):
@@ -142,7 +178,8 @@ def _add_threads_arg(p, default=None):
 
 _CONFIG_FLAGS = ("bits", "epochs", "seed", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
                  "warmup_epochs", "schedule", "image_norm", "text_norm", "val_fraction", "patience", "select",
-                 "eta", "mu", "lam", "gamma", "alpha", "beta", "proxy_steps", "eval_every", "topk", "device")
+                 "eta", "mu", "lam", "gamma", "alpha", "beta", "proxy_steps", "eval_every", "topk", "device",
+                 "image_backbone", "image_size", "backbone_lr_scale", "precision", "augment")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, "synthetic; with --resume, the data the run was started on")
     p.add_argument("--method", choices=["dchml", "dchml_q", "dchml_p"], default=None, help="default dchml")
     _add_train_args(p)
-    p.add_argument("--image-weights", default=None, help="local torchvision AlexNet state dict (pixel data only)")
+    p.add_argument("--image-weights", default=None,
+                   help="local state dict of the image backbone, or 'random' (pixel data only; default: the "
+                        "weights cache, $DCHML_CACHE or ~/.cache/dchml, else random)")
     p.add_argument("--out", required=True, help="output directory (metrics.json, checkpoint.pt, report.md, PNGs)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
     p.add_argument("--nproc", type=_positive_int, default=None,
@@ -171,10 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threads_arg(p)
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
-    p = sub.add_parser("encode", help="encode images, image features or texts (.npy) to packed codes")
+    p = sub.add_parser("encode", help="encode images, image features or texts (.npy, or raw .txt) to packed codes")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--modality", required=True, choices=["image", "text"])
-    p.add_argument("--input", required=True, help=".npy: (n, 3, H, W) uint8 pixels, (n, d) image features or (n, d) BoW")
+    p.add_argument("--input", required=True,
+                   help=".npy: (n, 3, H, W) uint8 pixels, (n, d) image features or (n, d) BoW; or .txt: one raw "
+                        "caption per line (text), one image file per line (image)")
+    p.add_argument("--workers", type=_nonneg_int, default=2, help="processes that decode image files (default 2)")
     p.add_argument("--out", required=True, help="output .npy of packed uint8 codes (n, ceil(bits/8))")
     _add_threads_arg(p)
     p.add_argument("--device", default="cpu")
@@ -196,6 +238,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threads_arg(p)
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
+    p = sub.add_parser("features", help="run frozen backbones once over a data set and write a features .npz "
+                                        "for `dchml train --data`")
+    _add_data_args(p, required=True)
+    from .backbones import BACKBONES
+    from .features import DEFAULT_CHUNK_ROWS, TEXT_BACKBONES
+    from .precision import PRECISIONS
+
+    p.add_argument("--image-backbone", choices=list(BACKBONES), default="alexnet", help="default alexnet")
+    p.add_argument("--image-weights", default=None,
+                   help="local state dict of the backbone, or 'random' (tests only); default: the weights cache")
+    p.add_argument("--image-size", type=_positive_int, default=224, help="side of the square image input (default 224)")
+    p.add_argument("--text-backbone", choices=TEXT_BACKBONES, default="bow",
+                   help="bow: the data set's bag-of-words rows (captions through the vocabulary); clip: CLIP's "
+                        "text tower on the raw captions (default bow)")
+    p.add_argument("--text-weights", default=None, help="open_clip state dict for --text-backbone clip")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the data split (default 0)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--chunk-rows", type=_positive_int, default=DEFAULT_CHUNK_ROWS,
+                   help=f"items per saved chunk: the unit of resuming (default {DEFAULT_CHUNK_ROWS})")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="mixed precision on CUDA (default fp32)")
+    p.add_argument("--out", required=True, help="output .npz features file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_threads_arg(p)
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
     p = sub.add_parser("demo", help="DCHML vs DCHML_P on the synthetic set at 64 bits, one comparison report")
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
     _add_train_args(p, demo=True)
@@ -209,7 +277,7 @@ def _log(args):
     return None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
 
 
-def _load_data(args, seed, recorded=None):
+def _load_data(args, seed, recorded=None, image_size=224):
     """--data (default: `recorded`, a checkpoint's record of its data, else the synthetic set)."""
     from .data import UnlabeledItemsError, load_dataset, load_recorded
 
@@ -225,7 +293,10 @@ def _load_data(args, seed, recorded=None):
         source = "synthetic" if args.data is None else args.data
         if source != "synthetic" and not os.path.exists(source):
             raise UsageError(f"--data {source}: no such file or directory")
-        return load_dataset(source, args.format, seed=seed, drop_unlabeled=args.drop_unlabeled)
+        return load_dataset(source, args.format, seed=seed, drop_unlabeled=args.drop_unlabeled,
+                            image_size=image_size, image_workers=args.workers,
+                            skip_bad_images=args.skip_bad_images, vocab_size=args.vocab_size,
+                            text_weighting=args.text_weighting)
     except UnlabeledItemsError as exc:
         raise exc.with_option("--drop-unlabeled") from None
 
@@ -240,7 +311,7 @@ def _config_from_args(args, base: dict, **fixed):
             values[name] = value
     values.update(fixed)
     if getattr(args, "image_weights", None):
-        if not os.path.isfile(args.image_weights):
+        if args.image_weights != "random" and not os.path.isfile(args.image_weights):
             raise UsageError(f"--image-weights {args.image_weights}: no such file")
         values["image_weights"] = args.image_weights
     return TrainConfig.from_dict(values)
@@ -261,8 +332,11 @@ def _resumed(out_dir: str):
 
 
 def _check_resume_unchanged(cfg, base: dict) -> None:
+    from .train import TrainConfig
+
+    saved = {**TrainConfig().to_dict(), **base}  # a field the checkpoint predates has its default value
     changed = sorted(k for k, v in cfg.to_dict().items()
-                     if k not in ("epochs", "eval_every", "device") and base.get(k) != v)
+                     if k not in ("epochs", "eval_every", "device") and saved.get(k) != v)
     if changed:
         raise UsageError(f"--resume continues the run as it was configured; cannot change {', '.join(changed)} "
                          "(only --epochs, --eval-every and --device may differ)")
@@ -311,7 +385,7 @@ def _train_into(args, argv, plans, recorded, several):
     from .experiment import run_experiment, write_json
     from .report import write_report
 
-    data = _load_data(args, plans[0][0].seed, recorded)
+    data = _load_data(args, plans[0][0].seed, recorded, plans[0][0].image_size)
     runs = {}
     for cfg, out_dir, resume in plans:
         if several and _log(args):
@@ -368,7 +442,7 @@ def _checkpoint_data(args, state):
     seed = args.seed
     if seed is None:
         seed = recorded["seed"] if recorded is not None else int(state["config"]["seed"])
-    return _load_data(args, seed, recorded), seed
+    return _load_data(args, seed, recorded, state["model_spec"].get("image_size", 224)), seed
 
 
 def _refuse_trained_queries(state, data, rows, seed, what):
@@ -460,11 +534,51 @@ def cmd_encode(args, argv):
     from .outputs import write_atomic
 
     _check_output_file(args.out, args.force)
-    _, model, device = _load_model(args)
-    batch = _as_model_input(_load_npy(args.input, "--input"), model, args.modality, f"--input {args.input}")
+    state, model, device = _load_model(args)
+    if args.input.lower().endswith(".txt"):
+        batch = _raw_input(args, model, state.get("data", {}).get("encoders") or {}, device)
+    else:
+        batch = _as_model_input(_load_npy(args.input, "--input"), model, args.modality, f"--input {args.input}")
     codes = encode(model, batch, args.modality, device=device).numpy()
     write_atomic(args.out, lambda f: np.save(f, codes))
     print(f"wrote {codes.shape[0]} {model.bits}-bit {args.modality} codes, packed uint8 {codes.shape}, to {args.out}")
+
+
+def _raw_input(args, model, encoders, device):
+    from . import raw_inputs
+
+    if not os.path.isfile(args.input):
+        raise UsageError(f"--input {args.input}: no such file")
+    if args.modality == "text":
+        return raw_inputs.text_rows(encoders, args.input, device=device,
+                                    log=lambda message: print(message, file=sys.stderr))
+    return raw_inputs.image_rows(encoders, model.spec(), args.input, device=device, workers=args.workers)
+
+
+def cmd_features(args, argv):
+    from .features import extract_features
+
+    _check_output_file(args.out, args.force)
+    if args.image_weights not in (None, "random") and not os.path.isfile(args.image_weights):
+        raise UsageError(f"--image-weights {args.image_weights}: no such file")
+    data = _load_data(args, args.seed, image_size=args.image_size)
+    if not data.image_is_pixels:
+        raise UsageError(f"--data {args.data} holds {data.image_dim}-d image features already; "
+                         "`dchml features` needs image files or pixels")
+    partial = args.out + ".partial"
+    try:
+        summary = extract_features(data, args.out, image_backbone=args.image_backbone, image_weights=args.image_weights,
+                                   text_backbone=args.text_backbone, text_weights=args.text_weights,
+                                   device=args.device, batch_size=args.batch_size, chunk_rows=args.chunk_rows,
+                                   precision=args.precision, image_size=args.image_size, progress=not args.quiet,
+                                   log=None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
+    except KeyboardInterrupt:
+        print(f"dchml features: interrupted; the finished chunks are kept in {partial}: run the same command again "
+              "to continue", file=sys.stderr)
+        raise SystemExit(130) from None
+    skipped = len(summary["encoders"]["image"]["skipped"])
+    print(f"wrote {summary['n']} items ({summary['image_dim']}-d {args.image_backbone} image features, "
+          f"{summary['text_dim']}-d text) to {args.out}" + (f"; {skipped} unreadable images skipped" if skipped else ""))
 
 
 def cmd_search(args, argv):
@@ -568,7 +682,8 @@ def _demo_into(args, argv, cfg):
     print(f"report: {path}")
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "encode": cmd_encode, "search": cmd_search, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "encode": cmd_encode, "search": cmd_search, "demo": cmd_demo,
+            "features": cmd_features}
 
 
 def main(argv=None) -> int:

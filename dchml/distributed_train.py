@@ -82,6 +82,12 @@ def train(data, config: TrainConfig | None = None, *, nproc: int | None = None,
         raise ValueError(f"nproc must be a positive integer, got {nproc!r}")
     if resume and not checkpoint_path:
         raise ValueError("resume=True needs checkpoint_path")
+    several = (dist.is_available() and dist.is_initialized()) or launched_by_torchrun() or (nproc or 1) > 1
+    if several and (cfg.augment or cfg.precision != "fp32"):
+        # The sharded pass reads each rank's slice of a batch directly, without the loader's
+        # augmentation or autocast: refuse rather than silently train without them.
+        raise ValueError("augment and mixed precision are supported in single-process training only; "
+                         "drop --nproc (or --augment / --precision)")
     if dist.is_available() and dist.is_initialized():
         _check_nproc(nproc, dist.get_world_size())
         return _train_in_group(data, cfg, checkpoint_path, resume, progress, log, on_epoch_end)

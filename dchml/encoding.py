@@ -6,7 +6,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data.images import ImageSource
 from .models import CrossModalHashModel, IHNet, THNet, sgn
+
+# Images streamed from disk are encoded this many at a time whatever batch_size says: a batch of
+# decoded 224 x 224 images and its backbone activations must fit in memory.
+STREAM_BATCH = 128
 
 
 def _resolve(model: nn.Module, batch: torch.Tensor, modality: str | None) -> nn.Module:
@@ -43,11 +48,14 @@ def _infer_modality(model: CrossModalHashModel, batch: torch.Tensor) -> str:
 @torch.no_grad()
 def continuous_codes(model: nn.Module, batch, modality: str | None = None, *, batch_size: int = 1024,
                      device=None) -> torch.Tensor:
-    """b̂ = net(x) in (-1, 1), (n, k) float32 on the CPU; the net runs in eval mode (no dropout)."""
+    """b̂ = net(x) in (-1, 1), (n, k) float32 on the CPU; the net runs in eval mode (no dropout).
+    `batch` may be an ImageSource (images streamed from disk, decoded by its workers)."""
     if isinstance(batch, np.ndarray):
         batch = torch.from_numpy(batch)
+    if isinstance(batch, ImageSource):
+        return _streamed_codes(_resolve(model, batch, modality), batch, min(batch_size, STREAM_BATCH), device)
     if not isinstance(batch, torch.Tensor):
-        raise TypeError(f"batch must be a torch.Tensor or numpy array, got {type(batch).__name__}")
+        raise TypeError(f"batch must be a torch.Tensor, numpy array or ImageSource, got {type(batch).__name__}")
     net = _resolve(model, batch, modality)
     if batch.dtype != torch.uint8 and not batch.is_floating_point():
         batch = batch.float()
@@ -59,6 +67,21 @@ def continuous_codes(model: nn.Module, batch, modality: str | None = None, *, ba
     net.eval()
     try:
         parts = [net(batch[s:s + batch_size].to(device)).float().cpu() for s in range(0, batch.shape[0], batch_size)]
+    finally:
+        net.train(was_training)
+    return torch.cat(parts) if parts else torch.empty(0, net.bits)
+
+
+def _streamed_codes(net, images: ImageSource, batch_size: int, device) -> torch.Tensor:
+    if not getattr(net, "uses_pixels", False):
+        raise ValueError("images streamed from files need a model trained on pixels (an image backbone)")
+    if device is None:
+        device = next(net.parameters()).device
+    chunks = list(torch.arange(len(images)).split(batch_size))
+    was_training = net.training
+    net.eval()
+    try:
+        parts = [net(x.to(device)).float().cpu() for x in images.with_options(augment=False).iter_batches(chunks)]
     finally:
         net.train(was_training)
     return torch.cat(parts) if parts else torch.empty(0, net.bits)

@@ -58,10 +58,14 @@ def describe_device(device: str) -> str:
 
 def data_summary(data) -> dict:
     image = "pixels %s" % "x".join(map(str, data.image.shape[1:])) if data.image_is_pixels else f"{data.image_dim}-d features"
+    skipped = list(getattr(data.image, "skipped", ()))  # images streamed from files: the unreadable ones dropped
+    if hasattr(data.image, "skipped"):
+        image += " streamed from files" + (f" ({len(skipped)} unreadable skipped)" if skipped else "")
     return {"name": data.name, "n": int(data.n), "n_labels": int(data.n_labels), "image": image,
             "text_dim": int(data.text_dim), "n_query": int(data.query_idx.numel()),
             "n_retrieval": int(data.retrieval_idx.numel()), "n_train": int(data.train_idx.numel()),
-            "fingerprint": data_fingerprint(data), "source": getattr(data, "source", None)}
+            "fingerprint": data_fingerprint(data), "source": getattr(data, "source", None),
+            **({"skipped_images": skipped} if skipped else {})}
 
 
 def baselines(result, data, topk: int) -> dict:

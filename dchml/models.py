@@ -1,16 +1,14 @@
 """The three networks of METHOD.md §1-§2 and the container that ties them to the proxies.
 
 - PHNet: one-hot label -> proxy code (Linear(c, 512) -> ReLU -> Linear(512, k) -> tanh).
-- IHNet: image -> code, either an AlexNet backbone whose module names match torchvision's
-  `alexnet` (so an ImageNet state dict saved by torchvision loads as is), or, for pre-extracted
-  image features, an MLP [choice, METHOD.md §2].
+- IHNet: image -> code, either a backbone on pixels (the paper's AlexNet, whose module names
+  match torchvision's `alexnet` so an ImageNet state dict saved by torchvision loads as is, or
+  another of dchml.backbones), or, for pre-extracted image features, an MLP [choice, METHOD.md §2].
 - THNet: bag-of-words -> Linear(d, 2048) -> ReLU -> Linear(2048, k) -> tanh.
 - CrossModalHashModel: PHNet + IHNet + THNet + the frozen proxy codes G as a buffer, so the
   proxies are saved with the model. `spec()` returns the plain dict that rebuilds the model.
 """
 from __future__ import annotations
-
-import os
 
 import torch
 from torch import nn
@@ -21,10 +19,6 @@ from .normalize import FeatureNormalizer
 # ImageNet statistics torchvision's pretrained AlexNet expects.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# Keys of torchvision.models.alexnet().state_dict() that IHNet keeps: conv1..conv5, fc6, fc7.
-# fc8 (classifier.6) is the ImageNet classifier, replaced by the hash layer.
-ALEXNET_FC8_KEYS = ("classifier.6.weight", "classifier.6.bias")
 
 
 def sgn(x: torch.Tensor) -> torch.Tensor:
@@ -103,51 +97,34 @@ class AlexNetBackbone(nn.Module):
 def load_alexnet_weights(backbone: AlexNetBackbone, path: str) -> None:
     """Load an ImageNet AlexNet state dict saved by torchvision (`torch.save(alexnet(weights=...)
     .state_dict(), path)`) from a local file; fc8 is dropped. Never downloads anything."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"image weights file {path} is not a readable torch state dict ({exc})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"image weights file {path} holds a {type(state).__name__}, expected a state dict")
-    state = {k: v for k, v in state.items() if k not in ALEXNET_FC8_KEYS}
-    expected = backbone.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"image weights file {path} is not a torchvision AlexNet state dict: "
-            f"missing keys {missing[:4]}, unexpected keys {unexpected[:4]}"
-        )
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise ValueError(
-                f"image weights file {path}: {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}"
-            )
-    backbone.load_state_dict(state, strict=True)
+    from .backbones import load_backbone_weights
+
+    load_backbone_weights("alexnet", backbone, path)
 
 
 class IHNet(nn.Module):
-    """Image hashing network (§2). `image_dim=None`: AlexNet backbone on (n, 3, H, W) uint8 pixels
-    (scaled to [0, 1], resized to `image_size`, ImageNet-normalised) + Linear(4096, k) + tanh.
+    """Image hashing network (§2). `image_dim=None`: a backbone (`backbone`, default the paper's
+    AlexNet; see dchml.backbones) on (n, 3, H, W) uint8 pixels (scaled to [0, 1], resized to
+    `image_size`, normalised with the backbone's statistics) + Linear(backbone dim, k) + tanh.
     `image_dim=d`: pre-extracted features -> Linear(d, hidden) -> ReLU -> Linear(hidden, k) -> tanh,
     the same shape as THNet [choice]."""
 
-    def __init__(self, bits: int, image_dim: int | None = None, *, hidden: int = 2048, image_size: int = 224):
+    def __init__(self, bits: int, image_dim: int | None = None, *, hidden: int = 2048, image_size: int = 224,
+                 backbone: str = "alexnet"):
         super().__init__()
         _check_positive(bits=bits, hidden=hidden, image_size=image_size)
         self.bits, self.image_dim, self.image_size = bits, image_dim, image_size
         if image_dim is None:
-            if image_size < 63:
-                raise ValueError(f"image_size must be >= 63 for the AlexNet backbone, got {image_size}")
-            self.backbone = AlexNetBackbone()
-            self.hash = nn.Linear(4096, bits)
+            from .backbones import build_backbone, get_spec
+
+            spec = get_spec(backbone)
+            if image_size < spec.min_size:
+                raise ValueError(f"image_size must be >= {spec.min_size} for the {spec.title} backbone, got {image_size}")
+            self.backbone = build_backbone(backbone, image_size)
+            self.hash = nn.Linear(spec.out_dim, bits)
             _xavier(self.hash)
-            self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-            self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
         else:
             _check_positive(image_dim=image_dim)
             self.normalizer = FeatureNormalizer(image_dim)
@@ -199,13 +176,13 @@ class CrossModalHashModel(nn.Module):
 
     def __init__(self, bits: int, n_labels: int, text_dim: int, image_dim: int | None = None, *,
                  proxy_hidden: int = 512, image_hidden: int = 2048, text_hidden: int = 2048,
-                 image_size: int = 224):
+                 image_size: int = 224, image_backbone: str = "alexnet"):
         super().__init__()
         self._spec = dict(bits=bits, n_labels=n_labels, text_dim=text_dim, image_dim=image_dim,
                           proxy_hidden=proxy_hidden, image_hidden=image_hidden, text_hidden=text_hidden,
-                          image_size=image_size)
+                          image_size=image_size, image_backbone=image_backbone)
         self.phnet = PHNet(n_labels, bits, hidden=proxy_hidden)
-        self.image_net = IHNet(bits, image_dim, hidden=image_hidden, image_size=image_size)
+        self.image_net = IHNet(bits, image_dim, hidden=image_hidden, image_size=image_size, backbone=image_backbone)
         self.text_net = THNet(text_dim, bits, hidden=text_hidden)
         self.register_buffer("proxies", torch.zeros(n_labels, bits))
 

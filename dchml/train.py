@@ -29,13 +29,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .backbones import find_weights, get_spec, load_backbone_weights, param_groups
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .data.fingerprint import difference, identity
+from .data.images import ImageSource, training_batches
 from .losses import proxy_network_loss
-from .models import CrossModalHashModel, load_alexnet_weights, sgn
+from .models import CrossModalHashModel, sgn
 from .normalize import DEFAULT_CLIP, check_kind
 from .objective import METHODS, LossWeights, full_objective, step_loss
 from .ops import MAX_BITS, MAX_CUDA_BITS
+from .precision import FP32, MixedPrecision, check_precision
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -82,7 +85,12 @@ class TrainConfig:
     image_hidden: int = 2048        # feature MLP width (feature data only)
     text_hidden: int = 2048
     proxy_hidden: int = 512
-    image_weights: str | None = None  # local torchvision AlexNet state dict (pixel data only)
+    image_weights: str | None = None  # local backbone state dict, or "random" (pixel data only)
+    # End-to-end training on pixels (dchml.backbones, dchml.precision, dchml.data.images):
+    image_backbone: str = "alexnet"  # alexnet (the paper) | vgg16 | resnet50 | clip-vit-b-32[-openai]
+    backbone_lr_scale: float = 0.1   # a pretrained backbone's lr = lr x this (0 freezes it)
+    precision: str = "fp32"          # fp32 | auto | bf16 | fp16: mixed precision on CUDA
+    augment: bool = False            # random crop + flip of training images streamed from files
 
     def __post_init__(self):
         self.validate()
@@ -120,12 +128,15 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
-        for name in ("momentum", "weight_decay", "eta", "mu", "lam", "gamma", "alpha", "beta", "proxy_tol"):
+        for name in ("momentum", "weight_decay", "eta", "mu", "lam", "gamma", "alpha", "beta", "proxy_tol",
+                     "backbone_lr_scale"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not (isinstance(self.val_fraction, (int, float)) and 0 <= self.val_fraction < 1):
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        get_spec(self.image_backbone)
+        check_precision(self.precision, self.device)
         # Upper bounds that would otherwise fail late, after minutes of work (the memory a
         # configuration needs on given data is checked by dchml/preflight.py).
         if self.bits > MAX_BITS:
@@ -156,7 +167,7 @@ class TrainConfig:
 # The paper's literal training settings (METHOD.md §4): everything else keeps its default.
 PAPER_RECIPE = dict(epochs=120, optimizer="sgd", lr=1e-3, momentum=0.0, weight_decay=0.0, warmup_epochs=0,
                     schedule="constant", image_norm="none", text_norm="none", val_fraction=0.0, patience=0,
-                    select="last", eval_every=5)
+                    select="last", eval_every=5, backbone_lr_scale=1.0)
 RECIPES = {"default": {}, "paper": PAPER_RECIPE}
 
 
@@ -225,7 +236,8 @@ def _fit_phnet(model: CrossModalHashModel, cfg: TrainConfig) -> dict:
 
 
 def make_optimizer(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in net.parameters() if p.requires_grad]
+    # A pretrained image backbone learns at lr x backbone_lr_scale, the hash layer at lr.
+    params = param_groups(net, cfg.lr, cfg.backbone_lr_scale)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
@@ -271,11 +283,14 @@ class PassInputs:
     device: torch.device
     lr_at: object
     progress: object = None
+    precision: MixedPrecision = FP32
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the schedule's rate, keeping each parameter group's ratio to the base rate (a
+    backbone's lr_scale)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def train_pass(p: PassInputs) -> dict:
@@ -283,16 +298,17 @@ def train_pass(p: PassInputs) -> dict:
     p.net.train()
     totals = {"loss": 0.0, "intra": 0.0, "inter": 0.0, "quant": 0.0}
     seen = 0
-    for step, start in enumerate(range(0, p.positions.numel(), p.batch_size)):
-        pos = p.positions[start:start + p.batch_size]
-        x = p.inputs[p.rows[pos]].to(p.device, non_blocking=True)
+    batches = training_batches(p.inputs, p.rows, p.positions, p.batch_size)
+    for step, (pos, x) in enumerate(batches):
+        x = x.to(p.device, non_blocking=True)
         pos_d = pos.to(p.device)
-        out = p.net(x)
+        with p.precision.autocast():
+            out = p.net(x)
+        out = out.float()
         loss, terms = step_loss(out, p.stored_other[pos_d], p.codes_c[pos_d], p.proxies, p.labels[pos_d], p.weights)
         set_learning_rate(p.optimizer, p.lr_at(step))
         p.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        p.optimizer.step()
+        p.precision.step(loss, p.optimizer)
         p.stored_self[pos_d] = out.detach()
         b = pos.numel()
         seen += b
@@ -396,16 +412,32 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_model(data, cfg: TrainConfig) -> CrossModalHashModel:
+def build_model(data, cfg: TrainConfig, log=None) -> CrossModalHashModel:
     image_dim = None if data.image_is_pixels else data.image_dim
-    if cfg.image_weights and image_dim is not None:
-        raise ValueError("image_weights is only for pixel images (AlexNet); this data set has image features")
+    if image_dim is not None:
+        for name, default in (("image_weights", None), ("image_backbone", "alexnet"), ("augment", False)):
+            if getattr(cfg, name) != default:
+                raise ValueError(f"{name} is only for pixel images; this data set has {image_dim}-d image features")
+    elif cfg.augment and not isinstance(data.image, ImageSource):
+        raise ValueError("augment applies to images streamed from files; these pixels are in memory")
     model = CrossModalHashModel(cfg.bits, data.n_labels, data.text_dim, image_dim, proxy_hidden=cfg.proxy_hidden,
                                 image_hidden=cfg.image_hidden, text_hidden=cfg.text_hidden,
-                                image_size=cfg.image_size)
-    if cfg.image_weights:
-        load_alexnet_weights(model.image_net.backbone, cfg.image_weights)
+                                image_size=cfg.image_size, image_backbone=cfg.image_backbone)
+    if image_dim is None:
+        weights = find_weights(cfg.image_backbone, cfg.image_weights)
+        if weights:
+            load_backbone_weights(cfg.image_backbone, model.image_net.backbone, weights)
+        if log:
+            log(f"image backbone {cfg.image_backbone}: " + (f"weights from {weights}" if weights else "random weights"))
     return model
+
+
+def training_images(data, cfg: TrainConfig):
+    """The image input of the training passes: data.image, with the augmentation switched on
+    for images streamed from files when cfg.augment asks for it."""
+    if isinstance(data.image, ImageSource):
+        return data.image.with_options(augment=cfg.augment)
+    return data.image
 
 
 def fit_normalizers(model: CrossModalHashModel, data, fit_idx: torch.Tensor, cfg: TrainConfig) -> None:
@@ -538,7 +570,7 @@ def start_run(data, cfg: TrainConfig, device, checkpoint_path, resume: bool, log
     torch.manual_seed(cfg.seed)
     generator.manual_seed(cfg.seed)
     fit_idx, val_idx = validation_split(train_idx, cfg)
-    model = build_model(data, cfg).to(device)
+    model = build_model(data, cfg, log).to(device)
     fit_normalizers(model, data, fit_idx, cfg)
     diag = train_proxies(model, cfg, log)
     opt_image, opt_text = make_optimizer(model.image_net, cfg), make_optimizer(model.text_net, cfg)
@@ -565,6 +597,7 @@ def run_epochs(data, run: RunState, device, passes, *, checkpoint_path=None, pro
     weights = cfg.loss_weights()
     n_fit = run.fit_idx.numel()
     steps = math.ceil(n_fit / cfg.batch_size)
+    precision = MixedPrecision(cfg.precision, device)
     state = {}
     while run.epoch < cfg.epochs and not run.stopped_early:
         epoch = run.epoch + 1
@@ -574,13 +607,13 @@ def run_epochs(data, run: RunState, device, passes, *, checkpoint_path=None, pro
         try:
             # 2a: image net, text side from the stored text outputs; 2b: the reverse.
             for modality, stored_self, stored_other, optimizer, inputs in (
-                    ("image", run.stored_image, run.stored_text, run.opt_image, data.image),
+                    ("image", run.stored_image, run.stored_text, run.opt_image, training_images(data, cfg)),
                     ("text", run.stored_text, run.stored_image, run.opt_text, data.text)):
                 order = torch.randperm(n_fit, generator=run.generator)
                 stats[modality] = passes.run_pass(PassInputs(
                     modality, passes.net(run, modality), optimizer, inputs, run.fit_idx, order, stored_self,
                     stored_other, run.codes_c, run.labels, run.model.proxies, weights, cfg.batch_size, device,
-                    lambda step, e=epoch: learning_rate(cfg, e, step, steps), bar))
+                    lambda step, e=epoch: learning_rate(cfg, e, step, steps), bar, precision))
         finally:
             if bar is not None:
                 bar.close()
@@ -681,7 +714,8 @@ def checkpoint_state(run: RunState, data, device) -> dict:
         "rng": rng,
         "history": [dict(r) for r in run.history],
         "phnet": dict(run.diag),
-        "data": {"name": data.name, "n": int(data.n), "train_idx": run.train_idx.clone(), **run.identity},
+        "data": {"name": data.name, "n": int(data.n), "train_idx": run.train_idx.clone(), **run.identity,
+                 "encoders": dict(data.encoders or {})},
         "split": {"fit_idx": run.fit_idx.clone(), "val_idx": run.val_idx.clone()},
         "selection": {"epoch": run.best.get("epoch", 0), "score": run.best.get("score"), "stale": run.stale,
                       "stopped_early": run.stopped_early, "summary": selection_summary(run)},

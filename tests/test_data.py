@@ -340,8 +340,9 @@ def test_mat_v73_pixels_and_sparse_text(tmp_path):
         g.create_dataset("data", data=csc.data)
         g.create_dataset("ir", data=csc.indices.astype(np.uint64))
         g.create_dataset("jc", data=csc.indptr.astype(np.uint64))
-    d = load_dataset(str(p))
-    assert d.image.shape == (n, 3, h, w) and torch.equal(d.image, torch.from_numpy(pix))
+    d = load_dataset(str(p))  # the pixel array is streamed: read item by item when used
+    assert d.image.shape == (n, 3, h, w) and torch.equal(d.image.load(), torch.from_numpy(pix))
+    assert torch.equal(load_dataset(str(p), stream_images=False).image, torch.from_numpy(pix))
     assert torch.equal(d.text, torch.from_numpy(text).float())
 
 
@@ -488,7 +489,7 @@ def test_textlist_bad_folders(tiny, tmp_path, break_it, match):
 # load_dataset itself
 
 def test_load_dataset_arguments(tiny, tmp_path):
-    with pytest.raises(DataError, match="format must be one of auto, mat, txt, npz, got 'csv'"):
+    with pytest.raises(DataError, match="format must be one of auto, mat, txt, npz, indexmat, got 'csv'"):
         load_dataset("synthetic", format="csv")
     with pytest.raises(DataError, match="missing.mat: file not found"):
         load_dataset(str(tmp_path / "missing.mat"))

@@ -1,4 +1,4 @@
-"""The in-memory cross-modal data set (`CrossModalData`), its error type (`DataError`) and the
+"""The cross-modal data set (`CrossModalData`), its error type (`DataError`) and the
 validation every loader goes through, so a bad file fails once, here, with a message that names
 the source and the problem instead of failing later inside training."""
 from __future__ import annotations
@@ -30,7 +30,8 @@ class UnlabeledItemsError(DataError):
 class CrossModalData:
     """Paired image/text items with multi-hot labels and the query/retrieval/train split.
 
-    image:         (n, d_img) float32 features, or (n, 3, H, W) uint8 pixels
+    image:         (n, d_img) float32 features, or (n, 3, H, W) uint8 pixels, in memory or
+                   streamed from disk (an images.ImageSource, decoded batch by batch)
     text:          (n, d_txt) float32 bag-of-words (dense)
     labels:        (n, c) float32 in {0, 1}; every row has at least one label
     query_idx:     int64, 0-based, disjoint from retrieval_idx
@@ -39,6 +40,11 @@ class CrossModalData:
     name:          where the data came from ("synthetic", or the file name)
     source:        load_dataset's arguments (path as given and absolute, format, seed, ...), so
                    the same data can be loaded again; None for data built in memory
+    encoders:      how raw inputs became these rows, as plain data, or None: {"text": a saved
+                   vocab.Vocabulary, "image": the backbone of extracted features}; saved with a
+                   trained model so it can encode raw captions / images later
+    captions:      the raw caption of each item (a tuple of n strings) when the source had
+                   captions, else None (for text backbones that read raw text)
 
     Construction validates everything (raises DataError), so any instance is consistent.
     """
@@ -51,6 +57,8 @@ class CrossModalData:
     train_idx: torch.Tensor
     name: str = "data"
     source: dict | None = field(default=None, compare=False, repr=False)
+    encoders: dict | None = None
+    captions: tuple | None = None
 
     def __post_init__(self):
         validate(self)
@@ -89,7 +97,10 @@ def _fail(name: str, msg: str):
 def validate(d: CrossModalData) -> None:
     """Check shapes, dtypes, values and the split of `d`; raise DataError naming `d.name`."""
     src = d.name
-    for field in ("image", "text", "labels", "query_idx", "retrieval_idx", "train_idx"):
+    from .images import ImageSource
+
+    streamed = isinstance(d.image, ImageSource)
+    for field in ("text", "labels", "query_idx", "retrieval_idx", "train_idx") + (() if streamed else ("image",)):
         if not isinstance(getattr(d, field), torch.Tensor):
             _fail(src, f"{field} must be a torch.Tensor, got {type(getattr(d, field)).__name__}")
     img, txt, lab = d.image, d.text, d.labels
@@ -100,7 +111,9 @@ def validate(d: CrossModalData) -> None:
     n = lab.shape[0]
     if n < 2:
         _fail(src, f"need at least 2 items (one query, one database item), got {n}")
-    if img.dim() == 4:
+    if streamed:
+        pass  # the source decodes to uint8 (3, H, W); bad files are reported by name when read
+    elif img.dim() == 4:
         if img.dtype != torch.uint8 or img.shape[1] != 3:
             _fail(src, f"image pixels must be uint8 (n, 3, H, W), got {img.dtype} {tuple(img.shape)}")
     elif img.dim() == 2:
@@ -116,6 +129,8 @@ def validate(d: CrossModalData) -> None:
         _fail(src, f"text contains NaN or Inf (first bad row {_first_bad_row(txt)})")
     if img.shape[0] != n or txt.shape[0] != n:
         _fail(src, f"row counts disagree: image has {img.shape[0]}, text has {txt.shape[0]}, labels have {n}")
+    if d.captions is not None and (len(d.captions) != n or not all(isinstance(c, str) for c in d.captions)):
+        _fail(src, f"captions must be {n} strings, got {len(d.captions)} items")
     if not ((lab == 0) | (lab == 1)).all():
         bad = (~((lab == 0) | (lab == 1))).nonzero()[0].tolist()
         _fail(src, f"labels must be 0/1, found {lab[bad[0], bad[1]].item()} at row {bad[0]}, column {bad[1]}")
@@ -149,15 +164,21 @@ def _first_bad_row(x: torch.Tensor) -> int:
 
 
 def from_arrays(image, text, labels, *, query_idx, retrieval_idx, train_idx, name: str,
-                drop_unlabeled: bool = False, source: dict | None = None) -> CrossModalData:
+                drop_unlabeled: bool = False, source: dict | None = None, encoders: dict | None = None,
+                captions=None) -> CrossModalData:
     """Build a validated CrossModalData from array-likes (numpy or torch, any numeric dtype).
 
     Conversions: features and BoW to float32, pixels stay uint8, labels to float32, indices to
     int64. With drop_unlabeled=True, rows without any label are removed first and the indices are
-    remapped (indices pointing at dropped rows are dropped too).
+    remapped (indices pointing at dropped rows are dropped too). An images.ImageSource stays lazy.
+    captions: the raw text of each item, or None.
     """
-    image = _as_tensor(image, "image", name)
-    if image.dim() == 4 and image.dtype == torch.uint8:
+    from .images import ImageSource
+
+    streamed = isinstance(image, ImageSource)
+    if not streamed:
+        image = _as_tensor(image, "image", name)
+    if streamed or image.dim() == 4 and image.dtype == torch.uint8:
         pass
     elif image.dim() == 4:
         _fail(name, f"image pixels must be uint8 (n, 3, H, W), got {image.dtype}")
@@ -180,8 +201,12 @@ def from_arrays(image, text, labels, *, query_idx, retrieval_idx, train_idx, nam
             new_pos = torch.cumsum(keep.to(torch.int64), 0) - 1
             idx = {k: new_pos[v[keep[v]]] for k, v in idx.items()}
             image, text, labels = image[keep], text[keep], labels[keep]
-    return CrossModalData(image=image.contiguous(), text=text.contiguous(), labels=labels.contiguous(),
-                          name=name, source=source, **{k: v.contiguous() for k, v in idx.items()})
+            if captions is not None:
+                captions = [c for c, k in zip(captions, keep.tolist()) if k]
+    return CrossModalData(image=image if streamed else image.contiguous(), text=text.contiguous(),
+                          labels=labels.contiguous(), name=name, source=source, encoders=encoders,
+                          captions=None if captions is None else tuple(captions),
+                          **{k: v.contiguous() for k, v in idx.items()})
 
 
 def _as_tensor(x, field: str, name: str) -> torch.Tensor:

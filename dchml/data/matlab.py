@@ -18,7 +18,8 @@ Orientation: MATLAB is column-major and v7.3 files store every array transposed,
 returns (d, n) for a MATLAB (n, d) matrix; dims are reversed on read. Files written by Python
 h5py are not transposed; after reading, every array is oriented so that its item axis (the one
 size that image, text and labels share) comes first, which covers both writers. Pixel arrays
-(4-D, one axis of size 3) go to (n, 3, H, W) uint8.
+(4-D, one axis of size 3) go to (n, 3, H, W) uint8. With stream_images=True, a 4-D pixel array in
+a v7.3 file is not read at all: it becomes an ImageSource that reads items on demand (images.py).
 """
 from __future__ import annotations
 
@@ -39,16 +40,32 @@ TRAIN_NAMES = ("indexTrain", "train_idx")
 SPLIT_SUBSETS = (("te", "query"), ("db", "retrieval"), ("tr", "train"))
 
 
-def read_mat_variables(path: Path) -> dict[str, np.ndarray]:
+class LazyPixels:
+    """A 4-D array of a v7.3 file, not read: its name, stored (h5py) shape and dtype. `shape` and
+    `ndim` are MATLAB's (the stored shape reversed), like the arrays next to it."""
+
+    def __init__(self, path, key: str, stored_shape: tuple, dtype):
+        self.path, self.key, self.stored_shape, self.dtype = path, key, tuple(stored_shape), dtype
+        self.shape, self.ndim = self.stored_shape[::-1], len(self.stored_shape)
+
+    def read(self) -> np.ndarray:
+        import h5py
+
+        with h5py.File(self.path, "r") as f:
+            return np.asarray(f[self.key][()]).T
+
+
+def read_mat_variables(path: Path, *, lazy_pixels: bool = False) -> dict[str, np.ndarray]:
     """All numeric variables of a .mat file (v5 or v7.3) or of every .mat file in a folder, in
-    MATLAB's orientation; structs are flattened to 'struct.field'."""
+    MATLAB's orientation; structs are flattened to 'struct.field'. lazy_pixels: 4-D arrays of v7.3
+    files come back as LazyPixels, not read."""
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".mat")
         if not files:
             raise DataError(f"{path}: folder holds no .mat files")
         out: dict[str, np.ndarray] = {}
         for f in files:
-            for k, v in read_mat_variables(f).items():
+            for k, v in read_mat_variables(f, lazy_pixels=lazy_pixels).items():
                 if k in out:
                     raise DataError(f"{path}: variable {k!r} appears in more than one .mat file (again in {f.name})")
                 out[k] = v
@@ -58,7 +75,7 @@ def read_mat_variables(path: Path) -> dict[str, np.ndarray]:
     with open(path, "rb") as fh:
         head = fh.read(512)
     if len(head) >= 8 and head[:8] == b"\x89HDF\r\n\x1a\n" or (len(head) == 512 and _hdf5_at_512(path)):
-        return _read_v73(path)
+        return _read_v73(path, lazy_pixels)
     if head[:6] == b"MATLAB":
         return _read_v5(path)
     raise DataError(f"{path}: not a MATLAB file (no MATLAB v5 header and no HDF5 signature)")
@@ -101,7 +118,7 @@ def _read_v5(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _read_v73(path: Path) -> dict[str, np.ndarray]:
+def _read_v73(path: Path, lazy_pixels: bool = False) -> dict[str, np.ndarray]:
     import h5py
 
     out: dict[str, np.ndarray] = {}
@@ -113,6 +130,9 @@ def _read_v73(path: Path) -> dict[str, np.ndarray]:
                 elif isinstance(obj, h5py.Dataset) and obj.dtype.kind in "biuf" and not _inside_sparse(obj):
                     if name.startswith("#refs#") or obj.attrs.get("MATLAB_class") in (b"char", "char"):
                         return  # cell-array storage and strings are not data arrays
+                    if lazy_pixels and obj.ndim == 4:
+                        out[name.replace("/", ".")] = LazyPixels(path, name, obj.shape, obj.dtype)
+                        return
                     arr = obj[()]
                     out[name.replace("/", ".")] = np.asarray(arr).T  # undo MATLAB's column-major layout
 
@@ -149,13 +169,15 @@ def _find(vars_: dict, names, *, prefixes=("", "param.")) -> tuple[str, np.ndarr
     return None
 
 
-def load_mat_arrays(path) -> dict:
+def load_mat_arrays(path, *, stream_images: bool = False, image_workers: int = 2) -> dict:
     """Read a MATLAB data set into {'image', 'text', 'labels'} arrays (item axis first) plus
-    optional 0-based 'query_idx', 'retrieval_idx', 'train_idx', or raise DataError."""
+    optional 0-based 'query_idx', 'retrieval_idx', 'train_idx', or raise DataError.
+    stream_images: a v7.3 pixel array becomes an ImageSource read on demand by `image_workers`."""
     path = Path(os.fspath(path))
-    vars_ = read_mat_variables(path)
+    vars_ = read_mat_variables(path, lazy_pixels=stream_images)
     if all(_find(vars_, (f"{m}_{s}",)) for m in "ITL" for s, _ in SPLIT_SUBSETS[:2]):
-        return _split_layout(path, vars_)
+        # Subsets are concatenated: read them (this layout ships features, rarely pixels).
+        return _split_layout(path, {k: v.read() if isinstance(v, LazyPixels) else v for k, v in vars_.items()})
     found = {}
     for role, names in (("image", IMAGE_NAMES), ("text", TEXT_NAMES), ("labels", LABEL_NAMES)):
         hit = _find(vars_, names)
@@ -165,7 +187,7 @@ def load_mat_arrays(path) -> dict:
                             f"{', '.join(sorted(vars_)) or 'no numeric arrays'}")
         found[role] = hit
     arrays = _orient(path, {role: arr for role, (_, arr) in found.items()},
-                     {role: key for role, (key, _) in found.items()})
+                     {role: key for role, (key, _) in found.items()}, image_workers)
     n = arrays["labels"].shape[0]
     for role, names in (("query_idx", QUERY_NAMES), ("retrieval_idx", DB_NAMES), ("train_idx", TRAIN_NAMES)):
         hit = _find(vars_, names)
@@ -236,7 +258,7 @@ def _match_train(path, out, tr, nq, ndb) -> dict:
     return res
 
 
-def _orient(path, arrays: dict, keys: dict) -> dict:
+def _orient(path, arrays: dict, keys: dict, image_workers: int = 2) -> dict:
     """Put the item axis first. n = the size that image (first/last axis), text and labels share."""
     def ends(a):
         if a.ndim == 1:
@@ -259,11 +281,11 @@ def _orient(path, arrays: dict, keys: dict) -> dict:
         if a.ndim == 2:
             out[role] = a if a.shape[0] == n else a.T
         else:
-            out[role] = _pixels(path, keys[role], a, n)
+            out[role] = _pixels(path, keys[role], a, n, image_workers)
     return out
 
 
-def _pixels(path, key, a, n) -> np.ndarray:
+def _pixels(path, key, a, n, image_workers: int = 2) -> np.ndarray:
     axes = list(range(4))
     item = 0 if a.shape[0] == n else 3
     rest = [ax for ax in axes if ax != item]
@@ -273,6 +295,12 @@ def _pixels(path, key, a, n) -> np.ndarray:
     # Channels next to the item axis (n,3,H,W / H,W,3,n) or at the far end (n,H,W,3 / 3,H,W,n).
     c = chan[0] if len(chan) == 1 else (1 if item == 0 else 2)
     hw = [ax for ax in rest if ax != c]
+    if isinstance(a, LazyPixels):
+        from .images import HDF5Reader, ImageSource
+
+        # MATLAB axis m is stored (h5py) axis 3 - m.
+        reader = HDF5Reader(a.path, a.key, 3 - item, tuple(3 - ax for ax in (c, *hw)), a.stored_shape, a.dtype)
+        return ImageSource(reader, workers=image_workers)
     out = np.transpose(a, (item, c, *hw))
     if out.dtype != np.uint8:
         if out.min() < 0 or out.max() > 255 or not np.array_equal(out, np.round(out)):

@@ -6,22 +6,27 @@
   query_idx      optional, 0-based \
   retrieval_idx  optional, 0-based  } none of them, query_idx + retrieval_idx, or all three
   train_idx      optional, 0-based /
+  encoders       optional, a 0-d unicode array holding JSON: how raw inputs became these rows
+                 (CrossModalData.encoders: the caption vocabulary, the image backbone)
 
 Any other array name is an error (it is most likely a typo). save_npz writes atomically.
 """
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..outputs import write_atomic
 from .dataset import CrossModalData, DataError
 
 REQUIRED = ("image", "text", "labels")
 OPTIONAL = ("query_idx", "retrieval_idx", "train_idx")
+METADATA = ("encoders",)
 
 
 def load_npz_arrays(path) -> dict:
@@ -33,14 +38,16 @@ def load_npz_arrays(path) -> dict:
             if not isinstance(z, np.lib.npyio.NpzFile):
                 raise DataError(f"{path}: a single .npy array, not an .npz archive")
             keys = set(z.files)
-            unknown = keys - set(REQUIRED) - set(OPTIONAL)
+            unknown = keys - set(REQUIRED) - set(OPTIONAL) - set(METADATA)
             if unknown:
                 raise DataError(f"{path}: unknown arrays {sorted(unknown)}; allowed: "
-                                f"{', '.join(REQUIRED + OPTIONAL)}")
+                                f"{', '.join(REQUIRED + OPTIONAL + METADATA)}")
             missing = [k for k in REQUIRED if k not in keys]
             if missing:
                 raise DataError(f"{path}: missing array(s) {missing}; has {sorted(keys)}")
             out = {k: z[k] for k in REQUIRED + OPTIONAL if k in keys}
+            if "encoders" in keys:
+                out["encoders"] = decode_encoders(z["encoders"], path)
     except DataError:
         raise
     except ValueError as e:  # object arrays need pickle, which is refused
@@ -57,11 +64,33 @@ def load_npz_arrays(path) -> dict:
     return out
 
 
+def encoders_array(encoders: dict) -> np.ndarray:
+    """CrossModalData.encoders as the 0-d unicode array stored in the .npz."""
+    return np.array(json.dumps(encoders, ensure_ascii=False))
+
+
+def decode_encoders(array, path) -> dict:
+    if not (isinstance(array, np.ndarray) and array.shape == () and array.dtype.kind == "U"):
+        raise DataError(f"{path}: 'encoders' must be a 0-d unicode array of JSON text")
+    try:
+        value = json.loads(str(array))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: 'encoders' is not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: 'encoders' must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
 def save_npz(data: CrossModalData, path) -> None:
     """Write `data` (arrays and split) to `path` in dchml's .npz format, atomically: a temporary
     file in the same folder, then os.replace, so a crash never leaves a half-written file."""
     if not isinstance(data, CrossModalData):
         raise TypeError(f"data must be a CrossModalData, got {type(data).__name__}")
+    if not isinstance(data.image, torch.Tensor):
+        raise DataError(f"{data.name}: images streamed from disk are not written into an .npz; "
+                        "extract features first (`dchml features`)")
     arrays = {k: getattr(data, k).numpy() for k in REQUIRED + OPTIONAL}
+    if data.encoders:
+        arrays["encoders"] = encoders_array(data.encoders)
     # a file object: numpy does not append ".npz"
     write_atomic(os.fspath(path), lambda fh: np.savez_compressed(fh, **arrays))

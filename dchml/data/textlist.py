@@ -2,11 +2,14 @@
 copies distributed as lists). Accepted file names (exactly one of each group):
 
   labels.txt                      required: n rows of c values in {0, 1} (multi-hot)
-  texts.txt | text.txt | bow.txt  required: n rows of d bag-of-words values
+  texts.txt | text.txt | bow.txt  n rows of d bag-of-words values, or instead
+  captions.txt                    raw text, one caption (or tag list) per line, turned into
+                                  bag-of-words rows by a vocabulary fitted on the training items
   features.npy | features.txt     image features (n, d); .npy is read with allow_pickle=False
   images.txt                      image file names, one per line, relative to the folder (or
-                                  absolute); read as RGB pixels resized to image_size x image_size
-                                  when no features file is present, else only checked for count
+                                  absolute); RGB pixels resized to image_size x image_size, streamed
+                                  from disk (an ImageSource) or read into memory, when no features
+                                  file is present, else only checked for count
   test_idx.txt | query_idx.txt          1-based indices of the queries
   database_idx.txt | retrieval_idx.txt  1-based indices of the database
   train_idx.txt                         1-based indices of the training set (within the database)
@@ -25,6 +28,7 @@ from .dataset import DataError
 GROUPS = {
     "labels": ("labels.txt",),
     "text": ("texts.txt", "text.txt", "bow.txt"),
+    "captions": ("captions.txt",),
     "features": ("features.npy", "features.txt"),
     "images": ("images.txt",),
     "query_idx": ("test_idx.txt", "query_idx.txt"),
@@ -102,39 +106,59 @@ def _read_features(path: Path) -> np.ndarray:
     return read_matrix(path, np.float32)
 
 
-def _read_images(list_path: Path, size: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    names = [ln.strip() for ln in list_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    out = np.empty((len(names), 3, size, size), dtype=np.uint8)
-    for i, name in enumerate(names):
-        p = Path(name) if os.path.isabs(name) else list_path.parent / name
-        try:
-            with Image.open(p) as im:
-                rgb = im.convert("RGB").resize((size, size), Image.BILINEAR)
-        except FileNotFoundError as e:
-            raise DataError(f"{list_path}: line {i + 1}: image file {p} not found") from e
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{list_path}: line {i + 1}: cannot read image {p} ({e})") from e
-        out[i] = np.asarray(rgb).transpose(2, 0, 1)
-    return out
+def image_names(list_path: Path) -> list[str]:
+    try:
+        return [ln.strip() for ln in list_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{list_path}: cannot read ({e})") from e
 
 
-def load_textlist_arrays(path, *, image_size: int = 224) -> dict:
-    """Read a text-list folder into {'image', 'text', 'labels'} (+ 0-based index arrays)."""
+def read_captions(path: Path) -> list[str]:
+    """One caption per line (UTF-8); only newline characters separate items, so a caption may
+    hold any other character, and an empty line is an item without words."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read as UTF-8 text ({e})") from e
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
+def _read_images(list_path: Path, size: int, stream: bool, workers: int):
+    from .images import file_source
+
+    source = file_source(image_names(list_path), list_path.parent, size, origin=str(list_path), unit="line",
+                         workers=workers)
+    return source if stream else source.load().numpy()
+
+
+def load_textlist_arrays(path, *, image_size: int = 224, stream_images: bool = True,
+                         image_workers: int = 2) -> dict:
+    """Read a text-list folder into {'image', 'text' or 'captions', 'labels'} (+ 0-based index
+    arrays). Images from images.txt are an ImageSource (stream_images=True) or a uint8 array."""
     folder = textlist_folder(Path(os.fspath(path)))
     labels_path = _pick(folder, "labels", True)
-    text_path = _pick(folder, "text", True)
+    text_path = _pick(folder, "text", False)
+    captions_path = _pick(folder, "captions", False)
+    if (text_path is None) == (captions_path is None):
+        raise DataError(f"{folder}: " + ("give either bag-of-words rows or captions.txt, not both"
+                                         if text_path else f"missing file {' or '.join(GROUPS['text'])} "
+                                                           "(or captions.txt with raw text)"))
     feat_path = _pick(folder, "features", False)
     list_path = _pick(folder, "images", False)
     labels = read_matrix(labels_path)
-    text = read_matrix(text_path, np.float32)
+    if text_path is not None:
+        text = read_matrix(text_path, np.float32)
+    else:
+        text_path, text = captions_path, np.array(read_captions(captions_path), dtype=object)
     n = labels.shape[0]
     if text.shape[0] != n:
         raise DataError(f"{folder}: row counts disagree: {labels_path.name} has {n} rows, "
                         f"{text_path.name} has {text.shape[0]}")
     if list_path is not None:
-        n_names = sum(1 for ln in list_path.read_text(encoding="utf-8").splitlines() if ln.strip())
+        n_names = len(image_names(list_path))
         if n_names != n:
             raise DataError(f"{folder}: row counts disagree: {labels_path.name} has {n} rows, "
                             f"{list_path.name} lists {n_names} images")
@@ -144,10 +168,10 @@ def load_textlist_arrays(path, *, image_size: int = 224) -> dict:
             raise DataError(f"{folder}: row counts disagree: {labels_path.name} has {n} rows, "
                             f"{feat_path.name} has {image.shape[0]}")
     elif list_path is not None:
-        image = _read_images(list_path, image_size)
+        image = _read_images(list_path, image_size, stream_images, image_workers)
     else:
         raise DataError(f"{folder}: no image data: add features.npy / features.txt or images.txt")
-    out = dict(image=image, text=text, labels=labels)
+    out = dict(image=image, labels=labels, **({"captions": text} if text.dtype == object else {"text": text}))
     for role in ("query_idx", "retrieval_idx", "train_idx"):
         p = _pick(folder, role, False)
         if p is not None:

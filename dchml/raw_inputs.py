@@ -1,0 +1,73 @@
+"""Raw queries -> the rows a trained model takes, with what its checkpoint recorded about the
+training data (`checkpoint["data"]["encoders"]`):
+
+- captions (one per line of a .txt file): through the saved vocabulary, or CLIP's text tower
+  when the text features came from it;
+- image files (one path per line of a .txt file, relative to it): streamed as pixels to a model
+  trained on pixels, or through the recorded backbone when the model was trained on features
+  extracted by `dchml features`.
+
+Used by `dchml encode --input captions.txt` / `--input images.txt`, so a user can search with a
+sentence or a photo.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .data.dataset import DataError
+from .data.textlist import read_captions
+from .data.vocab import Vocabulary
+
+
+def text_rows(encoders: dict, path: str, *, device="cpu", log=None) -> torch.Tensor:
+    """The model's text input for every line of `path`."""
+    captions = read_captions(Path(path))
+    if not captions:
+        raise DataError(f"{path}: no captions (one per line)")
+    text = (encoders or {}).get("text")
+    if text is None:
+        raise DataError("this checkpoint was trained on ready-made bag-of-words rows, so it has no vocabulary "
+                        "to read captions with; give a .npy of bag-of-words rows instead")
+    if text.get("kind") == "clip":
+        from .backbones import ClipTextEncoder
+
+        weights = text.get("weights")
+        if not weights or not os.path.isfile(weights):
+            raise DataError(f"the CLIP text weights the features were made with are not found ({weights})")
+        encoder = ClipTextEncoder(text["backbone"], weights).to(device)
+        return torch.cat([encoder(captions[s:s + 256]).cpu() for s in range(0, len(captions), 256)])
+    vocabulary = Vocabulary.from_state(text)
+    empty = sum(vocabulary.known_words(c) == 0 for c in captions)
+    if empty and log:
+        log(f"note: {empty} of {len(captions)} captions contain no word of the model's vocabulary; their codes "
+            "carry no text information")
+    return vocabulary.transform(captions)
+
+
+def image_rows(encoders: dict, model_spec: dict, path: str, *, device="cpu", workers: int = 2):
+    """The model's image input for the image files listed in `path`: an ImageSource for a model
+    on pixels, else features from the backbone recorded in `encoders["image"]`."""
+    from .data.images import file_source
+    from .data.textlist import image_names
+
+    names = image_names(Path(path))
+    if not names:
+        raise DataError(f"{path}: no image file names (one per line)")
+    folder = Path(path).parent
+    if model_spec["image_dim"] is None:
+        return file_source(names, folder, model_spec["image_size"], origin=str(path), unit="line", workers=workers)
+    image = (encoders or {}).get("image")
+    if image is None:
+        raise DataError("this checkpoint was trained on ready-made image features, so it cannot read image files; "
+                        "give a .npy of features made the same way instead")
+    weights = image.get("weights")
+    if weights != "random" and not (weights and os.path.isfile(weights)):
+        raise DataError(f"the backbone weights the features were made with are not found ({weights})")
+    from .features import extract_rows, image_extractor
+
+    source = file_source(names, folder, image["image_size"], origin=str(path), unit="line", workers=workers)
+    extractor = image_extractor(image["backbone"], weights, image["image_size"]).to(device)
+    return extract_rows(extractor, source, device)
