@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .backbones import RANDOM, ClipTextEncoder, find_weights, get_spec, load_backbone_weights
-from .checkpoint import atomic_write
+from .outputs import write_atomic
 from .data.dataset import CrossModalData, DataError
 from .data.images import ImageSource
 from .data.npz import encoders_array
@@ -176,7 +176,7 @@ def _open_partial(out: Path, settings: dict) -> Path:
                                 "start over, or rerun with the same data and options to continue it")
         return partial
     partial.mkdir(parents=True)
-    atomic_write(str(manifest), lambda tmp: Path(tmp).write_text(json.dumps(settings, indent=1)))
+    write_atomic(str(manifest), lambda f: f.write(json.dumps(settings, indent=1).encode()))
     return partial
 
 
@@ -193,14 +193,9 @@ def _chunk(partial, kind, i, chunk_rows, n, compute, bar, on_chunk) -> None:
             bar.update(len(rows))
         return
     values = np.ascontiguousarray(compute(rows), dtype=np.float32)
-    atomic_write(str(path), lambda tmp: _save_npy(tmp, values))
+    write_atomic(str(path), lambda f: np.save(f, values))
     if on_chunk is not None:
         on_chunk(kind, i)
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:  # a file object: np.save would append ".npy" to a temporary name
-        np.save(fh, array)
 
 
 def extract_rows(net: IHNet, images, device="cpu", *, batch_size: int = 64, precision: str = "fp32") -> torch.Tensor:
@@ -249,8 +244,8 @@ def _write_npz(out: Path, partial: Path, data: CrossModalData, n_chunks: int, en
         arrays["text"] = data.text.numpy()
     dims = {}
 
-    def write(tmp):
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+    def write(f):
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             dims["image"] = _stream_member(zf, "image", partial, n_chunks, data.n)
             if text_from_chunks:
                 _stream_member(zf, "text", partial, n_chunks, data.n)
@@ -258,7 +253,7 @@ def _write_npz(out: Path, partial: Path, data: CrossModalData, n_chunks: int, en
                 with zf.open(zipfile.ZipInfo(f"{name}.npy", _ZIP_TIME), "w", force_zip64=True) as fh:
                     np.lib.format.write_array(fh, np.asarray(array, order="C"), allow_pickle=False)
 
-    atomic_write(str(out), write)
+    write_atomic(str(out), write)
     return dims["image"]
 
 

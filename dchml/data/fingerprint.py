@@ -13,6 +13,9 @@
 - `trained_items(saved, data, rows)`: how many of `data`'s `rows` are items a checkpoint trained
   on: by index when the content fingerprint matches, otherwise by row hash.
 
+Images streamed from disk (an ImageSource) are identified by each item's file name and size (or
+HDF5 array and position) instead of their pixels, which are never all in memory.
+
 Fingerprints are cached on the data object, keyed by each tensor's storage and version counter,
 so an in-place change of the arrays is noticed.
 """
@@ -28,10 +31,20 @@ _CONTENT = ("image", "text", "labels")
 _SPLIT = ("query_idx", "retrieval_idx", "train_idx")
 
 
+def _is_tensor(x) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
 def _hash_tensors(data, names) -> str:
     h = hashlib.sha256()
     for name in names:
-        array = getattr(data, name).detach().cpu().contiguous().numpy()
+        value = getattr(data, name)
+        if not _is_tensor(value):  # images streamed from disk
+            h.update(f"{name}:streamed:{len(value)}\n".encode())
+            for key in value.item_keys():
+                h.update(key + b"\n")
+            continue
+        array = value.detach().cpu().contiguous().numpy()
         h.update(f"{name}:{array.dtype.str}:{array.shape}\n".encode())
         flat = array.reshape(-1).view(np.uint8)
         for start in range(0, flat.size, _CHUNK):
@@ -41,7 +54,7 @@ def _hash_tensors(data, names) -> str:
 
 def _cached(data, key, compute):
     """compute() once per (data object, key, tensors' storage and version)."""
-    stamp = tuple((t.data_ptr(), t._version, tuple(t.shape))
+    stamp = tuple((t.data_ptr(), t._version, tuple(t.shape)) if _is_tensor(t) else (id(t), len(t))
                   for t in (getattr(data, n) for n in _CONTENT + _SPLIT))
     cache = data.__dict__.setdefault("_identity_cache", {})  # frozen dataclass: plain dict access
     hit = cache.get(key)
@@ -61,11 +74,16 @@ def data_fingerprint(data) -> dict:
 def row_hashes(data, rows) -> torch.Tensor:
     """int64 (len(rows),): a 64-bit hash of each listed item's image and text bytes."""
     rows = torch.as_tensor(rows, dtype=torch.int64).reshape(-1)
-    image = data.image.detach().cpu().contiguous().numpy()
+    if _is_tensor(data.image):
+        image = data.image.detach().cpu().contiguous().numpy()
+        image_bytes = lambda r: image[r].tobytes()  # noqa: E731
+    else:
+        keys = dict(zip(rows.tolist(), data.image.item_keys(rows.numpy())))
+        image_bytes = keys.__getitem__
     text = data.text.detach().cpu().contiguous().numpy()
     out = np.empty(rows.numel(), dtype=np.int64)
     for i, r in enumerate(rows.tolist()):
-        h = hashlib.blake2b(image[r].tobytes(), digest_size=8)
+        h = hashlib.blake2b(image_bytes(r), digest_size=8)
         h.update(text[r].tobytes())
         out[i] = int.from_bytes(h.digest(), "little", signed=True)
     return torch.from_numpy(out)

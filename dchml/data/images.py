@@ -93,6 +93,12 @@ class FileReader:
     def describe(self, row: int) -> str:
         return f"{self.origin}: {self.unit} {row + 1}: image file {self.paths[row]}"
 
+    def item_key(self, row: int) -> bytes:
+        """What identifies item `row` without decoding it: its file name and size."""
+        path = self.paths[row]
+        size = os.path.getsize(path) if os.path.isfile(path) else -1
+        return f"{os.path.basename(path)}:{size}".encode()
+
     def missing(self) -> list[int]:
         return [i for i, p in enumerate(self.paths) if not os.path.isfile(p)]
 
@@ -137,6 +143,10 @@ class HDF5Reader:
 
     def describe(self, row: int) -> str:
         return f"{self.path}: {self.key} item {row + 1}"
+
+    def item_key(self, row: int) -> bytes:
+        """What identifies item `row` without reading it: the array and the item's position."""
+        return f"{os.path.basename(self.path)}:{self.key}:{row}".encode()
 
     def missing(self) -> list[int]:
         return []  # the file was opened when the data set was loaded
@@ -258,6 +268,12 @@ class ImageSource:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def item_keys(self, rows=None) -> list:
+        """Identity bytes of the images at `rows` of this view (all by default), without decoding
+        them (dchml.data.fingerprint hashes these instead of pixels)."""
+        picked = self.rows if rows is None else self.rows[np.asarray(rows, dtype=np.int64)]
+        return [self.reader.item_key(int(r)) for r in picked]
 
     def __repr__(self) -> str:
         return (f"ImageSource({type(self.reader).__name__}, {len(self)} images of "
