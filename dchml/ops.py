@@ -83,7 +83,7 @@ def hamming_topk(query: torch.Tensor, db: torch.Tensor, bits: int, k: int):
     return torch.ops.dchml.hamming_topk(query, db, bits, k)
 
 
-def _relevance(query_labels: torch.Tensor, db_labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def relevance(query_labels: torch.Tensor, db_labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """(nq, K) uint8: does query i share a label with its r-th neighbour; chunked over queries."""
     out = torch.empty(index.shape, dtype=torch.uint8, device=index.device)
     step = max(1, (1 << 26) // max(1, index.shape[1] * db_labels.shape[1]))
@@ -108,7 +108,7 @@ def hamming_average_precision(query, db, bits, k, query_labels, db_labels, expec
     if query.device.type == "cpu":
         return torch.ops.dchml.hamming_average_precision(query, db, bits, k, query_labels, db_labels, expected)
     dist, index = torch.ops.dchml.hamming_topk(query, db, bits, k)
-    rel = _relevance(query_labels, db_labels, index)
+    rel = relevance(query_labels, db_labels, index)
     if not expected:
         relf = rel.to(torch.float64)
         hits = relf.cumsum(dim=1)
@@ -375,6 +375,24 @@ def partial_softmax_reduced(codes, proxies, labels, reduction, *, gamma=0.2, sig
     loss, _ = torch.ops.dchml.partial_softmax_loss_reduced.default(
         codes, proxies, labels, indices, _check_scalar("gamma", gamma), _check_scalar("sigma", sigma), code)
     return loss
+
+
+def mds_loss_rows_for_backward(codes, proxies, labels, *, eta=0.3, mu=0.3, other=None):
+    """Per-row margin-dynamic-softmax loss without the registered autograd, for a caller that runs
+    its own backward (dchml.autograd): returns (loss, saved), saved to pass to mds_loss_backward."""
+    proxies, labels, indices = _prepare_loss_inputs(codes, proxies, labels, other)
+    eta, mu = _check_scalar("eta", eta), _check_scalar("mu", mu)
+    with torch.no_grad():
+        loss, lse = torch.ops.dchml.mds_loss.default(codes, other, proxies, labels, indices, eta, mu)
+    return loss, (proxies, labels, indices, lse, eta, mu)
+
+
+def mds_loss_backward(grad_loss, codes, other, saved):
+    """(grad_codes, grad_other or None) of mds_loss_rows_for_backward's loss; saved: its second output."""
+    proxies, labels, indices, lse, eta, mu = saved
+    grad_codes, grad_other = torch.ops.dchml.mds_loss_backward.default(
+        grad_loss, codes, other, proxies, labels, indices, lse, eta, mu)
+    return grad_codes, (grad_other if other is not None else None)
 
 
 def partial_softmax_rows(codes, proxies, labels, *, gamma=0.2, sigma=0.2):
