@@ -41,7 +41,7 @@ def require_same_device(**tensors: torch.Tensor) -> None:
             require_device_support(name, t)
 
 
-# --- Hamming ranker ops (issue: bit-packed Hamming ranker) ------------------------------------
+# --- Hamming ranker ops -----------------------------------------------------------------------
 # Inputs here are already normalised by dchml/codes.py: packed uint8 codes (n, ceil(bits/8)) and
 # packed uint8 labels (n, ceil(c/8)). These wrappers check devices and ranges, then call the op.
 
@@ -142,8 +142,8 @@ def hamming_isa(request: str = "") -> str:
 
 
 def loss_tables(enable: bool | None = None) -> bool:
-    """Whether the CPU loss kernels use their AVX-512 lookup-table path for float32 (c <= 512);
-    True/False switches it on (where the CPU supports it) or off. For tests and benchmarks."""
+    """Whether the CPU loss kernels run float32 products through their AVX-512 lookup tables;
+    True/False switches them on (where the CPU supports it) or off. For tests and benchmarks."""
     return torch.ops.dchml._loss_tables(-1 if enable is None else int(bool(enable)))
 
 
@@ -179,11 +179,11 @@ def _(dist, relevant, cut_total, cut_relevant, expected):
     return dist.new_empty((dist.shape[0],), dtype=torch.float64)
 
 
-# --- Margin-dynamic-softmax loss ops (issue: fused loss) --------------------------------------
+# --- Margin-dynamic-softmax loss ops ------------------------------------------------------------
 # Labels reach the kernels as a pair (labels, indices):
 # - (dense, None): the (n, c) 0/1 tensor as the user gave it (bool, integer or floating); the
-#   kernels check its values and empty rows, and read one-byte labels (bool, uint8) row by row
-#   without building a CSR (at the paper's scale a separate conversion cost more than the loss);
+#   kernels read it row by row in place, checking values and empty rows as they go (at the
+#   paper's scale a conversion to CSR cost more than the loss itself, measured);
 # - (offsets, indices): CSR of the positives, offsets (n+1,) int64, indices (nnz,) int64, sorted
 #   and distinct within a row, every row non-empty.
 # Accepted from users: a dense (n, c) tensor; a torch.sparse_csr tensor of shape (n, c) whose
@@ -443,6 +443,6 @@ def _partial_softmax_loss_backward_fake(grad_loss, codes, proxies, labels, indic
     return torch.empty_like(codes)
 
 
-# Autograd of mds_loss and partial_softmax_loss is registered in C++ (csrc/ops/mds_loss.cpp, a
-# torch::autograd::Function on the Autograd key): at the paper's scale the Python autograd hop of
+# Autograd of the loss operators is registered in C++ (csrc/ops/mds_loss.cpp, a plain autograd
+# Node on the Autograd key): at the paper's scale the Python autograd hop of
 # torch.library.register_autograd cost more than the kernels themselves.

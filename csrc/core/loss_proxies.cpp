@@ -40,10 +40,12 @@ int64_t build_proxy_panel(const P* g, int64_t c, int64_t k, PanelUse use, bool n
   return -1;
 }
 
-template int64_t build_proxy_panel<float, int8_t>(const int8_t*, int64_t, int64_t, PanelUse, bool, ProxyPanel<float>&);
-template int64_t build_proxy_panel<float, float>(const float*, int64_t, int64_t, PanelUse, bool, ProxyPanel<float>&);
-template int64_t build_proxy_panel<double, int8_t>(const int8_t*, int64_t, int64_t, PanelUse, bool, ProxyPanel<double>&);
-template int64_t build_proxy_panel<double, double>(const double*, int64_t, int64_t, PanelUse, bool,
-                                                   ProxyPanel<double>&);
+#define DCHML_PANEL_INSTANCE(T, P) \
+  template int64_t build_proxy_panel<T, P>(const P*, int64_t, int64_t, PanelUse, bool, ProxyPanel<T>&);
+DCHML_PANEL_INSTANCE(float, int8_t)
+DCHML_PANEL_INSTANCE(float, float)
+DCHML_PANEL_INSTANCE(double, int8_t)
+DCHML_PANEL_INSTANCE(double, double)
+#undef DCHML_PANEL_INSTANCE
 
 }  // namespace dchml

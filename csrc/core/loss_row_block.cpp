@@ -221,111 +221,114 @@ struct Scratch {
   Scratch(int64_t cp, int block) : s(block * cp), tmp(cp), pos(block * cp) {}
 };
 
-// body(i0, nr, scratch, bad) for each block of the rows [r0, r1), with the scores of the block's
-// `scored` rows (den or codes) in scratch.s; false when a row's labels were not valid.
+// body(i0, nr, scratch, positives) for each block of the rows [r0, r1), with the scores of the
+// block's `scored` rows (den or codes) in scratch.s and its rows' positives; false when a row's
+// labels were not valid.
 template <typename T, typename Body>
 DCHML_ROW_INLINE bool for_each_block(const RowBlockInputs<T>& in, const T* scored, int64_t r0, int64_t r1,
                                      Body&& body) {
   const ProxyPanel<T>& p = *in.proxies;
   const int block = block_rows(p);
   Scratch<T> sc(p.cp, block);
+  PositiveList positives[kBlockRows];
   bool bad = false;
   for (int64_t i0 = r0; i0 < r1; i0 += block) {
     const int nr = static_cast<int>(std::min<int64_t>(block, r1 - i0));
     block_product<Product::kScores>(scored + i0 * p.k, nr, p, sc.s.data());
-    body(i0, nr, sc, bad);
+    for (int r = 0; r < nr; ++r) positives[r] = in.labels.row(i0 + r, sc.pos.data() + r * p.cp, bad);
+    body(i0, nr, sc, static_cast<const PositiveList*>(positives));
   }
   return !bad;
+}
+
+// The backward's shape: row_weights(i, w, positives, tmp) turns row i's scores w into one weight
+// per proxy (writing any output of its own), then one combine of the block's weights into out.
+template <typename T, typename RowWeights>
+DCHML_ROW_INLINE bool for_each_block_combined(const RowBlockInputs<T>& in, const T* scored, T* out, int64_t r0,
+                                              int64_t r1, RowWeights&& row_weights) {
+  const ProxyPanel<T>& p = *in.proxies;
+  auto body = [&](int64_t i0, int nr, Scratch<T>& sc, const PositiveList* ls) DCHML_INLINE_LAMBDA {
+    for (int r = 0; r < nr; ++r) row_weights(i0 + r, sc.s.data() + r * p.cp, ls[r], sc.tmp.data());
+    block_product<Product::kCombine>(sc.s.data(), nr, p, out + i0 * p.k);
+  };
+  return for_each_block(in, scored, r0, r1, body);
 }
 
 template <typename T>
 DCHML_SIMD_CLONES bool mds_forward(const RowBlockInputs<T>& in, T eta, T mu, T* loss, T* lse, int64_t r0,
                                    int64_t r1) {
   const ProxyPanel<T>& p = *in.proxies;
-  return for_each_block(in, in.den, r0, r1, [&](int64_t i0, int nr, Scratch<T>& sc, bool& bad) DCHML_INLINE_LAMBDA {
-    PositiveList ls[kBlockRows];
+  auto body = [&](int64_t i0, int nr, Scratch<T>& sc, const PositiveList* ls) DCHML_INLINE_LAMBDA {
     T extra[kBlockRows], u_num[kBlockRows];
     for (int r = 0; r < nr; ++r) {
       const int64_t i = i0 + r;
-      ls[r] = in.labels.row(i, sc.pos.data() + r * p.cp, bad);
       const T mean_den = mean_at(sc.s.data() + r * p.cp, ls[r]);
       extra[r] = mds_denominator_logit(eta, mu, p.k, mean_den);
       u_num[r] = surrogate_score(in.separate ? mean_positive_dot(in.codes + i * p.k, p, ls[r]) : mean_den, mu, p.k);
     }
     block_negatives_lse(p, sc.s.data(), nr, ls, eta, extra, lse + i0, sc.tmp.data());
     for (int r = 0; r < nr; ++r) loss[i0 + r] = mds_row_loss(eta, u_num[r], lse[i0 + r]);
-  });
+  };
+  return for_each_block(in, in.den, r0, r1, body);
 }
 
 template <typename T>
 DCHML_SIMD_CLONES bool mds_backward(const RowBlockInputs<T>& in, T eta, T mu, const T* lse, const T* grad_loss,
                                     T* grad_codes, T* grad_den, int64_t r0, int64_t r1) {
   const ProxyPanel<T>& p = *in.proxies;
-  return for_each_block(in, in.den, r0, r1, [&](int64_t i0, int nr, Scratch<T>& sc, bool& bad) DCHML_INLINE_LAMBDA {
-    for (int r = 0; r < nr; ++r) {
-      const int64_t i = i0 + r;
-      T* w = sc.s.data() + r * p.cp;
-      const PositiveList l = in.labels.row(i, sc.pos.data(), bad);
-      const MdsRowGradient<T> gr = mds_row_gradient(eta, mu, p.k, mean_at(w, l), lse[i], grad_loss[i], l.npos);
-      // one weight per proxy: negatives their softmax share, positives their gbar share
-      row_negative_weights(p, w, l, eta, lse[i], gr.negative_scale);
-      const T positive = gr.positive_den + (in.separate ? T(0) : gr.positive_codes);
-      for (int64_t e = 0; e < l.npos; ++e) w[l.pos[e]] = positive;
-      if (in.separate) {  // the numerator's part lands on codes: positive_codes * sum_e g_e
-        T* out = grad_codes + i * p.k;
-        for (int64_t j = 0; j < p.k; ++j) out[j] = T(0);
-        for (int64_t e = 0; e < l.npos; ++e) {
-          const T* g = p.rows.data() + l.pos[e] * p.k;
-          for (int64_t j = 0; j < p.k; ++j) out[j] += gr.positive_codes * g[j];
-        }
+  auto row_weights = [&](int64_t i, T* w, PositiveList l, T*) DCHML_INLINE_LAMBDA {
+    const MdsRowGradient<T> gr = mds_row_gradient(eta, mu, p.k, mean_at(w, l), lse[i], grad_loss[i], l.npos);
+    // one weight per proxy: negatives their softmax share, positives their gbar share
+    row_negative_weights(p, w, l, eta, lse[i], gr.negative_scale);
+    const T positive = gr.positive_den + (in.separate ? T(0) : gr.positive_codes);
+    for (int64_t e = 0; e < l.npos; ++e) w[l.pos[e]] = positive;
+    if (in.separate) {  // the numerator's part lands on codes: positive_codes * sum_e g_e
+      T* out = grad_codes + i * p.k;
+      for (int64_t j = 0; j < p.k; ++j) out[j] = T(0);
+      for (int64_t e = 0; e < l.npos; ++e) {
+        const T* g = p.rows.data() + l.pos[e] * p.k;
+        for (int64_t j = 0; j < p.k; ++j) out[j] += gr.positive_codes * g[j];
       }
     }
-    block_product<Product::kCombine>(sc.s.data(), nr, p, (in.separate ? grad_den : grad_codes) + i0 * p.k);
-  });
+  };
+  return for_each_block_combined(in, in.den, in.separate ? grad_den : grad_codes, r0, r1, row_weights);
 }
 
 template <typename T>
 DCHML_SIMD_CLONES bool psl_forward(const RowBlockInputs<T>& in, T gamma, T sigma, T* loss, T* lse_neg, int64_t r0,
                                    int64_t r1) {
   const ProxyPanel<T>& p = *in.proxies;
-  return for_each_block(in, in.codes, r0, r1, [&](int64_t i0, int nr, Scratch<T>& sc, bool& bad) DCHML_INLINE_LAMBDA {
-    PositiveList ls[kBlockRows];
+  auto body = [&](int64_t i0, int nr, Scratch<T>& sc, const PositiveList* ls) DCHML_INLINE_LAMBDA {
     T none[kBlockRows];
-    for (int r = 0; r < nr; ++r) {
-      ls[r] = in.labels.row(i0 + r, sc.pos.data() + r * p.cp, bad);
-      none[r] = neg_infinity<T>();
-    }
+    for (int r = 0; r < nr; ++r) none[r] = neg_infinity<T>();
     block_negatives_lse(p, sc.s.data(), nr, ls, gamma, none, lse_neg + i0, sc.tmp.data());
     for (int r = 0; r < nr; ++r) {
       const T* s = sc.s.data() + r * p.cp;
-      loss[i0 + r] = psl_row_loss(gamma, sigma, p.k, ls[r], lse_neg[i0 + r], [&](int64_t q) DCHML_INLINE_LAMBDA { return s[q]; });
+      auto score = [&](int64_t q) DCHML_INLINE_LAMBDA { return s[q]; };
+      loss[i0 + r] = psl_row_loss(gamma, sigma, p.k, ls[r], lse_neg[i0 + r], score);
     }
-  });
+  };
+  return for_each_block(in, in.codes, r0, r1, body);
 }
 
 template <typename T>
 DCHML_SIMD_CLONES bool psl_backward(const RowBlockInputs<T>& in, T gamma, T sigma, const T* lse_neg,
                                     const T* grad_loss, T* grad_codes, int64_t r0, int64_t r1) {
   const ProxyPanel<T>& p = *in.proxies;
-  return for_each_block(in, in.codes, r0, r1, [&](int64_t i0, int nr, Scratch<T>& sc, bool& bad) DCHML_INLINE_LAMBDA {
-    for (int r = 0; r < nr; ++r) {
-      const int64_t i = i0 + r;
-      T* w = sc.s.data() + r * p.cp;
-      const PositiveList l = in.labels.row(i, sc.pos.data(), bad);
-      const T ln = lse_neg[i];
-      int64_t e = 0;  // the positives' coefficients, kept while the row becomes softmax weights
-      const T negative_scale = psl_row_gradient(
-          gamma, sigma, p.k, l, ln, grad_loss[i], [&](int64_t q) DCHML_INLINE_LAMBDA { return w[q]; },
-          [&](int64_t, T coefficient) DCHML_INLINE_LAMBDA { sc.tmp[e++] = coefficient; });
-      if (ln == neg_infinity<T>()) {  // no negatives
-        for (int64_t q = 0; q < p.c; ++q) w[q] = T(0);
-      } else {
-        row_negative_weights(p, w, l, gamma, ln, negative_scale);
-      }
-      for (int64_t e = 0; e < l.npos; ++e) w[l.pos[e]] = sc.tmp[e];
+  auto row_weights = [&](int64_t i, T* w, PositiveList l, T* kept) DCHML_INLINE_LAMBDA {
+    const T ln = lse_neg[i];
+    int64_t e = 0;  // the positives' coefficients, kept while the row becomes softmax weights
+    auto score = [&](int64_t q) DCHML_INLINE_LAMBDA { return w[q]; };
+    auto keep = [&](int64_t, T coefficient) DCHML_INLINE_LAMBDA { kept[e++] = coefficient; };
+    const T negative_scale = psl_row_gradient(gamma, sigma, p.k, l, ln, grad_loss[i], score, keep);
+    if (ln == neg_infinity<T>()) {  // no negatives
+      for (int64_t q = 0; q < p.c; ++q) w[q] = T(0);
+    } else {
+      row_negative_weights(p, w, l, gamma, ln, negative_scale);
     }
-    block_product<Product::kCombine>(sc.s.data(), nr, p, grad_codes + i0 * p.k);
-  });
+    for (e = 0; e < l.npos; ++e) w[l.pos[e]] = kept[e];
+  };
+  return for_each_block_combined(in, in.codes, grad_codes, r0, r1, row_weights);
 }
 
 }  // namespace

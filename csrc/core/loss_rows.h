@@ -116,7 +116,9 @@ DCHML_HD_ROW void psl_backward_row(const LossRow<T, P, Positives>& r, T gamma, T
   const T negative_scale = psl_row_gradient(
       gamma, sigma, r.k, r.positives, lse_neg, grad_row,
       [&](int64_t q) DCHML_INLINE_LAMBDA { return row_dot(r.codes, r.proxies + q * r.k, r.k); },
-      [&](int64_t q, T coefficient) DCHML_INLINE_LAMBDA { row_axpy(coefficient, r.proxies + q * r.k, grad_codes, r.k); });
+      [&](int64_t q, T coefficient) DCHML_INLINE_LAMBDA {
+        row_axpy(coefficient, r.proxies + q * r.k, grad_codes, r.k);
+      });
   if (negative_scale != T(0)) row_axpy(negative_scale, negative_sum, grad_codes, r.k);
 }
 

@@ -220,7 +220,9 @@ DCHML_HD MdsRowGradient<T> mds_row_gradient(T eta, T mu, int64_t k, T mean_dot_d
 template <typename T, typename Positives, typename Score>
 DCHML_HD_ROW T psl_row_loss(T gamma, T sigma, int64_t k, const Positives& positives, T lse_neg, Score&& score) {
   T acc = T(0);
-  positives.each([&](int64_t q) DCHML_INLINE_LAMBDA { acc += psl_positive_term(psl_positive_logit(gamma, sigma, score(q), k), lse_neg); });
+  positives.each([&](int64_t q) DCHML_INLINE_LAMBDA {
+    acc += psl_positive_term(psl_positive_logit(gamma, sigma, score(q), k), lse_neg);
+  });
   return acc / T(positives.count());
 }
 

@@ -92,7 +92,8 @@ inline Rows mds(const Problem& P, bool separate, double eta, double mu) {
     for (int64_t j = 0; j < P.k; ++j) {
       out.grad_codes[i * P.k + j] += -eta * gbar[j];
       double d = std::exp(terms[0] - lse) * gbar[j];
-      for (size_t t = 0; t < negatives.size(); ++t) d += std::exp(terms[t + 1] - lse) * P.proxies[negatives[t] * P.k + j];
+      for (size_t t = 0; t < negatives.size(); ++t)
+        d += std::exp(terms[t + 1] - lse) * P.proxies[negatives[t] * P.k + j];
       den_grad[i * P.k + j] += eta * d;
     }
   }

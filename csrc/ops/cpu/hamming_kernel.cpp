@@ -114,13 +114,15 @@ at::Tensor ap_from_ranking_cpu(const at::Tensor& dist, const at::Tensor& relevan
                                const at::Tensor& cut_relevant, bool expected) {
   TORCH_CHECK_VALUE(dist.dim() == 2, "dist must be 2-D (nq, k), got ", dist.sizes());
   TORCH_CHECK_VALUE(relevant.sizes() == dist.sizes(), "relevant must have the shape of dist, got ", relevant.sizes());
-  TORCH_CHECK_VALUE(cut_total.dim() == 1 && cut_total.size(0) == dist.size(0) && cut_relevant.sizes() == cut_total.sizes(),
-                    "cut_total and cut_relevant must be (nq,) = (", dist.size(0), ",), got ", cut_total.sizes(), " and ",
-                    cut_relevant.sizes());
+  TORCH_CHECK_VALUE(
+      cut_total.dim() == 1 && cut_total.size(0) == dist.size(0) && cut_relevant.sizes() == cut_total.sizes(),
+      "cut_total and cut_relevant must be (nq,) = (", dist.size(0), ",), got ", cut_total.sizes(), " and ",
+      cut_relevant.sizes());
   TORCH_CHECK_TYPE(dist.scalar_type() == at::kInt && relevant.scalar_type() == at::kByte &&
                        cut_total.scalar_type() == at::kLong && cut_relevant.scalar_type() == at::kLong,
-                   "dist, relevant, cut_total, cut_relevant must be int32, uint8, int64, int64, got ", dist.scalar_type(),
-                   ", ", relevant.scalar_type(), ", ", cut_total.scalar_type(), ", ", cut_relevant.scalar_type());
+                   "dist, relevant, cut_total, cut_relevant must be int32, uint8, int64, int64, got ",
+                   dist.scalar_type(), ", ", relevant.scalar_type(), ", ", cut_total.scalar_type(), ", ",
+                   cut_relevant.scalar_type());
   auto dd = dist.contiguous(), rr = relevant.contiguous();
   auto ct = cut_total.contiguous(), cr = cut_relevant.contiguous();
   const int64_t nq = dd.size(0), K = dd.size(1);

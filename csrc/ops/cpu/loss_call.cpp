@@ -60,7 +60,7 @@ template <typename T>
 class GemmTileProducts final : public TileProducts<T> {
  public:
   GemmTileProducts(const std::vector<T>& rows, int64_t c, int64_t k)
-      : g_(at::from_blob(const_cast<T*>(rows.data()), {c, k}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value))) {}
+      : g_(matrix(const_cast<T*>(rows.data()), c, k)) {}
   bool per_row() const override { return false; }
   void scores(const T* block, int64_t k, int64_t b, int64_t e, int64_t q0, int64_t cols, T* tile) const override {
     at::Tensor out = matrix(tile + b * cols, e - b, cols);
@@ -166,6 +166,24 @@ void CpuLossCall::run(RowBlock&& row_block, Tiled&& tiled) const {
 template <typename Inputs>
 using ScalarOf = typename std::decay_t<Inputs>::Scalar;
 
+// The tiled path's two passes over (scale * den) and the proxies, into out: (n,) log-sum-exp of
+// the negatives, or (n, k) softmax-weighted sum of the negatives under the saved log-sum-exp.
+template <typename T, typename P>
+void tiled_lse(const LossInputs& in, const at::Tensor& den, double scale, const TileProducts<T>& products,
+               const TiledRows<T, P>& rows, const at::Tensor& out) {
+  const at::Tensor scaled = den * scale;
+  tiled_negatives_lse<T>(in_ptr<T>(scaled), in.n, in.k, in.c, rows.labels.offsets, rows.labels.indices, products,
+                         run_rows, TileShape{}, out_ptr<T>(out));
+}
+
+template <typename T, typename P>
+void tiled_softmax_sum(const LossInputs& in, const at::Tensor& den, double scale, const TileProducts<T>& products,
+                       const TiledRows<T, P>& rows, const at::Tensor& out) {
+  const at::Tensor scaled = den * scale;
+  tiled_negatives_softmax_sum<T>(in_ptr<T>(scaled), in.n, in.k, in.c, rows.labels.offsets, rows.labels.indices,
+                                 in_ptr<T>(in.saved), products, run_rows, TileShape{}, out_ptr<T>(out));
+}
+
 std::tuple<at::Tensor, at::Tensor> CpuLossCall::mds_forward(double eta, double mu) const {
   at::Tensor loss = in_.row_output(), lse = in_.row_output();
   run(
@@ -175,9 +193,8 @@ std::tuple<at::Tensor, at::Tensor> CpuLossCall::mds_forward(double eta, double m
       },
       [&](const auto& products, const auto& rows, auto&& run_finish) {
         using T = ScalarOf<decltype(rows)>;
-        const at::Tensor den_eta = in_.den * eta, negatives = in_.row_output();
-        tiled_negatives_lse<T>(in_ptr<T>(den_eta), in_.n, in_.k, in_.c, rows.labels.offsets, rows.labels.indices,
-                               products, run_rows, TileShape{}, out_ptr<T>(negatives));
+        const at::Tensor negatives = in_.row_output();
+        tiled_lse(in_, in_.den, eta, products, rows, negatives);
         run_finish([&](int64_t r0, int64_t r1) {
           tiled_mds_forward_rows(rows, T(eta), T(mu), in_ptr<T>(negatives), out_ptr<T>(loss), out_ptr<T>(lse), r0, r1);
         });
@@ -197,10 +214,8 @@ std::tuple<at::Tensor, at::Tensor> CpuLossCall::mds_backward(double eta, double 
       [&](const auto& products, const auto& rows, auto&& run_finish) {
         using T = ScalarOf<decltype(rows)>;
         // the negatives' softmax sum goes straight into the denominator's gradient, finished in place
-        const at::Tensor den_eta = in_.den * eta, den_grad = in_.separate ? grad_other : grad_codes;
-        tiled_negatives_softmax_sum<T>(in_ptr<T>(den_eta), in_.n, in_.k, in_.c, rows.labels.offsets,
-                                       rows.labels.indices, in_ptr<T>(in_.saved), products, run_rows, TileShape{},
-                                       out_ptr<T>(den_grad));
+        const at::Tensor den_grad = in_.separate ? grad_other : grad_codes;
+        tiled_softmax_sum(in_, in_.den, eta, products, rows, den_grad);
         run_finish([&](int64_t r0, int64_t r1) {
           tiled_mds_backward_rows(rows, T(eta), T(mu), in_ptr<T>(in_.saved), in_ptr<T>(in_.grad_loss),
                                   in_ptr<T>(den_grad), out_ptr<T>(grad_codes),
@@ -219,9 +234,7 @@ std::tuple<at::Tensor, at::Tensor> CpuLossCall::psl_forward(double gamma, double
       },
       [&](const auto& products, const auto& rows, auto&& run_finish) {
         using T = ScalarOf<decltype(rows)>;
-        const at::Tensor codes_gamma = in_.codes * gamma;
-        tiled_negatives_lse<T>(in_ptr<T>(codes_gamma), in_.n, in_.k, in_.c, rows.labels.offsets, rows.labels.indices,
-                               products, run_rows, TileShape{}, out_ptr<T>(lse_neg));
+        tiled_lse(in_, in_.codes, gamma, products, rows, lse_neg);
         run_finish([&](int64_t r0, int64_t r1) {
           tiled_psl_forward_rows(rows, T(gamma), T(sigma), in_ptr<T>(lse_neg), out_ptr<T>(loss), r0, r1);
         });
@@ -239,10 +252,8 @@ at::Tensor CpuLossCall::psl_backward(double gamma, double sigma) const {
       },
       [&](const auto& products, const auto& rows, auto&& run_finish) {
         using T = ScalarOf<decltype(rows)>;
-        const at::Tensor codes_gamma = in_.codes * gamma, negatives = in_.code_output();
-        tiled_negatives_softmax_sum<T>(in_ptr<T>(codes_gamma), in_.n, in_.k, in_.c, rows.labels.offsets,
-                                       rows.labels.indices, in_ptr<T>(in_.saved), products, run_rows, TileShape{},
-                                       out_ptr<T>(negatives));
+        const at::Tensor negatives = in_.code_output();
+        tiled_softmax_sum(in_, in_.codes, gamma, products, rows, negatives);
         run_finish([&](int64_t r0, int64_t r1) {
           tiled_psl_backward_rows(rows, T(gamma), T(sigma), in_ptr<T>(in_.saved), in_ptr<T>(in_.grad_loss),
                                   in_ptr<T>(negatives), out_ptr<T>(grad_codes), r0, r1);

@@ -151,7 +151,8 @@ using DeviceRows = LossRows<T, P, DeviceLabels>;
 __device__ int64_t this_row() { return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; }
 
 template <typename T, typename P>
-__global__ void mds_forward_rows_kernel(DeviceRows<T, P> rows, int64_t n, T eta, T mu, const T* negatives_lse, T* loss, T* lse) {
+__global__ void mds_forward_rows_kernel(DeviceRows<T, P> rows, int64_t n, T eta, T mu, const T* negatives_lse, T* loss,
+                                        T* lse) {
   const int64_t i = this_row();
   if (i >= n) return;
   const MdsForward<T> f = mds_forward_row(rows.row(i), eta, mu, negatives_lse[i]);
@@ -161,8 +162,8 @@ __global__ void mds_forward_rows_kernel(DeviceRows<T, P> rows, int64_t n, T eta,
 
 // negative_sum is the denominator's output (grad_den, or grad_codes without `other`), finished in place.
 template <typename T, typename P>
-__global__ void mds_backward_rows_kernel(DeviceRows<T, P> rows, int64_t n, T eta, T mu, const T* lse, const T* grad_loss,
-                                         const T* negative_sum, T* grad_codes, T* grad_den) {
+__global__ void mds_backward_rows_kernel(DeviceRows<T, P> rows, int64_t n, T eta, T mu, const T* lse,
+                                         const T* grad_loss, const T* negative_sum, T* grad_codes, T* grad_den) {
   const int64_t i = this_row();
   if (i >= n) return;
   mds_backward_row(rows.row(i), eta, mu, lse[i], grad_loss[i], negative_sum + i * rows.k, grad_codes + i * rows.k,
@@ -419,8 +420,9 @@ std::tuple<at::Tensor, at::Tensor> labels_to_csr_cuda(const at::Tensor& labels) 
   }
   const at::Tensor counts = positive.sum(1);
   const at::Tensor empty_rows = counts.eq(0).nonzero();
+  const int64_t first_empty = empty_rows.size(0) ? empty_rows[0][0].item<int64_t>() : -1;
   TORCH_CHECK_VALUE(empty_rows.size(0) == 0, "labels: ", empty_rows.size(0),
-                    " row(s) have no positive label (first: row ", empty_rows.size(0) ? empty_rows[0][0].item<int64_t>() : -1,
+                    " row(s) have no positive label (first: row ", first_empty,
                     "); every sample needs at least one label (METHOD.md §3)");
   at::Tensor offsets = at::zeros({labels.size(0) + 1}, labels.options().dtype(at::kLong));
   offsets.narrow(0, 1, labels.size(0)).copy_(counts.cumsum(0));
