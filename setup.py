@@ -7,8 +7,9 @@ every run. Environment:
   FORCE_CUDA=1       compile the CUDA kernels even without a GPU (fail if no toolkit);
   FORCE_CUDA=0       CPU only, even with a GPU.
   CUDA_HOME          toolkit root; defaults to /usr/local/cuda when that exists.
-  TORCH_CUDA_ARCH_LIST  GPU architectures; without a visible GPU we default to "9.0+PTX"
-                     (H100/H200 native code, PTX that newer GPUs JIT-compile) to keep builds short.
+  TORCH_CUDA_ARCH_LIST  GPU architectures; without a visible GPU we default to DEFAULT_CUDA_ARCHS:
+                     native code for A100 (8.0), RTX 30xx / A-series (8.6), RTX 40xx / L4 / L40 (8.9)
+                     and H100/H200 (9.0), plus PTX that newer GPUs JIT-compile.
   MAX_JOBS           parallel compile jobs (ninja).
   DCHML_DEBUG=1      -O0 -g, for debuggers and sanitizers.
   DCHML_PREBUILT=1   do not build the extension: scripts/setup_env.sh has built it in place
@@ -29,6 +30,9 @@ import torch  # noqa: E402  (after CUDA_HOME, which cpp_extension reads on impor
 from torch.utils import cpp_extension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# Where no GPU is visible at build time (CI, containers built without one), code for the GPUs the
+# package is run on: PTX alone would make an A100 or RTX card JIT-compile every kernel at first use.
+DEFAULT_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"
 
 
 def want_cuda():
@@ -59,7 +63,7 @@ def extension():
     kwargs = {}
     if with_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0+PTX"
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
         srcs += sources("ops/cuda/*.cu")
         macros.append(("WITH_CUDA", None))
         kwargs["extra_compile_args"] = {

@@ -26,7 +26,6 @@ evaluate) and how far the N-process run ends from the one-process run.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -41,7 +40,10 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-DEVICE = "this 2-core AMD EPYC (AVX-512 VPOPCNTDQ), no GPU"
+sys.path.insert(0, HERE)
+import harness  # noqa: E402
+
+DEVICE = f"{harness.cpu_name()}, no GPU"
 
 
 # --- the parent: data, configurations, results ---------------------------------------------------
@@ -87,24 +89,9 @@ def launch(config: str, world: int, threads: int, args, folder: str) -> dict:
         return json.load(f)
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                                       text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def report(rows: list[dict], args, command: str, out_dir: str, write: bool) -> None:
-    date = datetime.date.today().isoformat()
-    commit = git_commit()
+    prov = harness.Provenance(DEVICE)
+    date, commit = prov.date, prov.commit
     shape = f"{args.queries}x{args.db}x{args.bits}"
     base = next(r for r in rows if r["config"] == "single")["median_s"]
     lines = [
@@ -124,12 +111,9 @@ def report(rows: list[dict], args, command: str, out_dir: str, write: bool) -> N
             f"{r['min_s']:.3f}-{r['max_s']:.3f} | {base / r['median_s']:.2f}x | "
             f"{r.get('local_topk_s', float('nan')):.3f} | {r.get('comm_s', float('nan')):.4f} | "
             f"{r['peak_rss_mib']:.0f} | {r['map']:.6f} |")
-        csv_rows.append(dict(kernel=f"map@{args.topk}", provider=f"{r['config']} ({r['world']}x{r['threads']})",
-                             shape=shape, device=DEVICE, date=date, commit=commit,
-                             median_s=f"{r['median_s']:.4f}", spread=f"{r['min_s']:.4f}-{r['max_s']:.4f}",
-                             local_topk_s=f"{r.get('local_topk_s', float('nan')):.4f}",
-                             comm_s=f"{r.get('comm_s', float('nan')):.4f}",
-                             peak_rss_mib=f"{r['peak_rss_mib']:.0f}", map=f"{r['map']:.9f}"))
+        case, provider = f"map@{args.topk} {shape}", f"{r['config']} ({r['world']}x{r['threads']})"
+        for metric in ("median_s", "min_s", "max_s", "local_topk_s", "comm_s", "peak_rss_mib", "map"):
+            csv_rows.append(prov.row("distributed", case, provider, metric, r.get(metric, float("nan"))))
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines += ["", "Per-query AP of every configuration equals the single-process one exactly (checked in the run).",
               f"Load average at the end of the run (1/5/15 min): {load} (the 2 cores are shared with other jobs; "
@@ -140,20 +124,8 @@ def report(rows: list[dict], args, command: str, out_dir: str, write: bool) -> N
     print(text)
     if write:
         os.makedirs(out_dir, exist_ok=True)
-        write_atomic(os.path.join(out_dir, "distributed.md"), text)
-        path = os.path.join(out_dir, "distributed_cpu.csv")
-        old = []
-        if os.path.exists(path):
-            with open(path, newline="") as f:
-                old = list(csv.DictReader(f))
-        fields = list(csv_rows[0].keys())
-        tmp = path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            for row in old + csv_rows:
-                w.writerow({k: row.get(k, "") for k in fields})
-        os.replace(tmp, path)
+        harness.atomic_write(os.path.join(out_dir, "distributed.md"), text)
+        harness.append_rows(os.path.join(out_dir, "distributed_cpu.csv"), csv_rows)
 
 
 def parent(args) -> None:
@@ -305,14 +277,15 @@ def train_benchmark(args) -> None:
                              same_c=same_c, **{k[:3]: v for k, v in evaluate(result.model, data).items()
                                                if k.endswith("_map")}))
             print(rows[-1], flush=True)
-    date = datetime.date.today().isoformat()
+    prov = harness.Provenance(DEVICE)
+    date = prov.date
     base = {r["lr"]: r["epoch_s"] for r in rows if r["nproc"] == 1}
     lines = [
         "# dchml.distributed_train: Algorithm 1 on N processes vs one",
         "",
         f"Synthetic set ({data.train_idx.numel()} training pairs, {data.n_labels} labels, {data.image_dim}-d image "
         f"features, {data.text_dim}-d text), {args.bits} bits, batch 128, {args.epochs} epochs; device: {DEVICE}; "
-        f"date {date}; commit {git_commit()}.",
+        f"date {date}; commit {prov.commit}.",
         f"Command: `{command}`",
         "",
         "| SGD | processes x threads | s / epoch | speed-up | max param diff | max stored-output diff | C equal | MAP I->T / T->I (last epoch) |",
@@ -333,7 +306,7 @@ def train_benchmark(args) -> None:
     if not args.no_write:
         out = os.path.join(HERE, "results")
         os.makedirs(out, exist_ok=True)
-        write_atomic(os.path.join(out, "distributed_train.md"), text)
+        harness.atomic_write(os.path.join(out, "distributed_train.md"), text)
 
 
 def _train_in_slices(data, cfg, slices: int):

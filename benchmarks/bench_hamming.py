@@ -1,4 +1,4 @@
-"""Benchmark of the Hamming ranker (issue 2): MAP@5000 over synthetic label-correlated codes.
+"""Benchmark of the Hamming ranker: MAP@5000 over synthetic label-correlated codes.
 
 W1 (CPU): 5,000 queries x 1,000,000 database codes, 64 bits, 21 labels (1-3 per item):
   (a) dchml.mean_average_precision (fused);
@@ -10,22 +10,17 @@ Scaling: dchml alone at bits 64/128/256 and databases of 100k/1M/10M (10M with f
 W2 (--device cuda): 5,000 x 10,000,000 x 64 bits, dchml on the GPU against a plain-PyTorch
   baseline (±1 matrix product in chunks, torch.topk, AP).
 
-Writes CSV rows (kernel, provider, shape, device, date, commit, median_s, spread) to
-benchmarks/results/hamming_<device>.csv and a summary to benchmarks/results/hamming.md.
+Appends rows (benchmarks/harness.py schema: median_s and max_minus_min_s per case and provider)
+to benchmarks/results/hamming_<device>.csv and writes a summary to benchmarks/results/hamming.md.
 Run timings under `flock /work/bench.lock` on shared machines. DCHML_HAMMING_STATS=1 makes the
 engine print where its time goes (thread-seconds per phase).
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as dt
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -33,6 +28,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import harness  # noqa: E402
+
 import dchml  # noqa: E402
 
 N_LABELS = 21
@@ -58,7 +56,7 @@ def make_data(rng, n, bits, protos):
 
 
 def ap_numpy(order, qlab, dlab):
-    """AP@K per query from a ranked index matrix (METHOD.md §7)."""
+    """AP@K per query from a ranked index matrix (docs/spec.md §7)."""
     out = np.zeros(len(order))
     for i in range(len(order)):
         rel = (dlab[order[i]] @ qlab[i]) > 0
@@ -96,49 +94,26 @@ def peak_rss_during(fn):
     return result, status("VmHWM") - before
 
 
-def commit():
-    try:
-        return subprocess.check_output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], text=True).strip()
-    except Exception:
-        return "unknown"
-
-
 def device_name(device):
     if device == "cuda":
         return torch.cuda.get_device_name()
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {dchml.ops.hamming_isa()}"
+    return f"{harness.cpu_name()}, {dchml.ops.hamming_isa()}"
 
 
 class Recorder:
-    def __init__(self, device):
+    def __init__(self, device, note=""):
         self.rows = []
-        self.device = device_name(device)
-        self.date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        self.commit = commit()
+        self.prov = harness.Provenance(device_name(device), note)
+        self.device = self.prov.device
 
     def add(self, kernel, provider, shape, median_s, spread, note=""):
-        self.rows.append(dict(kernel=kernel, provider=provider, shape=shape, device=self.device, date=self.date,
-                              commit=self.commit, median_s=f"{median_s:.4f}", spread=f"{spread:.4f}", note=note))
+        case = f"{kernel} {shape}"
+        self.rows += [self.prov.row("hamming", case, provider, "median_s", median_s, note),
+                      self.prov.row("hamming", case, provider, "max_minus_min_s", spread, note)]
         print(f"  {kernel:10s} {provider:28s} {shape:28s} {median_s:9.3f} s  (spread {spread:.3f}) {note}", flush=True)
 
     def write_csv(self, path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fields = ["kernel", "provider", "shape", "device", "date", "commit", "median_s", "spread", "note"]
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".csv")
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(self.rows)
-        os.replace(tmp, path)
+        harness.append_rows(path, self.rows)
 
 
 def w1(rec, args, lines):
@@ -294,12 +269,11 @@ def main():
     p.add_argument("--ref-queries", type=int, default=20, help="queries timed for the NumPy reference")
     p.add_argument("--quick", action="store_true", help="skip the 10M-code scaling runs")
     p.add_argument("--no-scaling", action="store_true")
+    p.add_argument("--note", default="", help="stored with every row (e.g. what else ran on the machine)")
     args = p.parse_args()
-    rec = Recorder(args.device)
-    lines = [f"## Hamming ranker benchmark ({args.device})", "",
-             f"Device: {rec.device}; date {rec.date}; commit {rec.commit}; torch {torch.__version__}; "
-             f"OpenMP threads {torch.get_num_threads()}.",
-             f"Command: `{' '.join(['python'] + sys.argv)}`", ""]
+    rec = Recorder(args.device, args.note)
+    lines = [f"## Hamming ranker benchmark ({args.device})", "", rec.prov.markdown_header(),
+             f"torch {torch.__version__}; OpenMP threads {torch.get_num_threads()}.", ""]
     if args.device == "cuda":
         if not (torch.cuda.is_available() and dchml.cuda_built()):
             sys.exit("--device cuda needs a GPU and a CUDA build of dchml")
@@ -312,10 +286,7 @@ def main():
             scaling(rec, args, lines)
     rec.write_csv(os.path.join(RESULTS, f"hamming_{args.device}.csv"))
     md = os.path.join(RESULTS, "hamming.md" if args.device == "cpu" else "hamming_cuda.md")
-    fd, tmp = tempfile.mkstemp(dir=RESULTS, suffix=".md")
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, md)
+    harness.atomic_write(md, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -1,36 +1,35 @@
-"""Benchmark of the fused margin-dynamic-softmax loss (forward + backward) against (a) the eager
-PyTorch composite (benchmarks/composite_loss.py: an (n x c) logits matrix and a masked
-log-sum-exp, what users write today) and (b) torch.compile of that composite, in one run.
+"""Benchmark of the fused margin-dynamic-softmax loss (forward + backward) against (a) the lean
+eager PyTorch composite (benchmarks/composite_loss.py: gbar once, one (n x c) logits matrix,
+masked_fill, logsumexp) and (b) torch.compile of that composite, in one run.
 
-Cases (issue 3): L1 paper scale n=128, c in {21, 80, 255}, k=64; L2 extreme classification
-n=4096, c=100000, k=128 (labels: 1-3 positives per row; the fused loss gets them as a CSR tuple,
-the composite as the dense (n, c) matrix it needs).
+Cases: L1 paper scale n=128, c in {21, 80, 255}, k=64, for each label dtype of --labels (what the
+training loop passes is float32; both providers get the same dense labels); L2 extreme
+classification n=4096, c=100000, k=128 (labels: 1-3 positives per row; the fused loss gets them as
+a CSR tuple, the composite as the dense bool (n, c) matrix it needs).
 
-Timing: CPU time.perf_counter around one step (loss + backward), median and spread (min, max)
-over --reps steps after warm-up; CUDA: the same with torch.cuda.synchronize around the step.
+Timing: time.perf_counter around one step (loss + backward; CUDA: with torch.cuda.synchronize
+around it). The providers of a case are timed in interleaved rounds (A, B, C, A, B, C, ...:
+benchmarks/harness.py) and the median of the round medians is reported, with the min and max of
+all steps: on a machine shared with other jobs a busy spell then hits every provider alike.
 Memory: CPU peak extra RSS of one step = VmHWM after the step minus VmRSS before it, with the
 high-water mark reset first (echo 5 > /proc/self/clear_refs), measured in a fresh process per
 provider (after one warm-up step) with glibc's mmap threshold fixed at 128 KiB, so that freed
 large buffers leave the RSS and each step's own peak is seen; CUDA:
 torch.cuda.max_memory_allocated during the step minus memory allocated before it.
 
-Usage: python benchmarks/bench_loss.py [--device cpu|cuda] [--cases L1,L2] [--out benchmarks/results]
-Appends rows to <out>/loss_<device>.csv and writes <out>/loss.md (cpu) or loss_<device>.md (atomic writes).
+Usage: python benchmarks/bench_loss.py [--device cpu|cuda] [--cases L1,L2] [--labels bool,float32]
+         [--rounds 7] [--reps 200] [--note "..."] [--out benchmarks/results]
+Appends rows (benchmarks/harness.py schema) to <out>/loss_<device>.csv and writes <out>/loss.md
+(cpu) or loss_<device>.md.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import ctypes
-import datetime
 import gc
-import io
 import os
-import platform
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
@@ -39,9 +38,11 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import composite_loss  # noqa: E402
+import harness  # noqa: E402
+
 import dchml  # noqa: E402
 
-FIELDS = ["kernel", "provider", "shape", "device", "date", "commit", "median_s", "spread", "peak_extra_bytes", "ratio_vs_eager"]
+PROVIDERS = ("dchml_fused", "eager_lean_composite", "torch_compile_composite")
 
 
 def proc_status(field):
@@ -55,8 +56,8 @@ def proc_status(field):
 def fix_malloc_thresholds():
     """Make every large CPU allocation its own mmap, returned to the system when freed. glibc
     otherwise raises its mmap threshold after the first large free, the next steps' tile buffers
-    come from the heap and stay resident, and a step's RSS delta reads 0 (seen in an earlier run:
-    0.0 MiB for a step that allocates ~80 MiB). Setting M_MMAP_THRESHOLD fixes the threshold."""
+    come from the heap and stay resident, and a step's RSS delta reads 0 (measured: 0.0 MiB for a
+    step that allocates ~80 MiB). Setting M_MMAP_THRESHOLD fixes the threshold."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
@@ -87,36 +88,19 @@ def dense_labels(n, c, offsets, indices, device):
     return labels
 
 
-def measure(step, reps, warmup, device):
-    """(median s, min s, max s, peak extra bytes): timed steps back to back, then one step on its
-    own for the memory high-water mark (its reset and the gc pass stay out of the timings)."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    gc.collect()
-    if device.type != "cuda":
-        return statistics.median(times), min(times), max(times), None
+def cuda_peak(step):
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     step()
     torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - base
-    return statistics.median(times), min(times), max(times), peak
+    return torch.cuda.max_memory_allocated() - base
 
 
-def make_steps(n, c, k, device):
+def make_steps(n, c, k, label_dtype, device):
     """The three providers' steps (loss + backward) on one case, after checking they agree."""
     codes, proxies, offsets, indices = make_case(n, c, k, device)
-    labels = dense_labels(n, c, offsets, indices, device)
+    labels = dense_labels(n, c, offsets, indices, device).to(getattr(torch, label_dtype))
     proxies_f = proxies.float()
     x = codes.clone().requires_grad_(True)
     fused_labels = labels if c <= 1000 else (offsets, indices)  # the form a user of that scale holds
@@ -125,17 +109,18 @@ def make_steps(n, c, k, device):
     a = dchml.margin_dynamic_softmax(codes, proxies, fused_labels).item()
     b = composite_loss.margin_dynamic_softmax(codes, proxies_f, labels).item()
     assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (a, b)
-    return x, {
+    steps = {
         "dchml_fused": lambda: dchml.margin_dynamic_softmax(x, proxies, fused_labels).backward(),
-        "eager_composite": lambda: composite_loss.margin_dynamic_softmax(x, proxies_f, labels).backward(),
+        "eager_lean_composite": lambda: composite_loss.margin_dynamic_softmax(x, proxies_f, labels).backward(),
         "torch_compile_composite": lambda: compiled_fn(x, proxies_f, labels).backward(),
     }
+    return x, steps
 
 
-def cpu_peak_probe(n, c, k, provider):
+def cpu_peak_probe(n, c, k, label_dtype, provider):
     """Peak extra RSS of one step, in this (fresh) process: warm-up step, then the measured one."""
     fix_malloc_thresholds()
-    _, steps = make_steps(n, c, k, torch.device("cpu"))
+    _, steps = make_steps(n, c, k, label_dtype, torch.device("cpu"))
     steps[provider]()
     gc.collect()
     reset_peak_rss()
@@ -144,103 +129,93 @@ def cpu_peak_probe(n, c, k, provider):
     return proc_status("VmHWM") - base
 
 
-def cpu_peak(n, c, k, provider):
+def cpu_peak(n, c, k, label_dtype, provider):
     # a fresh process per provider, with glibc's thresholds fixed there only: fixing them in the
     # timing process would slow the composite's mid-size allocations (measured: eager at c = 255
     # went from 0.59 to 1.16 ms), and one provider's freed buffers would hide the next one's
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-probe", f"{n},{c},{k},{provider}"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-probe",
+                          f"{n},{c},{k},{label_dtype},{provider}"], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
 
 
-def run_case(name, n, c, k, device, reps, warmup, kernel="mds"):
-    x, steps = make_steps(n, c, k, device)
-    rows = []
-    for provider, step in steps.items():
-        med, lo, hi, peak = measure(step, reps, warmup, device)
-        rows.append(dict(kernel=kernel, provider=provider, shape=f"{name} n={n} c={c} k={k}", median_s=med,
-                         spread=f"{lo:.6g}..{hi:.6g}", peak_extra_bytes=peak, case=(n, c, k)))
-        print(f"{name} c={c:>6} {provider:>24}: median {med * 1e3:9.3f} ms  [{lo * 1e3:.3f}, {hi * 1e3:.3f}]"
-              + ("" if peak is None else f"  peak extra {peak / 2**20:9.1f} MiB"), flush=True)
+def run_case(name, n, c, k, label_dtype, device, rounds, reps, warmup):
+    x, steps = make_steps(n, c, k, label_dtype, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    timings = harness.interleaved_medians(steps, rounds, reps, warmup, sync)
+    eager_s = timings["eager_lean_composite"]["median_s"]
+    results = []
+    for provider, t in timings.items():
+        peak = cuda_peak(steps[provider]) if device.type == "cuda" else None
         x.grad = None
-    eager_s = rows[1]["median_s"]
-    for r in rows:
-        r["ratio_vs_eager"] = f"{eager_s / r['median_s']:.2f}"
-    return rows
+        results.append(dict(case=f"mds {name} n={n} c={c} k={k} labels={label_dtype}", provider=provider,
+                            shape=(n, c, k, label_dtype), speedup=eager_s / t["median_s"], peak=peak, **t))
+        print(f"{name} c={c:>6} {label_dtype:>8} {provider:>24}: median {t['median_s'] * 1e3:9.3f} ms "
+              f"[{t['min_s'] * 1e3:.3f}, {t['max_s'] * 1e3:.3f}]  {eager_s / t['median_s']:.2f}x", flush=True)
+    return results
 
 
 def describe_device(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    with open("/proc/cpuinfo") as f:
-        avx512 = " avx512f" in f.read()
-    return f"{model}, {os.cpu_count()} cores{' with AVX-512' if avx512 else ''}, {torch.get_num_threads()} torch threads"
+    return f"{harness.cpu_name()}, {torch.get_num_threads()} torch threads"
 
 
-def atomic_write(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def write_results(results, args, prov):
+    rows = []
+    for r in results:
+        for metric, value in (("median_s", r["median_s"]), ("min_s", r["min_s"]), ("max_s", r["max_s"]),
+                              ("peak_extra_bytes", r["peak"]), ("speedup_vs_eager", r["speedup"])):
+            rows.append(prov.row("loss", r["case"], r["provider"], metric, value))
+    harness.append_rows(os.path.join(args.out, f"loss_{args.device}.csv"), rows)
+    md = [f"# Fused loss benchmark ({args.device})", "", prov.markdown_header(), "",
+          "Forward + backward of the margin-dynamic-softmax loss (reduction mean). Providers timed in "
+          f"{args.rounds} interleaved rounds of {args.reps} steps: median of the round medians, (min..max) of all "
+          "steps; peak extra memory of one step (" +
+          ("peak RSS delta, /proc" if args.device == "cpu" else "torch.cuda.max_memory_allocated delta") +
+          "). Eager: the lean composite of benchmarks/composite_loss.py.", "",
+          "| case | provider | median | min..max | peak extra | speed-up vs eager |", "|---|---|---|---|---|---|"]
+    for r in results:
+        md.append(f"| {r['case']} | {r['provider']} | {r['median_s'] * 1e3:.3f} ms | "
+                  f"{r['min_s'] * 1e3:.3f}..{r['max_s'] * 1e3:.3f} ms | {r['peak'] / 2**20:.1f} MiB | "
+                  f"{r['speedup']:.2f}x |")
+    md_name = "loss.md" if args.device == "cpu" else f"loss_{args.device}.md"
+    harness.atomic_write(os.path.join(args.out, md_name), "\n".join(md) + "\n")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--cases", default="L1,L2")
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    ap.add_argument("--memory-probe", default="", help=argparse.SUPPRESS)  # internal: "n,c,k,provider"
+    ap.add_argument("--labels", default="bool,uint8,float32,int64", help="label dtypes of the L1 cases")
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds per case")
+    ap.add_argument("--reps", type=int, default=0, help="steps per provider and round (default: by case)")
+    ap.add_argument("--note", default="", help="stored with every row (e.g. what else ran on the machine)")
+    ap.add_argument("--out", default=harness.RESULTS)
+    ap.add_argument("--memory-probe", default="", help=argparse.SUPPRESS)  # internal: "n,c,k,labels,provider"
     args = ap.parse_args()
     if args.memory_probe:
-        n, c, k, provider = args.memory_probe.split(",")
-        print(cpu_peak_probe(int(n), int(c), int(k), provider))
+        n, c, k, label_dtype, provider = args.memory_probe.split(",")
+        print(cpu_peak_probe(int(n), int(c), int(k), label_dtype, provider))
         return
     device = torch.device(args.device)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=HERE).stdout.strip() or "unknown"
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    dev_name = describe_device(device)
-    rows = []
+    prov = harness.Provenance(describe_device(device), args.note)
+    results = []
     cases = args.cases.split(",")
+    cpu = device.type == "cpu"
     if "L1" in cases:
         for c in (21, 80, 255):
-            rows += run_case("L1", 128, c, 64, device, reps=300 if device.type == "cpu" else 1000, warmup=30)
+            for label_dtype in args.labels.split(","):
+                results += run_case("L1", 128, c, 64, label_dtype, device, args.rounds,
+                                    args.reps or (200 if cpu else 500), warmup=30)
     if "L2" in cases:
-        rows += run_case("L2", 4096, 100_000, 128, device, reps=3 if device.type == "cpu" else 20, warmup=1)
-    for r in rows:  # CPU memory last, so that no probe process runs beside a timing
-        if r["peak_extra_bytes"] is None:
-            r["peak_extra_bytes"] = cpu_peak(*r["case"], r["provider"])
-            print(f"{r['shape']} {r['provider']:>24}: peak extra {r['peak_extra_bytes'] / 2**20:9.1f} MiB", flush=True)
-        r.update(device=dev_name, date=date, commit=commit)
-    os.makedirs(args.out, exist_ok=True)
-    csv_path = os.path.join(args.out, f"loss_{args.device}.csv")
-    old = open(csv_path).read() if os.path.exists(csv_path) else ""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, FIELDS)
-    if not old:
-        w.writeheader()
-    for r in rows:
-        w.writerow({f: (f"{r[f]:.6g}" if f == "median_s" else r[f]) for f in FIELDS})
-    atomic_write(csv_path, old + buf.getvalue())
-    md = [f"# Fused loss benchmark ({args.device})", "",
-          f"Device: {dev_name}; {platform.python_version()}, torch {torch.__version__}; {date}; commit {commit}.",
-          f"Command: `python benchmarks/bench_loss.py --device {args.device} --cases {args.cases}`", "",
-          "Forward + backward of the margin-dynamic-softmax loss (reduction mean). Median over repeated steps, "
-          "(min..max) in brackets; peak extra memory of one step (" +
-          ("peak RSS delta, /proc" if device.type == "cpu" else "torch.cuda.max_memory_allocated delta") + ").", "",
-          "| case | provider | median | spread | peak extra | speed-up vs eager |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        md.append(f"| {r['shape']} | {r['provider']} | {r['median_s'] * 1e3:.3f} ms | {r['spread']} s | "
-                  f"{r['peak_extra_bytes'] / 2**20:.1f} MiB | {r['ratio_vs_eager']}x |")
-    md_name = "loss.md" if args.device == "cpu" else f"loss_{args.device}.md"
-    atomic_write(os.path.join(args.out, md_name), "\n".join(md) + "\n")
-    print(f"wrote {csv_path}")
+        results += run_case("L2", 4096, 100_000, 128, "bool", device, min(args.rounds, 3) if cpu else args.rounds,
+                            args.reps or (1 if cpu else 10), warmup=1)
+    for r in results:  # CPU memory last, so that no probe process runs beside a timing
+        if r["peak"] is None:
+            r["peak"] = cpu_peak(*r["shape"], r["provider"])
+            print(f"{r['case']} {r['provider']:>24}: peak extra {r['peak'] / 2**20:9.1f} MiB", flush=True)
+    write_results(results, args, prov)
+    print(f"wrote {os.path.join(args.out, f'loss_{args.device}.csv')}")
 
 
 if __name__ == "__main__":

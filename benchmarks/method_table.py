@@ -2,24 +2,24 @@
 built-in synthetic set, MAP@5000 I->T and T->I, seconds per epoch (median; one epoch = the image
 pass + the text pass + the C update, evaluation excluded).
 
-Writes benchmarks/results/methods.md and methods.csv. Run it alone (it times epochs):
+Writes benchmarks/results/methods.md and appends to methods.csv (benchmarks/harness.py schema).
+Run it alone (it times epochs):
     flock /work/bench.lock python benchmarks/method_table.py [--epochs 50] [--bits 32 64]
 Settings are dchml's defaults (`dchml train` and the demo; every loss weight at the paper's default).
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
+import harness  # noqa: E402
 import torch  # noqa: E402
 
 from dchml.cli import DEMO_THREADS  # noqa: E402
@@ -56,15 +56,14 @@ def main(argv=None):
                 print(f"{NAMES[method]:8s} {bits:3d} bits: I->T {metrics['i2t_map']:.4f}  T->I {metrics['t2i_map']:.4f}  "
                       f"{metrics['seconds_per_epoch']:.2f} s/epoch", flush=True)
     total = time.perf_counter() - began
-    device = describe_device("cpu")
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    commit = _commit()
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "methods.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) + ["threads", "device", "date", "commit"])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "threads": args.threads, "device": device, "date": date, "commit": commit})
+    prov = harness.Provenance(describe_device("cpu"))
+    device, date, commit = prov.device, prov.date, prov.commit
+    csv_rows = []
+    for row in rows:
+        case = f"synthetic bits={row['bits']} epochs={row['epochs']} threads={args.threads}"
+        for metric in ("i2t_map", "t2i_map", "seconds_per_epoch"):
+            csv_rows.append(prov.row("methods", case, row["method"], metric, row[metric]))
+    harness.append_rows(os.path.join(args.out, "methods.csv"), csv_rows)
     d = data
     lines = [
         "# DCHML vs DCHML_P vs DCHML_Q on the synthetic set", "",
@@ -80,17 +79,8 @@ def main(argv=None):
               for r in rows]
     lines += ["", f"Device: {device}. Date: {date}. Commit: {commit}. Total wall time {total:.0f} s.",
               f"Command: `{command.strip()}`", ""]
-    with open(os.path.join(args.out, "methods.md"), "w") as f:
-        f.write("\n".join(lines))
+    harness.atomic_write(os.path.join(args.out, "methods.md"), "\n".join(lines))
     print("\n".join(lines))
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

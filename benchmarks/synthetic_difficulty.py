@@ -1,4 +1,4 @@
-"""How hard is the synthetic set? MAP@5000 (METHOD.md §7) of simple reference hashers on
+"""How hard is the synthetic set? MAP@5000 (docs/spec.md §7) of simple reference hashers on
 dchml.data.make_synthetic, so the set can be tuned to leave room between methods and code lengths.
 
   random   : sign of a random projection of each modality (unsupervised; cross-modal codes from

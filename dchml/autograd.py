@@ -21,9 +21,9 @@ class MarginDynamicSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, codes, proxies, labels, eta=0.3, mu=0.3, other=None):
-        proxies, labels, indices = ops._prepare_loss_inputs(codes, proxies, labels, other)
-        eta, mu = ops._check_scale("eta", eta), ops._check_scalar("mu", mu)
-        loss, lse = torch.ops.dchml.mds_loss(codes, other, proxies, labels, indices, eta, mu)
+        loss, (proxies, labels, indices, lse, eta, mu) = ops.mds_loss_rows_for_backward(
+            codes, proxies, labels, eta=eta, mu=mu, other=other)
+        # tensors through save_for_backward (version-checked), the two scalars on ctx
         ctx.save_for_backward(codes, other, proxies, labels, indices, lse)
         ctx.eta, ctx.mu = eta, mu
         return loss
@@ -31,6 +31,6 @@ class MarginDynamicSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         codes, other, proxies, labels, indices, lse = ctx.saved_tensors
-        grad_codes, grad_other = torch.ops.dchml.mds_loss_backward(
-            grad_loss, codes, other, proxies, labels, indices, lse, ctx.eta, ctx.mu)
-        return grad_codes, None, None, None, None, (grad_other if other is not None else None)
+        grad_codes, grad_other = ops.mds_loss_backward(grad_loss, codes, other,
+                                                       (proxies, labels, indices, lse, ctx.eta, ctx.mu))
+        return grad_codes, None, None, None, None, grad_other

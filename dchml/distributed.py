@@ -38,6 +38,7 @@ import torch.distributed as dist
 
 from . import ops
 from .codes import as_label_bits, as_packed, as_tensor
+from .metrics import TIES, check_map_options
 
 __all__ = ["hamming_topk", "mean_average_precision"]
 
@@ -46,7 +47,6 @@ __all__ = ["hamming_topk", "mean_average_precision"]
 # blocks from it, which the collectives require.
 _BLOCK_ELEMENTS = 1 << 23
 _MESSAGE_BYTES = 1024
-_TIES = ("index", "expected")
 
 
 # --- process group plumbing ---------------------------------------------------------------------
@@ -343,34 +343,31 @@ def _relevance(local: "_Local", lo: int, hi: int, index: torch.Tensor) -> torch.
     if local.db_words is not None:
         both = local.db_words[index] & local.query_words[lo:hi, None]
         return torch.ne(both, 0).view(torch.uint8)
-    return ops._relevance(local.query_labels[lo:hi], local.db_labels, index)
+    return ops.relevance(local.query_labels[lo:hi], local.db_labels, index)
 
 
 # --- public API ---------------------------------------------------------------------------------
 
 
-def _check_k(value, name: str, allow_none: bool) -> int:
-    if value is None and allow_none:
-        return -1
+def _check_k(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return value
 
 
-def _setup(fn, group, query_codes, db_shard_codes, k_value, k_name, allow_none, ties="index",
-           query_labels=None, db_shard_labels=None, with_labels=False):
-    """Validate locally, then agree across ranks; raises on every rank if any rank is wrong."""
+def _setup(fn, group, query_codes, db_shard_codes, requested_k, ties="index", query_labels=None,
+           db_shard_labels=None, with_labels=False):
+    """Validate locally, then agree across ranks; raises on every rank if any rank is wrong.
+    requested_k() checks the caller's options and returns its k (-1: the whole database)."""
     device = query_codes.device if isinstance(query_codes, torch.Tensor) else torch.device("cpu")
     g = _Group(group, device)
     local, meta, error = None, None, None
     try:
-        if ties not in _TIES:
-            raise ValueError(f"ties must be one of {_TIES}, got {ties!r}")
-        k_requested = _check_k(k_value, k_name, allow_none)
+        k_requested = requested_k()
         local = _Local(query_codes, db_shard_codes, k_requested, query_labels, db_shard_labels, with_labels)
-        meta = local.metadata(_TIES.index(ties))
+        meta = local.metadata(TIES.index(ties))
     except Exception as exc:  # noqa: BLE001  (re-raised on every rank below)
         error = exc
     where = f"dchml.distributed.{fn}"
@@ -396,7 +393,7 @@ def hamming_topk(query_codes, db_shard_codes, k: int, group=None):
     rank if k < 1, k > the global database size, or the code lengths or queries differ across
     ranks. Collective: every rank of `group` (default: the default group) must call it.
     """
-    g, local, agreed = _setup("hamming_topk", group, query_codes, db_shard_codes, k, "k", False)
+    g, local, agreed = _setup("hamming_topk", group, query_codes, db_shard_codes, lambda: _check_k(k, "k"))
     if k > agreed.total:
         raise ValueError(f"k must be in [1, {agreed.total}] (the global database size over {g.world} "
                          f"ranks, shard sizes {agreed.sizes}), got {k}")
@@ -410,9 +407,9 @@ def hamming_topk(query_codes, db_shard_codes, k: int, group=None):
     return torch.cat(dists), torch.cat(idxs)
 
 
-def mean_average_precision(query_codes, db_shard_codes, query_labels, db_shard_labels, topk=5000,
-                           group=None, ties: str = "index", return_per_query: bool = False):
-    """MAP@topk of METHOD.md §7 over a database sharded across the ranks of `group`.
+def mean_average_precision(query_codes, db_shard_codes, query_labels, db_shard_labels, *, topk=5000,
+                           ties: str = "index", return_per_query: bool = False, group=None):
+    """MAP@topk of docs/spec.md §7 over a database sharded across the ranks of `group`.
 
     Same arguments and result as `dchml.mean_average_precision` on the concatenated database
     (shards in rank order; a shard may be empty), returned on every rank: MAP as a float, or
@@ -422,8 +419,12 @@ def mean_average_precision(query_codes, db_shard_codes, query_labels, db_shard_l
     database; a topk larger than the database is clamped to it. Collective: every rank of `group`
     (default: the default group) must call it with the same options.
     """
-    g, local, agreed = _setup("mean_average_precision", group, query_codes, db_shard_codes, topk,
-                              "topk", True, ties, query_labels, db_shard_labels, with_labels=True)
+    def requested_k():
+        topk_checked = check_map_options(topk, ties)
+        return -1 if topk_checked is None else topk_checked
+
+    g, local, agreed = _setup("mean_average_precision", group, query_codes, db_shard_codes, requested_k, ties,
+                              query_labels, db_shard_labels, with_labels=True)
     k = agreed.total if topk is None else min(topk, agreed.total)
     if k == 0:  # an empty global database: nothing is retrieved, every AP is 0
         ap = torch.zeros(agreed.nq, dtype=torch.float64, device=local.device)

@@ -1,4 +1,4 @@
-"""Out-of-sample encoding (METHOD.md §2, eqs. 17-18): any image, image-feature or text batch ->
+"""Out-of-sample encoding (docs/spec.md §2, eqs. 17-18): any image, image-feature or text batch ->
 binary codes b = sgn(net(x)), packed 8 bits per byte with the ranker's `pack_codes`."""
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from . import ops
 from ._C import cuda_built
 from .codes import as_packed, label_pair, packed_pair
 from .outputs import write_atomic
+from .metrics import check_map_options
 
 _FORMAT_VERSION = 1
 _CHUNK_ROWS = 1 << 22  # rows of a memory-mapped database brought into memory at a time
@@ -140,18 +141,15 @@ class HammingIndex:
             best = (dist, index) if best is None else _merge_topk(*best, dist, index, int(k))
         return best
 
-    def mean_average_precision(self, queries, query_labels, db_labels, topk=5000, ties="index",
+    def mean_average_precision(self, queries, query_labels, db_labels, *, topk=5000, ties="index",
                                return_per_query=False):
-        """MAP@topk of `queries` against this index (see dchml.mean_average_precision)."""
-        if ties not in ("index", "expected"):
-            raise ValueError(f"ties must be 'index' or 'expected', got {ties!r}")
+        """MAP@topk of `queries` against this index (see dchml.mean_average_precision: the same
+        keyword arguments and checks, the database being the index)."""
+        topk = check_map_options(topk, ties)
         n = self.ntotal
         if n == 0:
             raise ValueError("the index is empty")
-        k = n if topk is None else int(topk)
-        if k < 1:
-            raise ValueError(f"topk must be >= 1 or None, got {topk!r}")
-        k = min(k, n)
+        k = n if topk is None else min(topk, n)
         q = self._queries(queries)
         ql, dl = label_pair(query_labels, db_labels, q.shape[0], n)
         ql, dl = ql.to(self.device), dl.to(self.device)
@@ -160,7 +158,7 @@ class HammingIndex:
             ap = ops.hamming_average_precision(q, single, self.bits, k, ql, dl, ties == "expected")
         else:
             dist, index = self.search(q, k)
-            rel = ops._relevance(ql, dl, index)
+            rel = ops.relevance(ql, dl, index)
             cut = dist[:, -1:].long()
             cut_total = torch.zeros(q.shape[0], dtype=torch.int64, device=self.device)
             cut_relevant = torch.zeros_like(cut_total)

@@ -1,4 +1,4 @@
-"""Losses of METHOD.md §3, §4 and §6, on the fused kernels (`torch.ops.dchml.*`, via dchml.ops).
+"""Losses of docs/spec.md §3, §4 and §6, on the fused kernels (`torch.ops.dchml.*`, via dchml.ops).
 
 Labels: a dense (n, c) 0/1 tensor (bool, integer or float), a `torch.sparse_csr` (n, c) tensor of
 the positives, or a tuple `(offsets, indices)` of int64 tensors listing row i's positive classes in
@@ -67,7 +67,7 @@ def _check_codes_proxies_labels(codes, proxies, labels):
 
 
 def pairwise_proxy_loss(codes, proxies, labels, reduction="mean"):
-    """DCHML_P's pairwise proxy loss (METHOD.md §5), the ablation that replaces l_S:
+    """DCHML_P's pairwise proxy loss (docs/spec.md §5), the ablation that replaces l_S:
 
         loss_i = -sum_j [ l_ij * Θ_ij - log(1 + exp(Θ_ij)) ],   Θ_ij = 0.5 * b̂_i . g_j
 
@@ -82,7 +82,7 @@ def pairwise_proxy_loss(codes, proxies, labels, reduction="mean"):
 
 
 def proxy_network_loss(proxy_outputs, alpha=0.05, beta=0.1):
-    """PHNet's loss L_PH (METHOD.md §1) on the continuous proxies ĝ (c, k):
+    """PHNet's loss L_PH (docs/spec.md §1) on the continuous proxies ĝ (c, k):
 
         sum_i sum_{j != i} max(0, ĝ_i . ĝ_j)  +  alpha * sum_b (sum_j ĝ_j[b])^2
         + beta * sum_j || ĝ_j - sgn(ĝ_j) ||^2

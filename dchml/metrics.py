@@ -1,4 +1,4 @@
-"""Retrieval metrics over Hamming ranking (METHOD.md §7): MAP@K (ties by index, or tie-aware
+"""Retrieval metrics over Hamming ranking (docs/spec.md §7): MAP@K (ties by index, or tie-aware
 expected AP), precision@N, precision-recall by Hamming radius, NDCG@K.
 
 Codes: packed uint8 or unpacked (see dchml/codes.py); labels: dense (n, c) 0/1. Labels given as
@@ -14,7 +14,22 @@ import torch
 from . import ops
 from .codes import as_tensor, label_pair, packed_pair
 
-_TIES = ("index", "expected")
+TIES = ("index", "expected")
+
+
+def check_map_options(topk, ties) -> int | None:
+    """The option checks every MAP function shares (this module's, dchml.Index's and
+    dchml.distributed's): topk a positive int or None (the whole database), ties one of TIES.
+    Returns topk."""
+    if ties not in TIES:
+        raise ValueError(f"ties must be 'index' or 'expected', got {ties!r}")
+    if topk is None:
+        return None
+    if isinstance(topk, bool) or not isinstance(topk, int):
+        raise TypeError(f"topk must be a positive int or None, got {topk!r}")
+    if topk < 1:
+        raise ValueError(f"topk must be a positive int or None, got {topk!r}")
+    return topk
 
 
 def _prepare(query_codes, db_codes, query_labels, db_labels):
@@ -33,9 +48,9 @@ def _dense_labels(labels, name, device):
     return x.to(device=device, dtype=torch.float32)
 
 
-def mean_average_precision(query_codes, db_codes, query_labels, db_labels, topk=5000,
-                           return_per_query=False, ties="index"):
-    """MAP@topk, exactly METHOD.md §7 (paper eq. 19).
+def mean_average_precision(query_codes, db_codes, query_labels, db_labels, *, topk=5000, ties="index",
+                           return_per_query=False):
+    """MAP@topk, exactly docs/spec.md §7 (paper eq. 19).
 
     AP@K = (1/N_K) sum_{i<=K} rel_i * precision@i, N_K = relevant items in the top K; a query with
     N_K = 0 has AP 0 and still counts in the mean. topk=None ranks the whole database; a topk
@@ -45,15 +60,9 @@ def mean_average_precision(query_codes, db_codes, query_labels, db_labels, topk=
     of tied distances (McSherry & Najork, ECIR 2008), which removes tie luck from short codes.
     Returns a float, or (float, per-query AP float64 tensor) with return_per_query=True.
     """
-    if ties not in _TIES:
-        raise ValueError(f"ties must be 'index' or 'expected', got {ties!r}")
+    topk = check_map_options(topk, ties)
     q, d, bits, ql, dl = _prepare(query_codes, db_codes, query_labels, db_labels)
-    if topk is None:
-        k = d.shape[0]
-    else:
-        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-            raise ValueError(f"topk must be a positive int or None, got {topk!r}")
-        k = min(topk, max(1, d.shape[0]))
+    k = d.shape[0] if topk is None else min(topk, max(1, d.shape[0]))
     ap = ops.hamming_average_precision(q, d, bits, k, ql, dl, ties == "expected")
     mean = float(ap.mean())
     return (mean, ap) if return_per_query else mean
@@ -61,7 +70,7 @@ def mean_average_precision(query_codes, db_codes, query_labels, db_labels, topk=
 
 def _ranked_relevance(q, d, bits, ql, dl, k):
     dist, index = ops.hamming_topk(q, d, bits, k)
-    return ops._relevance(ql, dl, index)
+    return ops.relevance(ql, dl, index)
 
 
 def precision_at_n(query_codes, db_codes, query_labels, db_labels, ns):

@@ -1,9 +1,9 @@
-"""The three networks of METHOD.md §1-§2 and the container that ties them to the proxies.
+"""The three networks of docs/spec.md §1-§2 and the container that ties them to the proxies.
 
 - PHNet: one-hot label -> proxy code (Linear(c, 512) -> ReLU -> Linear(512, k) -> tanh).
 - IHNet: image -> code, either a backbone on pixels (the paper's AlexNet, whose module names
   match torchvision's `alexnet` so an ImageNet state dict saved by torchvision loads as is, or
-  another of dchml.backbones), or, for pre-extracted image features, an MLP [choice, METHOD.md §2].
+  another of dchml.backbones), or, for pre-extracted image features, an MLP [choice, docs/spec.md §2].
 - THNet: bag-of-words -> Linear(d, 2048) -> ReLU -> Linear(2048, k) -> tanh.
 - CrossModalHashModel: PHNet + IHNet + THNet + the frozen proxy codes G as a buffer, so the
   proxies are saved with the model. `spec()` returns the plain dict that rebuilds the model.
@@ -22,7 +22,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def sgn(x: torch.Tensor) -> torch.Tensor:
-    """METHOD.md's sign: +1 where x > 0, else -1 (zero maps to -1, so codes are never 0)."""
+    """docs/spec.md's sign (Notation): +1 where x > 0, else -1 (zero maps to -1, so codes are never 0)."""
     return torch.where(x > 0, torch.ones_like(x), -torch.ones_like(x))
 
 

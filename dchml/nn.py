@@ -1,4 +1,4 @@
-"""Loss modules over the fused kernels: `MarginDynamicSoftmaxLoss` (METHOD.md §3/§4) and
+"""Loss modules over the fused kernels: `MarginDynamicSoftmaxLoss` (docs/spec.md §3/§4) and
 `PartialSoftmaxLoss` (§6). Proxies are registered as a buffer (they move with `.to(device)` and
 are saved in the state dict, but are not parameters: they are frozen ±1 codes).
 """

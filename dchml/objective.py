@@ -1,4 +1,4 @@
-"""The DCHML objective (METHOD.md eq. 16) as the per-step loss of one modality's pass, and the full
+"""The DCHML objective (docs/spec.md §4, eq. 16) as the per-step loss of one modality's pass, and the full
 objective evaluated on the stored outputs.
 
 Reduction [choice]: every term is a per-sample SUM over its own index set (softmax terms per
@@ -48,7 +48,7 @@ def intra_modal_loss(out, proxies, labels, weights: LossWeights):
 
 
 def inter_modal_loss(out, other, proxies, labels, weights: LossWeights):
-    """l_I per sample (eq. 14), both directions. DCHML_P keeps this term [choice: METHOD.md §5
+    """l_I per sample (eq. 14), both directions. DCHML_P keeps this term [choice: docs/spec.md §5
     replaces only l_S], so the ablation isolates the intra-modal loss."""
     kw = dict(eta=weights.eta, mu=weights.mu, reduction="none")
     return margin_dynamic_softmax(out, proxies, labels, other=other, **kw) + margin_dynamic_softmax(

@@ -41,7 +41,7 @@ def require_same_device(**tensors: torch.Tensor) -> None:
             require_device_support(name, t)
 
 
-# --- Hamming ranker ops (issue: bit-packed Hamming ranker) ------------------------------------
+# --- Hamming ranker ops -----------------------------------------------------------------------
 # Inputs here are already normalised by dchml/codes.py: packed uint8 codes (n, ceil(bits/8)) and
 # packed uint8 labels (n, ceil(c/8)). These wrappers check devices and ranges, then call the op.
 
@@ -87,7 +87,7 @@ def hamming_topk(query: torch.Tensor, db: torch.Tensor, bits: int, k: int):
     return torch.ops.dchml.hamming_topk(query, db, bits, k)
 
 
-def _relevance(query_labels: torch.Tensor, db_labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def relevance(query_labels: torch.Tensor, db_labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """(nq, K) uint8: does query i share a label with its r-th neighbour; chunked over queries."""
     out = torch.empty(index.shape, dtype=torch.uint8, device=index.device)
     step = max(1, (1 << 26) // max(1, index.shape[1] * db_labels.shape[1]))
@@ -112,7 +112,7 @@ def hamming_average_precision(query, db, bits, k, query_labels, db_labels, expec
     if query.device.type == "cpu":
         return torch.ops.dchml.hamming_average_precision(query, db, bits, k, query_labels, db_labels, expected)
     dist, index = torch.ops.dchml.hamming_topk(query, db, bits, k)
-    rel = _relevance(query_labels, db_labels, index)
+    rel = relevance(query_labels, db_labels, index)
     if not expected:
         relf = rel.to(torch.float64)
         hits = relf.cumsum(dim=1)
@@ -146,8 +146,8 @@ def hamming_isa(request: str = "") -> str:
 
 
 def loss_tables(enable: bool | None = None) -> bool:
-    """Whether the CPU loss kernels use their AVX-512 lookup-table path for float32 (c <= 512);
-    True/False switches it on (where the CPU supports it) or off. For tests and benchmarks."""
+    """Whether the CPU loss kernels run float32 products through their AVX-512 lookup tables;
+    True/False switches them on (where the CPU supports it) or off. For tests and benchmarks."""
     return torch.ops.dchml._loss_tables(-1 if enable is None else int(bool(enable)))
 
 
@@ -183,11 +183,11 @@ def _(dist, relevant, cut_total, cut_relevant, expected):
     return dist.new_empty((dist.shape[0],), dtype=torch.float64)
 
 
-# --- Margin-dynamic-softmax loss ops (issue: fused loss) --------------------------------------
+# --- Margin-dynamic-softmax loss ops ------------------------------------------------------------
 # Labels reach the kernels as a pair (labels, indices):
 # - (dense, None): the (n, c) 0/1 tensor as the user gave it (bool, integer or floating); the
-#   kernels check its values and empty rows, and read one-byte labels (bool, uint8) row by row
-#   without building a CSR (at the paper's scale a separate conversion cost more than the loss);
+#   kernels read it row by row in place, checking values and empty rows as they go (at the
+#   paper's scale a conversion to CSR cost more than the loss itself, measured);
 # - (offsets, indices): CSR of the positives, offsets (n+1,) int64, indices (nnz,) int64, sorted
 #   and distinct within a row, every row non-empty.
 # Accepted from users: a dense (n, c) tensor; a torch.sparse_csr tensor of shape (n, c) whose
@@ -259,7 +259,7 @@ def _normalise_sparse_rows(offsets, indices, n, c, device):
     if empty.numel():
         raise ValueError(
             f"labels: {empty.numel()} row(s) have no positive label (first: row {int(empty[0])}); "
-            "every sample needs at least one label (METHOD.md §3)"
+            "every sample needs at least one label (docs/spec.md §3)"
         )
     if nnz and (int(indices.min()) < 0 or int(indices.max()) >= c):
         raise ValueError(f"labels indices must lie in [0, {c}) (c = number of proxies), got range "
@@ -389,6 +389,24 @@ def partial_softmax_reduced(codes, proxies, labels, reduction, *, gamma=0.2, sig
     return loss
 
 
+def mds_loss_rows_for_backward(codes, proxies, labels, *, eta=0.3, mu=0.3, other=None):
+    """Per-row margin-dynamic-softmax loss without the registered autograd, for a caller that runs
+    its own backward (dchml.autograd): returns (loss, saved), saved to pass to mds_loss_backward."""
+    proxies, labels, indices = _prepare_loss_inputs(codes, proxies, labels, other)
+    eta, mu = _check_scale("eta", eta), _check_scalar("mu", mu)
+    with torch.no_grad():
+        loss, lse = torch.ops.dchml.mds_loss.default(codes, other, proxies, labels, indices, eta, mu)
+    return loss, (proxies, labels, indices, lse, eta, mu)
+
+
+def mds_loss_backward(grad_loss, codes, other, saved):
+    """(grad_codes, grad_other or None) of mds_loss_rows_for_backward's loss; saved: its second output."""
+    proxies, labels, indices, lse, eta, mu = saved
+    grad_codes, grad_other = torch.ops.dchml.mds_loss_backward.default(
+        grad_loss, codes, other, proxies, labels, indices, lse, eta, mu)
+    return grad_codes, (grad_other if other is not None else None)
+
+
 def partial_softmax_rows(codes, proxies, labels, *, gamma=0.2, sigma=0.2):
     """Per-row PSLDH partial-softmax loss (§6)."""
     loss = _unchecked_loss(torch.ops.dchml.partial_softmax_loss.default, codes, labels, gamma, sigma,
@@ -437,6 +455,6 @@ def _partial_softmax_loss_backward_fake(grad_loss, codes, proxies, labels, indic
     return torch.empty_like(codes)
 
 
-# Autograd of mds_loss and partial_softmax_loss is registered in C++ (csrc/ops/mds_loss.cpp, a
-# torch::autograd::Function on the Autograd key): at the paper's scale the Python autograd hop of
+# Autograd of the loss operators is registered in C++ (csrc/ops/mds_loss.cpp, a plain autograd
+# Node on the Autograd key): at the paper's scale the Python autograd hop of
 # torch.library.register_autograd cost more than the kernels themselves.

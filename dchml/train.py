@@ -1,4 +1,4 @@
-"""Algorithm 1 of METHOD.md §5: PHNet first, then alternating image / text passes and the C
+"""Algorithm 1 of docs/spec.md §5: PHNet first, then alternating image / text passes and the C
 update, with model selection on a validation slice, per-epoch atomic checkpoints and exact resume.
 
 One loop (`run_epochs`) drives every way of training; what differs between one process and
@@ -49,7 +49,7 @@ SELECTIONS = ("best", "last")
 class TrainConfig:
     """Every hyper-parameter of a run. The defaults are dchml's recipe (docs/method.md, chosen by
     benchmarks/recipe_sweep.py over a panel of data sets); `TrainConfig.paper()` gives the paper's
-    literal settings (METHOD.md §1, §4)."""
+    literal settings (docs/spec.md §1, §4)."""
 
     method: str = "dchml"           # dchml | dchml_q (gamma = 0) | dchml_p (pairwise proxy loss)
     bits: int = 64
@@ -98,7 +98,7 @@ class TrainConfig:
     @classmethod
     def paper(cls, **overrides) -> "TrainConfig":
         """The paper's literal recipe: plain SGD at lr 1e-3, 120 epochs, features as given, the last
-        epoch kept (METHOD.md §4)."""
+        epoch kept (docs/spec.md §4)."""
         return cls(**{**PAPER_RECIPE, **overrides})
 
     @classmethod
@@ -164,7 +164,7 @@ class TrainConfig:
         return LossWeights.for_method(self.method, eta=self.eta, mu=self.mu, lam=self.lam, gamma=self.gamma)
 
 
-# The paper's literal training settings (METHOD.md §4): everything else keeps its default.
+# The paper's literal training settings (docs/spec.md §4): everything else keeps its default.
 PAPER_RECIPE = dict(epochs=120, optimizer="sgd", lr=1e-3, momentum=0.0, weight_decay=0.0, warmup_epochs=0,
                     schedule="constant", image_norm="none", text_norm="none", val_fraction=0.0, patience=0,
                     select="last", eval_every=5, backbone_lr_scale=1.0)

@@ -1,5 +1,5 @@
 """Plain NumPy references for the ranker tests: ranking by a stable argsort of 0.5 * (k - B Q^T)
-(the issue's reference), AP@K per METHOD.md §7, and tie-aware AP by brute force over orders."""
+(the issue's reference), AP@K per docs/spec.md §7, and tie-aware AP by brute force over orders."""
 from __future__ import annotations
 
 import itertools

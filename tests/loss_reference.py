@@ -1,4 +1,4 @@
-"""float64 reference of the losses, written straight from METHOD.md §3, §4 and §6: a loop over
+"""float64 reference of the losses, written straight from docs/spec.md §3, §4 and §6: a loop over
 rows with the explicit index sets P_i and N_i of each row (no masks, no (n x c) matrix), NumPy
 float64 for the per-row dot products. Used by tests/test_losses.py.
 """
@@ -40,7 +40,7 @@ def mds_rows(codes, proxies, labels, eta, mu, other=None):
 
 
 def mds_grad_rows(codes, proxies, labels, eta, mu, other=None):
-    """METHOD.md §3's gradient of each row loss, per row: (d/d codes, d/d other or None)."""
+    """docs/spec.md §3's gradient of each row loss, per row: (d/d codes, d/d other or None)."""
     codes, proxies, other = _as64(codes), _as64(proxies), _as64(other)
     k = proxies.shape[1]
     g_codes = np.zeros_like(codes)

@@ -142,8 +142,8 @@ def _expected_errors(world: int) -> dict:
         "code_length_local": {r: (failed if r != last else "") + "different code lengths"
                               for r in range(world)},
         "label_width": {r: "label columns differs across ranks" for r in range(world)},
-        "topk_zero": {r: "topk must be >= 1, got 0" for r in range(world)},
-        "ties_unknown": {r: r"ties must be one of .*'random'" for r in range(world)},
+        "topk_zero": {r: "topk must be a positive int or None, got 0" for r in range(world)},
+        "ties_unknown": {r: "ties must be 'index' or 'expected', got 'random'" for r in range(world)},
         "label_rows_one_rank": {r: (failed if r != last else "") + "db_shard_labels"
                                 for r in range(world)},
         "queries_differ": {r: r"query codes/labels \(fingerprint\) differ across ranks" for r in range(world)},

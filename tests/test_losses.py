@@ -1,5 +1,5 @@
 """dchml.margin_dynamic_softmax / dchml.partial_softmax and their operators, against the float64
-reference written from METHOD.md (tests/loss_reference.py)."""
+reference written from docs/spec.md (tests/loss_reference.py)."""
 import numpy as np
 import pytest
 import torch
@@ -349,13 +349,14 @@ def test_long_codes_large_eta_stay_finite(device):
     np.testing.assert_allclose(rows.detach().double().cpu().numpy(), ref, rtol=1e-5)
 
 
-@pytest.mark.parametrize("form", ["bool", "int64", "float32", "uint8", "csr_tuple", "sparse_csr", "unsorted_tuple", "int32_tuple"])
+@pytest.mark.parametrize("form", ["bool", "int64", "float32", "uint8", "int8", "int32", "float64", "float16", "bfloat16",
+                                  "int16", "csr_tuple", "sparse_csr", "unsorted_tuple", "int32_tuple"])
 def test_label_forms_agree(form):
     codes, other, proxies, labels = make_inputs(7, 11, 9)
     expected = margin_dynamic_softmax(codes, proxies, labels, reduction="none")
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), labels.sum(1).cumsum(0)])
     indices = labels.nonzero()[:, 1]
-    if form in ("bool", "int64", "float32", "uint8"):
+    if form in ("bool", "int64", "float32", "uint8", "int8", "int32", "float64", "float16", "bfloat16", "int16"):
         given = labels.to(getattr(torch, form))
     elif form == "csr_tuple":
         given = (offsets, indices)
@@ -369,6 +370,66 @@ def test_label_forms_agree(form):
             idx[offsets[i]:offsets[i + 1]] = idx[offsets[i]:offsets[i + 1]].flip(0)
         given = (offsets, idx)
     assert torch.equal(margin_dynamic_softmax(codes, proxies, given, reduction="none"), expected)
+
+
+@pytest.mark.parametrize("c", [21, 600])  # the row-block path, and the tiled path (float64 codes)
+@pytest.mark.parametrize("dtype", ["bool", "float32", "int64"])
+def test_dense_label_dtypes_agree_in_both_directions_and_both_losses(c, dtype):
+    codes, other, proxies, labels = make_inputs(9, c, 16, seed=3)
+    given = labels.to(getattr(torch, dtype))
+    for loss in (lambda x, lab: margin_dynamic_softmax(x, proxies, lab, other=other, reduction="sum"),
+                 lambda x, lab: partial_softmax(x, proxies, lab, reduction="sum")):
+        a, b = codes.clone().requires_grad_(True), codes.clone().requires_grad_(True)
+        la, lb = loss(a, labels), loss(b, given)
+        la.backward()
+        lb.backward()
+        assert torch.equal(la, lb) and torch.equal(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.uint8])
+def test_operators_check_dense_labels_of_every_dtype(dtype):
+    codes, _, proxies, labels = make_inputs(5, 21, 8)
+    bad = labels.to(dtype)
+    bad[3, 7] = 3
+    for op_call in (lambda lab: torch.ops.dchml.mds_loss(codes, None, proxies, lab, None, ETA, MU),
+                    lambda lab: torch.ops.dchml.partial_softmax_loss(codes, proxies, lab, None, GAMMA, SIGMA)):
+        with pytest.raises(ValueError, match=r"labels must be 0/1, got 3 at row 3, column 7"):
+            op_call(bad)
+        empty = labels.to(dtype)
+        empty[1] = 0
+        with pytest.raises(ValueError, match=r"1 row\(s\) have no positive label \(first: row 1\)"):
+            op_call(empty)
+    loss, lse = torch.ops.dchml.mds_loss(codes, None, proxies, labels.to(dtype), None, ETA, MU)
+    with pytest.raises(ValueError, match=r"labels must be 0/1, got 3 at row 3, column 7"):
+        torch.ops.dchml.mds_loss_backward(torch.ones(5, dtype=codes.dtype), codes, None, proxies, bad, None, lse,
+                                          ETA, MU)
+
+
+def test_operators_check_csr_labels():
+    codes, _, proxies, _ = make_inputs(3, 4, 5)
+    off = torch.tensor([0, 1, 2, 3])
+    for indices, match in ((torch.tensor([0, 4, 1]), r"label indices must lie in \[0, 4\)"),
+                           (torch.tensor([0, -1, 1]), r"label indices must lie in \[0, 4\)")):
+        with pytest.raises(ValueError, match=match):
+            torch.ops.dchml.mds_loss(codes, None, proxies, off, indices, ETA, MU)
+    with pytest.raises(ValueError, match="must increase within a row"):
+        torch.ops.dchml.partial_softmax_loss(codes, proxies, torch.tensor([0, 2, 3, 4]), torch.tensor([2, 1, 0, 3]),
+                                             GAMMA, SIGMA)
+    with pytest.raises(ValueError, match="row 1 has no positive label"):
+        torch.ops.dchml.mds_loss(codes, None, proxies, torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1]), ETA, MU)
+
+
+def test_other_given_as_codes_itself_gets_its_own_gradient():
+    codes, _, proxies, labels = make_inputs(6, 21, 8)
+    loss, lse = torch.ops.dchml.mds_loss(codes, codes, proxies, labels, None, ETA, MU)
+    grad_codes, grad_other = torch.ops.dchml.mds_loss_backward(torch.ones(6, dtype=codes.dtype), codes, codes,
+                                                               proxies, labels, None, lse, ETA, MU)
+    copy = codes.clone()
+    loss2, lse2 = torch.ops.dchml.mds_loss(codes, copy, proxies, labels, None, ETA, MU)
+    want_codes, want_other = torch.ops.dchml.mds_loss_backward(torch.ones(6, dtype=codes.dtype), codes, copy,
+                                                               proxies, labels, None, lse2, ETA, MU)
+    assert torch.equal(loss, loss2)
+    assert torch.equal(grad_codes, want_codes) and torch.equal(grad_other, want_other)
 
 
 def test_int8_proxies_and_float32_proxies_with_float64_codes():

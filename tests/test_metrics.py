@@ -1,4 +1,6 @@
-"""Ranking ops and metrics against plain NumPy references and faiss-cpu (METHOD.md §7)."""
+"""Ranking ops and metrics against plain NumPy references and faiss-cpu (docs/spec.md §7)."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -213,6 +215,65 @@ def test_bad_input_raises_clearly():
         dchml.pr_curve(q, b, labels_q, labels_b, average="weighted")
     with pytest.raises(ValueError, match=r"every N in ns must be in \[1, 5\]"):
         dchml.precision_at_n(q, b, labels_q, labels_b, [6])
+
+
+def test_operators_raise_value_and_type_errors_like_the_loss_operators():
+    q = dchml.pack_codes(torch.randn(3, 16))
+    b = dchml.pack_codes(torch.randn(5, 16))
+    lq, lb = torch.ones(3, 1, dtype=torch.uint8), torch.ones(5, 1, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"k must be in \[1, 5\] \(the database size\), got 6"):
+        torch.ops.dchml.hamming_topk(q, b, 16, 6)
+    with pytest.raises(ValueError, match="db has 2 bytes per row, but 24 bits need 3"):
+        torch.ops.dchml.hamming_distance(dchml.pack_codes(torch.randn(3, 24)), b, 24)
+    with pytest.raises(ValueError, match=r"bits must be in \[1, 65535\], got 0"):
+        torch.ops.dchml.hamming_histogram(q, b, 0)
+    with pytest.raises(TypeError, match="query must be packed uint8, got Float"):
+        torch.ops.dchml.hamming_distance(q.float(), b, 16)
+    with pytest.raises(ValueError, match="db_labels has 4 rows, the codes have 5"):
+        torch.ops.dchml.hamming_average_precision(q, b, 16, 3, lq, lb[:4], False)
+    with pytest.raises(ValueError, match="query_labels and db_labels differ in width: 1 vs 2 bytes"):
+        torch.ops.dchml.hamming_histogram_relevant(q, b, 16, lq, torch.ones(5, 2, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="query_labels must be packed uint8"):
+        torch.ops.dchml.hamming_histogram_relevant(q, b, 16, lq.bool(), lb)
+    with pytest.raises(ValueError, match="isa must be"):
+        dchml.ops.hamming_isa("sse9")
+
+
+def test_map_functions_take_options_by_keyword_with_the_same_checks():
+    q, b = np.zeros((2, 16)), np.zeros((5, 16))
+    lq, lb = np.ones((2, 3)), np.ones((5, 3))
+    index = dchml.HammingIndex(16).add(b)
+    calls = (lambda **kw: dchml.mean_average_precision(q, b, lq, lb, **kw),
+             lambda **kw: index.mean_average_precision(q, lq, lb, **kw))
+    for call in calls:
+        assert call(topk=3, ties="expected") == pytest.approx(1.0)
+        with pytest.raises(ValueError, match="topk must be a positive int or None, got 0"):
+            call(topk=0)
+        with pytest.raises(TypeError, match="topk must be a positive int or None, got 2.5"):
+            call(topk=2.5)
+        with pytest.raises(TypeError, match="topk must be a positive int or None, got True"):
+            call(topk=True)
+        with pytest.raises(ValueError, match="ties must be 'index' or 'expected', got 'x'"):
+            call(ties="x")
+    with pytest.raises(TypeError, match="positional"):
+        dchml.mean_average_precision(q, b, lq, lb, 3)
+    with pytest.raises(TypeError, match="positional"):
+        index.mean_average_precision(q, lq, lb, 3)
+    with pytest.raises(TypeError, match="positional"):
+        dchml.distributed.mean_average_precision(q, b, lq, lb, 3)
+
+
+def test_ranking_stats_are_reported_per_call(capfd, monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    db = dchml.pack_codes(torch.randn(20000, 64, generator=gen))
+    labels = torch.randint(0, 2, (20000, 5), generator=gen)
+    labels[:, 0] = 1
+    monkeypatch.setenv("DCHML_HAMMING_STATS", "1")
+    for nq in (7, 12):
+        dchml.mean_average_precision(db[:nq], db, labels[:nq], labels, topk=100)
+        report = capfd.readouterr().err
+        counts = [int(x) for x in re.search(r"fast (\d+), fallback (\d+), exact (\d+)", report).groups()]
+        assert f"nq={nq} " in report and sum(counts) == nq
 
 
 @pytest.mark.skipif(dchml.cuda_built(), reason="checks the CPU-only build's message")

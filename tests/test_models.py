@@ -1,5 +1,5 @@
 """PHNet / IHNet / THNet shapes and init, torchvision AlexNet compatibility, PHNet's loss and the
-DCHML_P pairwise loss against METHOD.md on hand-computed cases, and out-of-sample encoding."""
+DCHML_P pairwise loss against docs/spec.md §5 on hand-computed cases, and out-of-sample encoding."""
 import math
 
 import numpy as np

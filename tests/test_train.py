@@ -1,4 +1,4 @@
-"""The objective of eq. 16 (each term against METHOD.md by hand), Algorithm 1's pieces, a short run
+"""The objective of eq. 16 (each term against docs/spec.md §4 by hand), Algorithm 1's pieces, a short run
 beating the untrained model, checkpoints (weights_only, atomic) and exact resume."""
 import math
 import os
@@ -14,7 +14,7 @@ from dchml.train import TrainConfig, evaluate, proxy_diagnostics, train, update_
 
 
 def mds_row(b, g, y, eta, mu, other=None):
-    """METHOD.md §3 / eq. 14 for one row, in plain Python floats (float64)."""
+    """docs/spec.md §3 / eq. 14 for one row, in plain Python floats (float64)."""
     k = len(b)
     other = b if other is None else other
     pos = [j for j in range(len(y)) if y[j] == 1]
@@ -56,7 +56,7 @@ def test_step_loss_terms_match_method_md(small_case):
     assert abs(terms["quant"] - sum(quant) / 4) < 1e-9
     total.backward()
     assert out.grad is not None and other.grad is None  # only the trained modality gets gradients
-    # a row with all labels positive has no negatives: its intra loss is 0 (METHOD.md §3)
+    # a row with all labels positive has no negatives: its intra loss is 0 (docs/spec.md §3)
     assert abs(intra[3]) < 1e-12
 
 
@@ -65,7 +65,7 @@ def test_step_loss_gradient_matches_method_md(small_case):
     w = LossWeights(method="dchml", eta=0.3, mu=0.3, lam=0.0, gamma=0.0)
     out = b.clone().requires_grad_(True)
     step_loss(out, o, c, g, y, w)[0].backward()
-    for i in range(4):  # METHOD.md §3: d/db = -eta (1 - p0) gbar + eta sum_q p_q g_q  (then /batch)
+    for i in range(4):  # docs/spec.md §3: d/db = -eta (1 - p0) gbar + eta sum_q p_q g_q  (then /batch)
         pos, neg = y[i] > 0, y[i] == 0
         gbar = g[pos].mean(0)
         logits = torch.cat([(0.3 * (b[i] @ gbar - 0.3 * 6)).view(1), 0.3 * (g[neg] @ b[i])])

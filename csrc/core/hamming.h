@@ -45,14 +45,25 @@ void histogram(Rows q, Rows db, int64_t bits, int64_t* out);
 void histogram_relevant(Rows q, Rows db, int64_t bits, Rows q_labels, Rows db_labels,
                         int64_t* out_all, int64_t* out_rel);
 
-// The k nearest rows per query, ascending by (distance, index); 1 <= k <= db.n.
-void topk(Rows q, Rows db, int64_t bits, int64_t k, int32_t* out_dist, int64_t* out_index);
+// Where one ranking call spent its time (thread-seconds summed over threads) and how its queries
+// were ranked: on the fast path, on it and then again exactly (fallback), or exactly. Per call,
+// so that concurrent calls do not mix their numbers.
+struct RankStats {
+  int64_t fast = 0, fallback = 0, exact = 0;
+  int64_t candidates = 0;  // kept by the fast path, summed over its queries
+  int64_t ns_plan = 0, ns_stream = 0, ns_finish = 0, ns_exact = 0;
+  void add(const RankStats& o);
+};
 
-// Per-query AP@k (METHOD.md §7) over the top k = min(k, db.n) of the (distance, index) ranking;
+// The k nearest rows per query, ascending by (distance, index); 1 <= k <= db.n.
+void topk(Rows q, Rows db, int64_t bits, int64_t k, int32_t* out_dist, int64_t* out_index,
+          RankStats* stats = nullptr);
+
+// Per-query AP@k (docs/spec.md §7) over the top k = min(k, db.n) of the (distance, index) ranking;
 // with `expected`, the exact expectation of AP@k over uniformly random orders inside each
 // group of tied distances (McSherry & Najork 2008).
 void average_precision(Rows q, Rows db, int64_t bits, int64_t k, Rows q_labels, Rows db_labels,
-                       bool expected, double* out_ap);
+                       bool expected, double* out_ap, RankStats* stats = nullptr);
 
 // The AP arithmetic alone, for one query whose top-k list is already known (used by the fused
 // path above, by the CUDA path through the torch adapter, and by the native tests).

@@ -50,7 +50,7 @@ struct KeepStore {
 };
 
 // exp(x), 16 lanes: Cephes' expf reduction and polynomial (about 1 ulp), the same arithmetic as
-// exp_vectorisable in mds_loss_engine.h; arguments clamped to [-87, 88].
+// exp_vectorisable in vector_math.h; arguments clamped to [-87, 88].
 DCHML_AVX512F inline __m512 exp16(__m512 x) {
   x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),

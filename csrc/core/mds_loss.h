@@ -1,9 +1,9 @@
-// Row math of the margin-dynamic-softmax loss (METHOD.md §3, §4) and the PSLDH partial-softmax
-// loss (§6), shared by the CPU kernels, the CUDA kernels and the native tests. Torch-free,
+// Row math of the margin-dynamic-softmax loss (docs/spec.md §3, §4) and the PSLDH partial-softmax
+// loss (§6), shared by every CPU path, the CUDA kernels and the native tests. Torch-free,
 // DCHML_HD so that host and device run the same arithmetic.
 //
-// Labels arrive as a CSR list of sorted, distinct positive indices per row; a row's negatives are
-// "every proxy except those", so positives never enter a denominator and no (n x c) mask exists.
+// A row's positives are a sorted list of distinct proxy indices; its negatives are "every proxy
+// except those", so positives never enter a denominator and no (n x c) mask exists.
 #pragma once
 
 #include <cmath>
@@ -102,22 +102,6 @@ DCHML_HD T softmax_weight(T x, T lse) {
   return exp_(x - lse);
 }
 
-// Gradient (times the upstream grad g_row) of the row loss: with `other`,
-//   d/d codes = -eta g_row gbar                         (numerator)
-//   d/d other =  eta g_row (p0 gbar + sum_q p_q g_q)    (denominator)
-// and without it both land on codes, i.e. -eta (1 - p0) gbar + eta sum_q p_q g_q (METHOD.md §3).
-template <typename T>
-struct MdsGradCoefficients {
-  T numerator_gbar;    // coefficient of gbar in d/d codes (numerator part)
-  T denominator_gbar;  // coefficient of gbar in the denominator part
-  T denominator_scale; // multiplies sum_q p_q g_q in the denominator part
-};
-
-template <typename T>
-DCHML_HD MdsGradCoefficients<T> mds_grad_coefficients(T eta, T grad_row, T p0) {
-  return {-eta * grad_row, eta * grad_row * p0, eta * grad_row};
-}
-
 // ---- PSLDH partial softmax (§6) ----
 // pos_p = gamma (s_p - sigma k); the negatives' log-sum-exp lse_neg (of gamma s_q) is shared by all
 // positives: term_p = -pos_p + logaddexp(pos_p, lse_neg), loss_i = mean_p term_p.
@@ -142,13 +126,6 @@ DCHML_HD T psl_positive_weight(T pos, T lse_neg) {
   return d > T(0) ? exp_(-d) / (T(1) + exp_(-d)) : T(1) / (T(1) + exp_(d));
 }
 
-// d loss_i / d b = (gamma g_row / |P|) [ sum_p (sigma_p - 1) g_p + (sum_p (1 - sigma_p)) sum_q pi_q g_q ]
-// with pi_q = exp(gamma s_q - lse_neg) the negatives' own softmax.
-
-}  // namespace dchml
-
-namespace dchml {
-
 // Is x among the n sorted values of a? (a row's positives; binary search, so a kernel that visits
 // proxies in any order can skip them without a mask.)
 DCHML_HD bool sorted_contains(const int64_t* a, int64_t n, int64_t x) {
@@ -161,6 +138,111 @@ DCHML_HD bool sorted_contains(const int64_t* a, int64_t n, int64_t x) {
       hi = mid;
   }
   return lo < n && a[lo] == x;
+}
+
+// ---- a row's positives, visited in increasing order ----
+// A sorted list (a CSR row, or a dense row read into a buffer on the CPU), ...
+struct PositiveList {
+  const int64_t* pos;
+  int64_t npos;
+  DCHML_HD_ROW int64_t count() const { return npos; }
+  template <typename F>
+  DCHML_HD_ROW void each(F&& f) const {
+    for (int64_t e = 0; e < npos; ++e) f(pos[e]);
+  }
+  DCHML_HD_ROW bool contains(int64_t q) const { return sorted_contains(pos, npos, q); }
+};
+
+// ... or the nonzero entries of a dense 0/1 byte row, read in place (the CUDA kernels: building a
+// list on the device would need a host synchronisation for its size).
+struct PositiveMask {
+  const uint8_t* row;  // (c,)
+  int64_t c;
+  DCHML_HD_ROW int64_t count() const {
+    int64_t n = 0;
+    for (int64_t q = 0; q < c; ++q) n += row[q] != 0;
+    return n;
+  }
+  template <typename F>
+  DCHML_HD_ROW void each(F&& f) const {
+    for (int64_t q = 0; q < c; ++q)
+      if (row[q] != 0) f(q);
+  }
+  DCHML_HD_ROW bool contains(int64_t q) const { return row[q] != 0; }
+};
+
+// ---- row assembly, shared by every path of both backends ----
+// A path supplies what it computed its own way (scores of a block, a GEMM tile, dot products on
+// the device); these turn them into the row's loss and gradient coefficients.
+
+template <typename T>
+struct MdsForward {
+  T loss;
+  T lse;  // logsumexp({eta u_den} U {eta s_q : q negative}), saved for backward
+};
+
+// eta u_den: the denominator's own term. mean_dot_den = den . gbar.
+template <typename T>
+DCHML_HD T mds_denominator_logit(T eta, T mu, int64_t k, T mean_dot_den) {
+  return eta * surrogate_score(mean_dot_den, mu, k);
+}
+
+// The row from its mean positive dots (codes: numerator, den: denominator) and the log-sum-exp
+// of eta s_q over its negatives (-inf for none).
+template <typename T>
+DCHML_HD MdsForward<T> mds_forward_from_negatives(T eta, T mu, int64_t k, T mean_dot_num, T mean_dot_den,
+                                                   T negatives_lse) {
+  const T lse = log_add_exp(mds_denominator_logit(eta, mu, k, mean_dot_den), negatives_lse);
+  return {mds_row_loss(eta, surrogate_score(mean_dot_num, mu, k), lse), lse};
+}
+
+// Gradient of one row (times the upstream grad_row) as coefficients of the proxies (§3):
+//   d/d codes = positive_codes * sum_e g_e                       (numerator, -eta gbar)
+//   d/d den   = positive_den * sum_e g_e                         (denominator, eta p0 gbar)
+//             + negative_scale * sum_q p_q g_q                    (p_q = exp(eta s_q - lse))
+// and without `other` (den is codes) both land on codes.
+template <typename T>
+struct MdsRowGradient {
+  T positive_codes;
+  T positive_den;
+  T negative_scale;
+};
+
+template <typename T>
+DCHML_HD MdsRowGradient<T> mds_row_gradient(T eta, T mu, int64_t k, T mean_dot_den, T lse, T grad_row,
+                                            int64_t npos) {
+  const T p0 = softmax_weight(mds_denominator_logit(eta, mu, k, mean_dot_den), lse);
+  const T per_positive = T(1) / T(npos);
+  return {-eta * grad_row * per_positive, eta * grad_row * p0 * per_positive, eta * grad_row};
+}
+
+// PSLDH row loss: mean over the positives q of term_q; score(q) = b . g_q.
+template <typename T, typename Positives, typename Score>
+DCHML_HD_ROW T psl_row_loss(T gamma, T sigma, int64_t k, const Positives& positives, T lse_neg, Score&& score) {
+  T acc = T(0);
+  positives.each([&](int64_t q) DCHML_INLINE_LAMBDA {
+    acc += psl_positive_term(psl_positive_logit(gamma, sigma, score(q), k), lse_neg);
+  });
+  return acc / T(positives.count());
+}
+
+// PSLDH row gradient (times grad_row):
+//   d loss_i / d b = (gamma / |P|) [ sum_p (sigma_p - 1) g_p + (sum_p (1 - sigma_p)) sum_q pi_q g_q ]
+// with pi_q = exp(gamma s_q - lse_neg), the negatives' own softmax. emit(p, coefficient) receives
+// each positive's coefficient in order (one score per positive, so a caller computing scores as
+// dot products computes each once); returns the coefficient of sum_q pi_q g_q (0 without
+// negatives).
+template <typename T, typename Positives, typename Score, typename Emit>
+DCHML_HD_ROW T psl_row_gradient(T gamma, T sigma, int64_t k, const Positives& positives, T lse_neg, T grad_row,
+                            Score&& score, Emit&& emit) {
+  const T scale = gamma * grad_row / T(positives.count());
+  T negative_mass = T(0);  // sum_p (1 - sigma_p)
+  positives.each([&](int64_t p) DCHML_INLINE_LAMBDA {
+    const T w = psl_positive_weight(psl_positive_logit(gamma, sigma, score(p), k), lse_neg);
+    emit(p, scale * (w - T(1)));
+    negative_mass += T(1) - w;
+  });
+  return lse_neg == neg_infinity<T>() ? T(0) : scale * negative_mass;
 }
 
 }  // namespace dchml

@@ -37,12 +37,13 @@ struct Registrar {
   static ::dchml_test::Registrar name##_registrar(#name, name);            \
   static void name()
 
-#define DCHML_CHECK(cond)                                                              \
-  do {                                                                                 \
-    if (!(cond)) {                                                                     \
-      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);    \
-      ++::dchml_test::failures();                                                      \
-    }                                                                                  \
+// (variadic: a condition may hold template arguments with commas)
+#define DCHML_CHECK(...)                                                                    \
+  do {                                                                                      \
+    if (!(__VA_ARGS__)) {                                                                   \
+      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #__VA_ARGS__); \
+      ++::dchml_test::failures();                                                           \
+    }                                                                                       \
   } while (0)
 
 #define DCHML_CHECK_NEAR(a, b, tol)                                                              \

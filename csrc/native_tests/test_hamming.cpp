@@ -5,6 +5,7 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "core/hamming.h"
@@ -112,6 +113,26 @@ DCHML_TEST(hamming_topk_fast_path_query_groups) {
     }
   }
   h::force_isa(h::best_isa());
+}
+
+// Each call reports its own queries: two calls running at once (a fast-path one and an exact one)
+// must not see each other's counts.
+DCHML_TEST(hamming_rank_stats_are_per_call) {
+  std::mt19937_64 rng(7);
+  const Codes db = random_codes(rng, 20000, 64, 6), q_fast = random_codes(rng, 37, 64, 6);
+  const Codes small_db = random_codes(rng, 3000, 64, 6), q_exact = random_codes(rng, 23, 64, 6);
+  for (int round = 0; round < 3; ++round) {
+    h::RankStats fast_stats, exact_stats;
+    std::vector<int32_t> d1(37 * 50), d2(23 * 50);
+    std::vector<int64_t> i1(37 * 50), i2(23 * 50);
+    std::thread a([&] { h::topk(q_fast.rows(), db.rows(), 64, 50, d1.data(), i1.data(), &fast_stats); });
+    std::thread b([&] { h::topk(q_exact.rows(), small_db.rows(), 64, 50, d2.data(), i2.data(), &exact_stats); });
+    a.join();
+    b.join();
+    DCHML_CHECK(fast_stats.fast + fast_stats.fallback + fast_stats.exact == 37);
+    DCHML_CHECK(fast_stats.fast > 0 && fast_stats.candidates >= 50 * fast_stats.fast);
+    DCHML_CHECK(exact_stats.exact == 23 && exact_stats.fast == 0 && exact_stats.fallback == 0);
+  }
 }
 
 DCHML_TEST(hamming_ap_hand_worked) {

@@ -14,7 +14,7 @@ std::string hamming_isa(const std::string& request) {
   using namespace dchml::hamming;
   if (!request.empty()) {
     Isa isa;
-    TORCH_CHECK(parse_isa(request, &isa), "isa must be 'portable', 'avx2', 'avx512' or 'best', got '",
+    TORCH_CHECK_VALUE(parse_isa(request, &isa), "isa must be 'portable', 'avx2', 'avx512' or 'best', got '",
                 request, "'");
     force_isa(isa);
   }

@@ -1,13 +1,14 @@
-// Schemas of the loss operators (METHOD.md §3, §4, §6). Kernels: ops/cpu/mds_loss_kernel.cpp,
-// ops/cuda/mds_loss_kernel.cu; Python wrappers, fake kernels and autograd: dchml/ops.py.
+// Schemas of the loss operators (docs/spec.md §3, §4, §6). Kernels: ops/cpu/mds_loss_kernel.cpp,
+// ops/cuda/mds_loss_kernel.cu (both through ops/loss_operators.h); Python wrappers and fake
+// kernels: dchml/ops.py; autograd: below.
 //
 // Labels travel in one of two forms, as the pair (labels, indices):
 // - indices None: labels is the dense (n, c) 0/1 matrix (bool, integer or float);
 // - indices given: labels holds the CSR offsets (n+1,) int64 of the positives, indices (nnz,)
 //   int64 lists them, sorted and distinct within each row, every row non-empty (dchml/ops.py
 //   validates user CSR and torch.sparse_csr labels into this form).
-// The CPU kernels read one-byte dense labels row by row on the small-c path and convert any
-// other dense labels to CSR themselves; the CUDA kernels convert dense labels to CSR on the device.
+// Dense labels of any dtype are read in place, row by row, by the CPU row-block path and by the
+// CUDA kernels (as a 0/1 byte mask); the CPU tiled path converts them to a CSR once per call.
 // The forward ops return the per-row losses and ONE saved per-row scalar (a log-sum-exp); the
 // backward ops recompute the scores from it, so no (n x c) tensor exists in either direction.
 #include <torch/library.h>
@@ -296,8 +297,8 @@ std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_reduced_kernel(const at:
 
 }  // namespace
 
-// The CPU small-c path's float products and softmax: AVX-512 lookup tables (SignPanel,
-// masked_softmax) when the CPU has them, else the register-tiled multiply-add loops. request:
+// The CPU float products and softmax: AVX-512 lookup tables (SignPanel, masked_softmax) when the
+// CPU has them, else the register-tiled loops (row-block path) or a GEMM (tiled path). request:
 // -1 reports, 0 switches the tables off, 1 back on (where supported); returns whether they run.
 // For tests and benchmarks, so that both paths are exercised on one machine.
 bool loss_tables(int64_t request) {

@@ -36,7 +36,7 @@ class CrossModalData:
     labels:        (n, c) float32 in {0, 1}; every row has at least one label
     query_idx:     int64, 0-based, disjoint from retrieval_idx
     retrieval_idx: int64, 0-based: the database searched by the queries
-    train_idx:     int64, 0-based, a subset of retrieval_idx (METHOD.md §8)
+    train_idx:     int64, 0-based, a subset of retrieval_idx (docs/spec.md §8)
     name:          where the data came from ("synthetic", or the file name)
     source:        load_dataset's arguments (path as given and absolute, format, seed, ...), so
                    the same data can be loaded again; None for data built in memory

@@ -230,7 +230,7 @@ def _split_layout(path, vars_) -> dict:
 def _match_train(path, out, tr, nq, ndb) -> dict:
     """Training items of split-layout files are copies of database items; find them by exact row
     equality. Items not found in the database are appended to it (train must be a subset of the
-    database, METHOD.md §8)."""
+    database, docs/spec.md §8)."""
     for role in ("image", "text", "labels"):
         if tr[role].shape[1:] != out[role].shape[1:]:
             raise DataError(f"{path}: {role} of the training set {tr[role].shape} and of the database "

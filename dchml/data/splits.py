@@ -1,4 +1,4 @@
-"""The paper's split protocol (METHOD.md §8) from a seed: a random query set, the rest is the
+"""The paper's split protocol (docs/spec.md §8) from a seed: a random query set, the rest is the
 retrieval database, and the training set is drawn from the database: all of it up to 10,000
 items, else a seeded sample of 10,000 (the common convention of the field's public code). Query
 set sizes follow the paper for full-size data sets and shrink by a fixed rule for small ones."""
@@ -15,7 +15,7 @@ PAPER_TRAIN = 10_000
 def default_split_sizes(n: int) -> tuple[int, int]:
     """(n_query, n_train) for n items.
 
-    Rule (it reproduces every row of METHOD.md §8 and scales smoothly below them):
+    Rule (it reproduces every row of docs/spec.md §8 and scales smoothly below them):
       n_query = 5000 if n >= 100,000 (NUS-WIDE, MS COCO), else min(2000, n // 6)
                 (IAPR TC-12, MIRFlickr-25K: 2000; the 12,000-item synthetic set: 2000);
       n_train = the whole database up to 10,000 items, else 10,000 (default_train_size).

@@ -18,8 +18,13 @@
 #include <tuple>
 
 #include "core/hamming_math.h"
+#include "ops/hamming_inputs.h"
 
 namespace {
+
+using dchml::check_packed_codes;
+using dchml::check_packed_labels;
+using dchml::check_topk_k;
 
 using dchml::hamming::distance_words32;
 using dchml::hamming::last_word_mask;
@@ -133,13 +138,8 @@ Words words_of(const at::Tensor& w) {
 }
 
 void check_codes(const at::Tensor& t, const char* name, int64_t bits) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor");
-  TORCH_CHECK(t.dim() == 2 && t.scalar_type() == at::kByte, name, " must be packed uint8 (n, nbytes), got ",
-              t.dim(), "-D ", t.scalar_type());
-  TORCH_CHECK(bits >= 1 && bits <= kMaxCudaBits, "the CUDA kernels support codes of 1..", kMaxCudaBits,
-              " bits, got ", bits);
-  TORCH_CHECK(t.size(1) == (bits + 7) / 8, name, " has ", t.size(1), " bytes per row, but ", bits, " bits need ",
-              (bits + 7) / 8);
+  TORCH_CHECK_VALUE(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());
+  check_packed_codes(t, name, bits, kMaxCudaBits);
 }
 
 int64_t blocks_for(int64_t nq) { return (nq + kWarpsPerBlock - 1) / kWarpsPerBlock; }
@@ -190,13 +190,8 @@ std::tuple<at::Tensor, at::Tensor> histogram_relevant_cuda(const at::Tensor& que
                                                            const at::Tensor& db_labels) {
   check_codes(query, "query", bits);
   check_codes(db, "db", bits);
-  TORCH_CHECK(query_labels.is_cuda() && db_labels.is_cuda(), "labels must be CUDA tensors");
-  TORCH_CHECK(query_labels.scalar_type() == at::kByte && db_labels.scalar_type() == at::kByte &&
-                  query_labels.dim() == 2 && db_labels.dim() == 2,
-              "labels must be packed uint8 (n, ceil(c/8))");
-  TORCH_CHECK(query_labels.size(0) == query.size(0) && db_labels.size(0) == db.size(0),
-              "label rows must match code rows");
-  TORCH_CHECK(query_labels.size(1) == db_labels.size(1), "query_labels and db_labels differ in width");
+  TORCH_CHECK_VALUE(query_labels.is_cuda() && db_labels.is_cuda(), "labels must be CUDA tensors");
+  check_packed_labels(query_labels, db_labels, query.size(0), db.size(0));
   c10::cuda::CUDAGuard guard(query.device());
   auto hist = at::zeros({query.size(0), bits + 1}, query.options().dtype(at::kLong));
   auto rel = at::zeros({query.size(0), bits + 1}, query.options().dtype(at::kLong));
@@ -211,7 +206,7 @@ std::tuple<at::Tensor, at::Tensor> topk_cuda(const at::Tensor& query, const at::
                                              int64_t k) {
   check_codes(query, "query", bits);
   check_codes(db, "db", bits);
-  TORCH_CHECK(k >= 1 && k <= db.size(0), "k must be in [1, ", db.size(0), "] (the database size), got ", k);
+  check_topk_k(k, db.size(0));
   c10::cuda::CUDAGuard guard(query.device());
   const int64_t nq = query.size(0);
   auto dist = at::empty({nq, k}, query.options().dtype(at::kInt));

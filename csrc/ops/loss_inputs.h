@@ -1,10 +1,15 @@
-// Input checks of the loss operators, shared by the CPU and CUDA kernels (the Python wrappers in
-// dchml/ops.py check first and raise friendlier errors; these keep direct torch.ops calls safe).
+// The checked inputs of one loss operator call, shared by the CPU and CUDA prepared calls
+// (ops/cpu/loss_call.h, ops/cuda/mds_loss_kernel.cu). The Python wrappers in dchml/ops.py check
+// first and explain; these checks keep direct torch.ops calls safe. Bad values and shapes raise
+// ValueError, bad dtypes TypeError.
 #pragma once
 
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
+
+#include <optional>
 
 namespace dchml {
 
@@ -49,14 +54,6 @@ inline void check_loss_inputs(const at::Tensor& codes, const std::optional<at::T
                       t->device());
 }
 
-// The CSR of a loss op's labels: as given, or converted by to_csr (the device's labels_to_csr).
-template <typename ToCsr>
-std::tuple<at::Tensor, at::Tensor> csr_labels(const at::Tensor& labels, const std::optional<at::Tensor>& indices,
-                                              ToCsr&& to_csr) {
-  if (indices.has_value()) return {labels.contiguous(), indices->contiguous()};
-  return to_csr(labels);
-}
-
 inline void check_row_vector(const char* name, const at::Tensor& t, const at::Tensor& codes) {
   TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == codes.size(0), name, " must have shape (", codes.size(0),
                     ",), got ", t.sizes());
@@ -64,6 +61,41 @@ inline void check_row_vector(const char* name, const at::Tensor& t, const at::Te
                    t.scalar_type());
   TORCH_CHECK_VALUE(t.device() == codes.device(), name, " must be on ", codes.device(), ", got ", t.device());
 }
+
+// Checked, contiguous inputs: the forward's, and with grad_loss and the saved per-row log-sum-exp
+// the backward's. Labels stay as given: each backend reads them in its own form.
+struct LossInputs {
+  at::Tensor codes, den, proxies;  // den: `other` when separate, else codes
+  bool separate = false;
+  int64_t n = 0, c = 0, k = 0;
+  at::Tensor labels;
+  std::optional<at::Tensor> indices;
+  at::Tensor grad_loss, saved;  // backward only
+
+  LossInputs(const at::Tensor& codes_in, const std::optional<at::Tensor>& other, const at::Tensor& proxies_in,
+             const at::Tensor& labels_in, const std::optional<at::Tensor>& indices_in)
+      : labels(labels_in), indices(indices_in) {
+    check_loss_inputs(codes_in, other, proxies_in, labels_in, indices_in);
+    codes = codes_in.contiguous();
+    proxies = proxies_in.contiguous();
+    separate = other.has_value();
+    den = separate ? other->contiguous() : codes;
+    n = codes.size(0);
+    c = proxies.size(0);
+    k = codes.size(1);
+  }
+
+  LossInputs& backward_of(const at::Tensor& grad_loss_in, const char* saved_name, const at::Tensor& saved_in) {
+    check_row_vector("grad_loss", grad_loss_in, codes);
+    check_row_vector(saved_name, saved_in, codes);
+    grad_loss = grad_loss_in.contiguous();
+    saved = saved_in.contiguous();
+    return *this;
+  }
+
+  at::Tensor row_output() const { return at::empty({n}, codes.options()); }
+  at::Tensor code_output(bool present = true) const { return at::empty({present ? n : 0, k}, codes.options()); }
+};
 
 // Calls body(T(), P()) with T the codes' floating dtype and P the proxies' element type (int8, or
 // the codes' dtype): the one type switch of every loss kernel, CPU and CUDA.

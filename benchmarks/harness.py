@@ -1,0 +1,174 @@
+"""What every benchmark in this folder shares: where a number came from (commit, date, device,
+command), one CSV schema for every results file, atomic writes, and interleaved timing.
+
+Results schema (benchmarks/results/*.csv), one measured number per row:
+
+    benchmark, case, provider, metric, value, device, date, commit, command, note
+
+- benchmark: the script's subject ("loss", "hamming", "distributed", "methods", ...)
+- case: the inputs measured (shapes, options), provider: who computed it (dchml, a baseline)
+- metric: what the value is, its unit in the name (median_s, min_s, peak_extra_bytes, map, ...)
+- device / date / commit / command: the provenance every number carries; note: free text.
+
+Files are appended to under a lock and replaced atomically, so two benchmark runs never lose each
+other's rows and an interrupted run never leaves a half-written file.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime
+import fcntl
+import io
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+FIELDS = ["benchmark", "case", "provider", "metric", "value", "device", "date", "commit", "command", "note"]
+
+
+def git_commit() -> str:
+    """Short hash of HEAD, with "+dirty" when tracked files differ from it (the numbers then come
+    from code no commit holds)."""
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def command_line() -> str:
+    """The command that ran this benchmark, as typed from the repository root."""
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
+    return " ".join(["python", shlex.quote(script)] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
+def cpu_name() -> str:
+    """CPU model, core count and AVX-512 support, read from /proc/cpuinfo where it exists."""
+    model, avx512 = platform.processor() or "unknown CPU", False
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                     model)
+        avx512 = " avx512f" in text
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores{' with AVX-512' if avx512 else ''}"
+
+
+class Provenance:
+    """Device, date, commit and command of one benchmark run, stamped on every row it writes."""
+
+    def __init__(self, device: str, note: str = ""):
+        self.device, self.note = device, note
+        self.date, self.commit, self.command = utc_now(), git_commit(), command_line()
+
+    def row(self, benchmark: str, case: str, provider: str, metric: str, value, note: str = "") -> dict:
+        return dict(benchmark=benchmark, case=case, provider=provider, metric=metric, value=format_value(value),
+                    device=self.device, date=self.date, commit=self.commit, command=self.command,
+                    note="; ".join(x for x in (self.note, note) if x))
+
+    def markdown_header(self) -> str:
+        return (f"Device: {self.device}; {self.date}; commit {self.commit}; Python {platform.python_version()}.\n"
+                f"Command: `{self.command}`" + (f"\n\nNote: {self.note}" if self.note else ""))
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else str(value)
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Write text to path through a temporary file in the same folder and os.replace."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def append_rows(path: str, rows: list[dict]) -> None:
+    """Append rows (FIELDS) to the CSV at path: under a lock, atomically. A file with another
+    header is an error, not something to extend."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with _locked(path):
+        old = ""
+        if os.path.exists(path):
+            with open(path, newline="") as f:
+                old = f.read()
+            header = next(csv.reader(io.StringIO(old)), None)
+            if header is not None and header != FIELDS:
+                raise ValueError(f"{path} has the columns {header}, not the results schema {FIELDS}")
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, FIELDS, lineterminator="\n")
+        if not old:
+            writer.writeheader()
+        elif not old.endswith("\n"):
+            buf.write("\n")
+        for row in rows:
+            writer.writerow({field: row.get(field, "") for field in FIELDS})
+        atomic_write(path, old + buf.getvalue())
+
+
+def read_rows(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def interleaved_medians(steps: dict, rounds: int, reps: int, warmup: int = 20, sync=None) -> dict:
+    """Median seconds per step of each provider, timed in `rounds` interleaved rounds of `reps`
+    steps each (A, B, C, A, B, C, ...), so that a busy spell of a shared machine hits every
+    provider alike. Returns {name: {"median_s", "min_s", "max_s", "round_medians"}} where
+    median_s is the median of the round medians."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    per_round = {name: [] for name in steps}
+    every = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            times = []
+            for _ in range(reps):
+                if sync:
+                    sync()
+                t0 = time.perf_counter()
+                step()
+                if sync:
+                    sync()
+                times.append(time.perf_counter() - t0)
+            per_round[name].append(statistics.median(times))
+            every[name] += times
+    return {name: dict(median_s=statistics.median(per_round[name]), min_s=min(every[name]), max_s=max(every[name]),
+                       round_medians=per_round[name]) for name in steps}

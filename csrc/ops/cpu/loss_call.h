@@ -1,0 +1,49 @@
+// One loss operator call on the CPU, prepared once: the checked contiguous inputs, the path
+// (row-block or tiled, core/loss_row_block.h and core/loss_tiled.h), the labels in the form that
+// path reads, then one method per operator that allocates the outputs, dispatches on dtype and
+// runs the path over threads. The operators in mds_loss_kernel.cpp are one line each.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "core/loss_labels.h"
+#include "ops/loss_inputs.h"
+
+namespace dchml {
+
+class CpuLossCall {
+ public:
+  explicit CpuLossCall(LossInputs inputs);
+
+  std::tuple<at::Tensor, at::Tensor> mds_forward(double eta, double mu) const;
+  std::tuple<at::Tensor, at::Tensor> mds_backward(double eta, double mu) const;  // needs backward_of
+  std::tuple<at::Tensor, at::Tensor> psl_forward(double gamma, double sigma) const;
+  at::Tensor psl_backward(double gamma, double sigma) const;  // needs backward_of
+
+ private:
+  template <typename RowBlock, typename Tiled>
+  void run(RowBlock&& row_block, Tiled&& tiled) const;
+  template <typename T, typename P, typename Kernel>
+  void run_row_block(Kernel&& kernel) const;
+  template <typename T, typename P, typename Body>
+  void run_tiled(Body&& body) const;
+  LabelRows label_rows() const;
+  [[noreturn]] void raise_label_problem() const;
+
+  LossInputs in_;
+  bool row_block_ = false;
+  // labels as the path reads them: dense rows (row-block path) or a CSR
+  at::Tensor dense_;
+  LabelDtype dense_dtype_ = LabelDtype::kByte;
+  at::Tensor offsets_, indices_;            // a CSR given by the caller
+  std::vector<int64_t> csr_offsets_, csr_indices_;  // or converted from dense labels here
+};
+
+// Dense (n, c) 0/1 labels -> CSR of the positives (the labels_to_csr operator).
+std::tuple<at::Tensor, at::Tensor> labels_to_csr_cpu(const at::Tensor& labels);
+
+}  // namespace dchml
