@@ -19,7 +19,6 @@ Usage: PYTHONPATH=. python benchmarks/bench_features.py [--images 2000] [--rss-i
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -36,6 +35,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from harness import Provenance, append_rows  # noqa: E402
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -285,17 +286,18 @@ def main():
                 row(f"train 1 epoch ({args.train_items} pairs) peak RSS", "dchml train (streamed)", n,
                     spawn("train", lists[n], args, tmp))
 
-    Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-    previous = []
-    if args.append and Path(args.csv).is_file():
-        with open(args.csv, newline="") as f:
-            previous = list(csv.DictReader(f))
-    fd, tmp_csv = tempfile.mkstemp(dir=Path(args.csv).parent, suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(previous + rows)
-    os.replace(tmp_csv, args.csv)
+    # one results schema for every benchmark (benchmarks/harness.py): a row per metric
+    provenance = Provenance(device, note="machine shared with other jobs")
+    results = []
+    for r in rows:
+        case = (f"images={r['images']} workers={r['workers']} batch={r['batch_size']} threads={r['threads']} "
+                f"size={r['image_size']}")
+        for metric in ("seconds", "images_per_s", "peak_pss_total_mb", "peak_rss_main_mb"):
+            if r.get(metric) not in (None, ""):
+                results.append(provenance.row("features_" + r["benchmark"], case, r["provider"], metric, r[metric]))
+    if not args.append and Path(args.csv).is_file():
+        os.unlink(args.csv)
+    append_rows(args.csv, results)
     print(f"device: {device}; date: {date}; commit: {commit}; workers {args.workers}, batch {args.batch_size}, "
           f"{args.threads} torch thread(s) in the main process")
     print("| benchmark | provider | images | seconds | images/s | peak PSS, all processes (MB) | peak RSS, main (MB) |")

@@ -463,16 +463,22 @@ def _refuse_trained_queries(state, data, rows, seed, what):
                          f"checkpoint was trained on, which would inflate the scores; {hint}")
 
 
-def cmd_eval(args, argv):
-    from .data.fingerprint import data_fingerprint
-    from .outputs import write_json
-    from .train import evaluate
-
+def _checkpoint_model_and_data(args):
+    """eval and search: --out checked, the checkpoint's model and the data it is scored on."""
     if args.out:
         _check_output_file(args.out, args.force)
     state, model, device = _load_model(args)
     data, seed = _checkpoint_data(args, state)
     _check_model_fits_data(model, data)
+    return state, model, device, data, seed
+
+
+def cmd_eval(args, argv):
+    from .data.fingerprint import data_fingerprint
+    from .outputs import write_json
+    from .train import evaluate
+
+    state, model, device, data, seed = _checkpoint_model_and_data(args)
     _refuse_trained_queries(state, data, data.query_idx, seed, "queries")
     scores = evaluate(model, data, topk=args.topk, curves=bool(args.out), device=device)
     print(f"MAP@{args.topk} I->T {scores['i2t_map']:.4f}  T->I {scores['t2i_map']:.4f}")
@@ -587,11 +593,7 @@ def cmd_search(args, argv):
     from . import HammingIndex
     from .encoding import encode
 
-    if args.out:
-        _check_output_file(args.out, args.force)
-    state, model, device = _load_model(args)
-    data, seed = _checkpoint_data(args, state)
-    _check_model_fits_data(model, data)
+    state, model, device, data, seed = _checkpoint_model_and_data(args)
     db_modality = "text" if args.query_modality == "image" else "image"
     db_source = data.text if db_modality == "text" else data.image
     if args.queries is not None:
