@@ -18,7 +18,9 @@ large buffers leave the RSS and each step's own peak is seen; CUDA:
 torch.cuda.max_memory_allocated during the step minus memory allocated before it.
 
 Usage: python benchmarks/bench_loss.py [--device cpu|cuda] [--cases L1,L2] [--labels bool,float32]
-         [--rounds 7] [--reps 200] [--note "..."] [--out benchmarks/results]
+         [--threads N] [--rounds 7] [--reps 200] [--note "..."] [--out benchmarks/results]
+--threads 1 keeps every provider on one core: on a machine shared with other jobs, a provider
+that forks threads per operation (the eager composite) can wait a scheduler slice per fork.
 Appends rows (benchmarks/harness.py schema) to <out>/loss_<device>.csv and writes <out>/loss.md
 (cpu) or loss_<device>.md.
 """
@@ -129,12 +131,13 @@ def cpu_peak_probe(n, c, k, label_dtype, provider):
     return proc_status("VmHWM") - base
 
 
-def cpu_peak(n, c, k, label_dtype, provider):
+def cpu_peak(n, c, k, label_dtype, provider, threads):
     # a fresh process per provider, with glibc's thresholds fixed there only: fixing them in the
     # timing process would slow the composite's mid-size allocations (measured: eager at c = 255
     # went from 0.59 to 1.16 ms), and one provider's freed buffers would hide the next one's
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-probe",
-                          f"{n},{c},{k},{label_dtype},{provider}"], capture_output=True, text=True, check=True)
+                          f"{n},{c},{k},{label_dtype},{provider}", "--threads", str(threads)],
+                         capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
 
 
@@ -187,12 +190,15 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--cases", default="L1,L2")
     ap.add_argument("--labels", default="bool,uint8,float32,int64", help="label dtypes of the L1 cases")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds per case")
     ap.add_argument("--reps", type=int, default=0, help="steps per provider and round (default: by case)")
     ap.add_argument("--note", default="", help="stored with every row (e.g. what else ran on the machine)")
     ap.add_argument("--out", default=harness.RESULTS)
     ap.add_argument("--memory-probe", default="", help=argparse.SUPPRESS)  # internal: "n,c,k,labels,provider"
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_probe:
         n, c, k, label_dtype, provider = args.memory_probe.split(",")
         print(cpu_peak_probe(int(n), int(c), int(k), label_dtype, provider))
@@ -212,7 +218,7 @@ def main():
                             args.reps or (1 if cpu else 10), warmup=1)
     for r in results:  # CPU memory last, so that no probe process runs beside a timing
         if r["peak"] is None:
-            r["peak"] = cpu_peak(*r["shape"], r["provider"])
+            r["peak"] = cpu_peak(*r["shape"], r["provider"], torch.get_num_threads())
             print(f"{r['case']} {r['provider']:>24}: peak extra {r['peak'] / 2**20:9.1f} MiB", flush=True)
     write_results(results, args, prov)
     print(f"wrote {os.path.join(args.out, f'loss_{args.device}.csv')}")

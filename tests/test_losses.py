@@ -386,7 +386,7 @@ def test_dense_label_dtypes_agree_in_both_directions_and_both_losses(c, dtype):
         assert torch.equal(la, lb) and torch.equal(a.grad, b.grad)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.uint8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.uint8, torch.int8, torch.float16])
 def test_operators_check_dense_labels_of_every_dtype(dtype):
     codes, _, proxies, labels = make_inputs(5, 21, 8)
     bad = labels.to(dtype)
@@ -403,6 +403,15 @@ def test_operators_check_dense_labels_of_every_dtype(dtype):
     with pytest.raises(ValueError, match=r"labels must be 0/1, got 3 at row 3, column 7"):
         torch.ops.dchml.mds_loss_backward(torch.ones(5, dtype=codes.dtype), codes, None, proxies, bad, None, lse,
                                           ETA, MU)
+
+
+def test_label_values_are_reported_as_given():
+    codes, _, proxies, labels = make_inputs(4, 6, 5)
+    for dtype, value, shown in ((torch.uint8, 200, "200"), (torch.int8, -1, "-1"), (torch.float32, 0.5, "0.5")):
+        bad = labels.to(dtype)
+        bad[2, 4] = value
+        with pytest.raises(ValueError, match=f"labels must be 0/1, got {shown} at row 2, column 4"):
+            margin_dynamic_softmax(codes, proxies, bad)
 
 
 def test_operators_check_csr_labels():

@@ -59,7 +59,8 @@ double value_at(const void* data, int64_t j) {
 
 double label_value(const void* data, LabelDtype dtype, int64_t j) {
   switch (dtype) {
-    case LabelDtype::kByte: return value_at<int8_t>(data, j);  // int8 -1 shows as -1, bool/uint8 as 0/1
+    case LabelDtype::kByte: return value_at<uint8_t>(data, j);
+    case LabelDtype::kInt8: return value_at<int8_t>(data, j);
     case LabelDtype::kFloat32: return value_at<float>(data, j);
     case LabelDtype::kFloat64: return value_at<double>(data, j);
     case LabelDtype::kInt32: return value_at<int32_t>(data, j);
@@ -72,7 +73,8 @@ double label_value(const void* data, LabelDtype dtype, int64_t j) {
 
 int64_t label_dtype_size(LabelDtype dtype) {
   switch (dtype) {
-    case LabelDtype::kByte: return 1;
+    case LabelDtype::kByte:
+    case LabelDtype::kInt8: return 1;
     case LabelDtype::kFloat32:
     case LabelDtype::kInt32: return 4;
     case LabelDtype::kFloat64:
@@ -84,6 +86,7 @@ int64_t label_dtype_size(LabelDtype dtype) {
 int64_t read_dense_row(const void* row, LabelDtype dtype, int64_t c, int64_t* out, bool& bad) {
   switch (dtype) {
     case LabelDtype::kByte:
+    case LabelDtype::kInt8:
       return read_row_bits<uint8_t, 0xFFu, 1u>(static_cast<const uint8_t*>(row), c, out, bad);
     case LabelDtype::kFloat32:  // 1.0f = 0x3F800000
       return read_row_bits<uint32_t, 0x7FFFFFFFu, 0x3F800000u>(static_cast<const uint32_t*>(row), c, out, bad);

@@ -17,7 +17,8 @@
 namespace dchml {
 
 // Element types of dense labels read in place (other dtypes are converted to one of them first).
-enum class LabelDtype : uint8_t { kByte, kFloat32, kFloat64, kInt32, kInt64 };
+// kByte: bool and uint8; kInt8 reads the same bytes and reports a bad value signed.
+enum class LabelDtype : uint8_t { kByte, kInt8, kFloat32, kFloat64, kInt32, kInt64 };
 
 // Reads dense row `row` (c values of `dtype`): writes its positives to out (room for c) and
 // returns their count; sets bad when a value is not 0 or 1.

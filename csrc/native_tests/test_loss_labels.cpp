@@ -70,10 +70,16 @@ DCHML_TEST(float_labels_treat_negative_zero_as_zero_and_flag_fractions_and_nan) 
   read_dense_row(d.data(), LabelDtype::kFloat64, 3, out.data(), flagged);
   DCHML_CHECK(flagged);
   std::vector<int8_t> minus(9, 0);
-  minus[8] = -1;  // int8 -1 is not a label
+  minus[8] = -1;  // int8 -1 is not a label, and is reported signed
+  minus[0] = 1;
   flagged = false;
-  read_dense_row(minus.data(), LabelDtype::kByte, 9, out.data(), flagged);
+  read_dense_row(minus.data(), LabelDtype::kInt8, 9, out.data(), flagged);
   DCHML_CHECK(flagged);
+  DCHML_CHECK(scan_dense_labels(minus.data(), LabelDtype::kInt8, 1, 9).bad_value == -1.0);
+  std::vector<uint8_t> big(9, 0);
+  big[0] = 1;
+  big[4] = 200;
+  DCHML_CHECK(scan_dense_labels(big.data(), LabelDtype::kByte, 1, 9).bad_value == 200.0);
 }
 
 DCHML_TEST(label_scan_names_the_first_bad_value_and_the_empty_rows) {

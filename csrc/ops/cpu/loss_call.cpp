@@ -20,8 +20,8 @@ namespace {
 std::tuple<at::Tensor, LabelDtype> readable_labels(const at::Tensor& labels) {
   switch (labels.scalar_type()) {
     case at::kBool:
-    case at::kByte:
-    case at::kChar: return {labels.contiguous(), LabelDtype::kByte};
+    case at::kByte: return {labels.contiguous(), LabelDtype::kByte};
+    case at::kChar: return {labels.contiguous(), LabelDtype::kInt8};
     case at::kFloat: return {labels.contiguous(), LabelDtype::kFloat32};
     case at::kDouble: return {labels.contiguous(), LabelDtype::kFloat64};
     case at::kInt: return {labels.contiguous(), LabelDtype::kInt32};
