@@ -35,12 +35,14 @@ FIELDS = ["benchmark", "case", "provider", "metric", "value", "device", "date", 
 
 
 def git_commit() -> str:
-    """Short hash of HEAD, with "+dirty" when tracked files differ from it (the numbers then come
-    from code no commit holds)."""
+    """Short hash of HEAD, with "+dirty" when the code differs from it (tracked files under csrc/,
+    dchml/, benchmarks/ but not its results, setup.py): the numbers then come from code no commit
+    holds. Docs and results do not count."""
     try:
         head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+        code = ["csrc", "dchml", "benchmarks", "setup.py", ":(exclude)benchmarks/results"]
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no", "--", *code],
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
