@@ -70,24 +70,28 @@ def linear_hasher(model: CrossModalHashModel, data, fit_idx: torch.Tensor, val_i
     proxies = model.proxies.detach().cpu().to(torch.float64)
     labels = data.labels[fit_idx].to(torch.float64)
     targets = (labels @ proxies) / labels.sum(1, keepdim=True)
-    ridges = {m: _Ridge(_features(model, data, m, fit_idx), targets) for m in ("image", "text")}
+    sets = {"fit": fit_idx, "val": val_idx, "query": data.query_idx, "database": data.retrieval_idx}
+    features = {}  # (modality, set name) -> normalised features, computed once per run
 
-    def codes(strength, idx_by_modality):
-        return {m: sgn(ridges[m].predict(ridges[m].weights(strength), _features(model, data, m, idx)).float())
-                for m, idx in idx_by_modality.items()}
+    def feats(modality, name):
+        if (modality, name) not in features:
+            features[modality, name] = _features(model, data, modality, sets[name])
+        return features[modality, name]
+
+    ridges = {m: _Ridge(feats(m, "fit"), targets) for m in ("image", "text")}
 
     def scores(strength, queries, database):
-        c = codes(strength, {"image": queries, "text": queries})
-        d = codes(strength, {"image": database, "text": database})
-        ql, dl = data.labels[queries], data.labels[database]
-        k = min(topk, database.numel())
-        return (float(mean_average_precision(c["image"], d["text"], ql, dl, topk=k)),
-                float(mean_average_precision(c["text"], d["image"], ql, dl, topk=k)))
+        weights = {m: ridges[m].weights(strength) for m in ridges}
+        code = lambda m, name: sgn(ridges[m].predict(weights[m], feats(m, name)).float())  # noqa: E731
+        ql, dl = data.labels[sets[queries]], data.labels[sets[database]]
+        k = min(topk, sets[database].numel())
+        return (float(mean_average_precision(code("image", queries), code("text", database), ql, dl, topk=k)),
+                float(mean_average_precision(code("text", queries), code("image", database), ql, dl, topk=k)))
 
     if val_idx.numel():
-        chosen = max(RIDGE_STRENGTHS, key=lambda a: sum(scores(a, val_idx, fit_idx)))
+        chosen = max(RIDGE_STRENGTHS, key=lambda a: sum(scores(a, "val", "fit")))
     else:
         chosen = 1.0
-    i2t, t2i = scores(chosen, data.query_idx, data.retrieval_idx)
+    i2t, t2i = scores(chosen, "query", "database")
     return {"i2t_map": i2t, "t2i_map": t2i, "ridge_strength": chosen,
             "chosen_on": "validation slice" if val_idx.numel() else "fixed (no validation slice)"}
