@@ -344,11 +344,13 @@ def _check_resume_unchanged(cfg, base: dict) -> None:
 
 def cmd_train(args, argv):
     from . import distributed_train
-    from .run_dir import CHECKPOINT, check_output_dir, claim
+    from .run_dir import CHECKPOINT, check_output_dir, claim, refuse_if_in_use
     from .train import RECIPES
 
     bits_list = args.bits or [None]
     several = len(bits_list) > 1
+    if distributed_train.is_main_process():  # other torchrun ranks share rank 0's folder
+        refuse_if_in_use(args.out)
     if args.resume:
         check_output_dir(args.out, resume=True, several=several)
     plans, recorded = [], None

@@ -30,6 +30,7 @@ from __future__ import annotations
 import atexit
 import datetime
 import gc
+import json
 import os
 import sys
 import tempfile
@@ -44,6 +45,7 @@ from .distributed import _Group as EvalGroup
 from .distributed import mean_average_precision as _sharded_map
 from .encoding import hash_codes
 from .objective import step_loss
+from .outputs import OutputError
 from .train import TrainConfig, TrainResult, check_finite, set_learning_rate
 
 __all__ = ["train", "launched_by_torchrun", "is_main_process"]
@@ -131,11 +133,14 @@ def _spawn(data, cfg, nproc, checkpoint_path, resume, progress, log) -> TrainRes
         # rank 0 writes every epoch's checkpoint; without a user path it goes to a temporary file
         path = checkpoint_path or os.path.join(tmp, "checkpoint.pt")
         threads = max(1, (os.cpu_count() or 1) // nproc)  # the cores shared, not oversubscribed
-        args = (nproc, store.port, data, cfg, path, resume, progress, log is not None, threads)
+        args = (nproc, store.port, data, cfg, path, resume, progress, log is not None, threads, tmp)
         try:
             torch.multiprocessing.start_processes(_worker, args=args, nprocs=nproc, join=True,
                                                   start_method="spawn")
         except torch.multiprocessing.ProcessRaisedException as exc:
+            failure = _recorded_failure(tmp, exc.error_index)
+            if failure and failure["user_error"]:
+                raise WorkerError(f"rank {exc.error_index} of {nproc}: {failure['message']}") from None
             lines = [line for line in str(exc).strip().splitlines() if line.strip()]
             raise RuntimeError(f"distributed training failed: {lines[-1] if lines else exc}") from None
         except torch.multiprocessing.ProcessExitedException as exc:
@@ -147,7 +152,34 @@ def _spawn(data, cfg, nproc, checkpoint_path, resume, progress, log) -> TrainRes
                        state=state, selection=dict(state["selection"]["summary"]))
 
 
-def _worker(rank, world, port, data, cfg, path, resume, progress, logging, threads):
+class WorkerError(ValueError):
+    """A spawned worker stopped on a mistake the user can act on (bad data or arguments, a full
+    disk...): its one-line message, named by rank, without the worker's traceback."""
+
+
+# What a worker's exception says to the parent process: the user's mistakes are reported in one
+# line like in a single process; anything else keeps its traceback.
+_USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, FloatingPointError, OutputError)
+
+
+def _record_failure(folder: str, rank: int, exc: BaseException) -> None:
+    try:
+        with open(os.path.join(folder, f"failure.{rank}.json"), "w") as f:
+            json.dump({"user_error": isinstance(exc, _USER_ERRORS),
+                       "message": " ".join(str(exc).split()) or type(exc).__name__}, f)
+    except OSError:
+        pass  # the parent then reports the traceback's last line instead
+
+
+def _recorded_failure(folder: str, rank: int) -> dict | None:
+    try:
+        with open(os.path.join(folder, f"failure.{rank}.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _worker(rank, world, port, data, cfg, path, resume, progress, logging, threads, failures):
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(threads)
     device = _single.resolve_device(cfg.device)
@@ -160,6 +192,9 @@ def _worker(rank, world, port, data, cfg, path, resume, progress, logging, threa
     try:
         log = _single.log_to_stderr if logging else None
         _train_in_group(data, cfg, path, resume, progress, log, None)
+    except Exception as exc:
+        _record_failure(failures, rank, exc)
+        raise
     finally:
         dist.destroy_process_group()
 

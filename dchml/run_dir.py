@@ -96,6 +96,29 @@ def remove_stale_temp_files(path: str) -> list:
     return removed
 
 
+def refuse_if_in_use(path: str) -> None:
+    """Raise the "in use by another dchml run" error when a live run holds folder `path`.
+    Creates nothing: a folder without a lock file is not in use."""
+    lock_path = os.path.join(path, LOCK_NAME)
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OutputDirError(_in_use_message(path, _read_pid(fd))) from None
+    except OSError:
+        pass  # a file system without flock: the exclusive lock in claim() decides
+    finally:
+        os.close(fd)
+
+
+def _in_use_message(path: str, holder: int | None) -> str:
+    return (f"output directory {path} is in use by another dchml run" + (f" (pid {holder})" if holder else "")
+            + "; wait for it to end or choose another --out")
+
+
 class _Lock:
     def __init__(self, folder: str):
         self.path = os.path.join(folder, LOCK_NAME)
@@ -109,10 +132,7 @@ class _Lock:
             except BlockingIOError:
                 holder = _read_pid(fd)
                 os.close(fd)
-                raise OutputDirError(
-                    f"output directory {os.path.dirname(self.path)} is in use by another dchml run"
-                    + (f" (pid {holder})" if holder else "") + "; wait for it to end or choose another --out"
-                ) from None
+                raise OutputDirError(_in_use_message(os.path.dirname(self.path), holder)) from None
             except BaseException:
                 os.close(fd)
                 raise
@@ -152,6 +172,7 @@ def _read_pid(fd) -> int | None:
 def claim(path: str, *, resume: bool = False, force: bool = False, several: bool = False):
     """Hold output folder `path` for a run; see the module docstring. several=True: `path` holds
     one run per code length in bitsN/ sub-folders (each run claims its own as well)."""
+    refuse_if_in_use(path)  # "in use" says more than "not empty" about a folder another run is filling
     check_output_dir(path, resume=resume, force=force, several=several)  # a quick refusal before creating anything
     check_writable(path)
     created = not os.path.exists(path)

@@ -284,3 +284,16 @@ def test_training_nproc_is_validated():
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match="nproc must be a positive integer"):
             dt.train(data, cfg, nproc=bad)
+
+
+def test_a_workers_write_failure_is_one_line_naming_the_file(tmp_path, capsys):
+    """Rank 0 cannot write its checkpoint: the caller gets the worker's own one-line reason (a
+    ValueError the CLI prints as `error: ...`), not a RuntimeError wrapping a traceback."""
+    import dchml.distributed_train as dt
+
+    data, cfg = W.tiny_training_setup(epochs=1)
+    target = tmp_path / "vanished" / "checkpoint.pt"
+    with pytest.raises(dt.WorkerError, match=r"rank 0 of 2: cannot write .*vanished/checkpoint\.pt") as info:
+        dt.train(data, cfg, nproc=2, checkpoint_path=str(target))
+    assert "Traceback" not in str(info.value) and "\n" not in str(info.value)
+    assert not target.parent.exists()

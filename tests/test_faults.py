@@ -161,13 +161,16 @@ def test_two_concurrent_runs_into_one_folder(files, tmp_path, capsys):
     try:
         lock = os.path.join(out, LOCK_NAME)
         deadline = time.monotonic() + 120
-        while not (os.path.isfile(lock) and open(lock).read().strip() == str(first.pid)):
+        # Wait for a folder that is both locked and not empty: a second run must be told that the
+        # folder is in use, not that it is not empty or that there is nothing to resume.
+        while not (os.path.isfile(lock) and open(lock).read().strip() == str(first.pid)
+                   and os.path.isfile(os.path.join(out, "checkpoint.pt"))):
             assert first.poll() is None and time.monotonic() < deadline, "the first run never took the lock"
             time.sleep(0.02)
         for argv in (TINY, TINY + ["--force"], ["--resume", "--quiet"]):
             code = main(["train", "--data", files["a"], "--out", out] + argv)
             line = _error_line(capsys, code)
-            assert f"is in use by another dchml run (pid {first.pid})" in line or "nothing to resume" in line
+            assert f"is in use by another dchml run (pid {first.pid})" in line
     finally:
         _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
