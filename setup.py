@@ -1,4 +1,4 @@
-"""Build of the `dchml._kernels` extension (package metadata lives in pyproject.toml).
+"""Build of the `dchml.ops._kernels` extension (package metadata lives in pyproject.toml).
 
 CUDA kernels are compiled by default only when a GPU is visible (torch.cuda.is_available()) and a
 CUDA toolkit is found: on a machine without a GPU they would never run, and compiling them is most
@@ -83,7 +83,7 @@ def extension():
         flush=True,
     )
     return ext_cls(
-        name="dchml._kernels",
+        name="dchml.ops._kernels",
         sources=srcs,
         include_dirs=[os.path.join(ROOT, "csrc")],
         define_macros=macros,

@@ -18,7 +18,7 @@ benchmarks measure the same codes.
   flock /work/bench.lock python benchmarks/bench_distributed.py            # W1, writes results
   python benchmarks/bench_distributed.py --queries 500 --db 100000 --no-write   # quick look
 
---train: Algorithm 1 instead (dchml.distributed_train, the default synthetic set), one process x
+--train: Algorithm 1 instead (dchml.distributed.training, the default synthetic set), one process x
 all cores against N processes x cores/N: seconds per epoch (median over the epochs that do not
 evaluate) and how far the N-process run ends from the one-process run.
   flock /work/bench.lock python benchmarks/bench_distributed.py --train --epochs 4
@@ -189,7 +189,7 @@ def worker(args) -> None:
     else:
         import torch.distributed as dist
         import dchml.distributed as dd
-        from dchml.distributed import _BLOCK_ELEMENTS
+        from dchml.distributed.evaluation import BLOCK_ELEMENTS
 
         store = dist.TCPStore("127.0.0.1", args.store_port, is_master=False,
                               timeout=datetime.timedelta(seconds=120))
@@ -213,7 +213,7 @@ def worker(args) -> None:
         dchml.hamming_topk(q, db, min(topk, len(db)))
         out["local_topk_s"] = slowest(time.perf_counter() - t)
         width = 8 * q.shape[1] + 1
-        block = max(1, _BLOCK_ELEMENTS // max(topk, width))
+        block = max(1, BLOCK_ELEMENTS // max(topk, width))
         dist.barrier()
         t = time.perf_counter()
         for lo in range(0, len(q), block):
@@ -243,7 +243,7 @@ def train_benchmark(args) -> None:
     import torch
 
     sys.path.insert(0, ROOT)
-    import dchml.distributed_train as dt
+    import dchml.distributed.training as dt
     from dchml.data import make_synthetic
     from dchml.train import TrainConfig, evaluate, train
 
@@ -281,7 +281,7 @@ def train_benchmark(args) -> None:
     date = prov.date
     base = {r["lr"]: r["epoch_s"] for r in rows if r["nproc"] == 1}
     lines = [
-        "# dchml.distributed_train: Algorithm 1 on N processes vs one",
+        "# dchml.distributed.training: Algorithm 1 on N processes vs one",
         "",
         f"Synthetic set ({data.train_idx.numel()} training pairs, {data.n_labels} labels, {data.image_dim}-d image "
         f"features, {data.text_dim}-d text), {args.bits} bits, batch 128, {args.epochs} epochs; device: {DEVICE}; "
@@ -313,7 +313,7 @@ def _train_in_slices(data, cfg, slices: int):
     """dchml.train.train with each batch computed in `slices` contiguous slices (gradients of the
     slices accumulated, each weighted by its share of the batch): what the DDP run computes."""
     import dchml.train as single
-    from dchml.objective import step_loss
+    from dchml.method.objective import step_loss
 
     class SlicedPasses(single.SingleProcess):
         def run_pass(self, p):

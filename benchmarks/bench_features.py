@@ -134,7 +134,7 @@ class PeakMemory:
 
 def case_dchml_features(args) -> dict:
     from dchml.data import load_dataset
-    from dchml.features import extract_features
+    from dchml.method.features import extract_features
 
     t0 = time.perf_counter()
     data = load_dataset(args.folder, image_size=224, image_workers=args.workers)

@@ -22,9 +22,9 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import harness  # noqa: E402
 import torch  # noqa: E402
 
-from dchml.cli import DEMO_THREADS  # noqa: E402
+from dchml.app.arguments import DEMO_THREADS  # noqa: E402
 from dchml.data import make_synthetic  # noqa: E402
-from dchml.experiment import describe_device, run_experiment  # noqa: E402
+from dchml.app.experiment import describe_device, run_experiment  # noqa: E402
 from dchml.train import TrainConfig  # noqa: E402
 
 METHODS = ("dchml", "dchml_p", "dchml_q")

@@ -23,26 +23,26 @@ import numpy as np
 import torch
 
 from dchml.data import CrossModalData, make_synthetic, paper_split
-from dchml.data.synthetic import _corrupt, _image, _labels, _text
+from dchml.data.synthetic import corrupt_labels, image_features, text_features, topic_labels
 
 PANEL = ("builtin", "bovw-l1", "cnn-relu", "counts-tfidf", "tfidf", "wiki-topics")
 
 
 def _base_labels(rng, n, c, *, single=False):
     if single:
-        return _labels(rng, n, c, max(2, c // 2), 0.3, 0.0, 1)
-    return _labels(rng, n, c, max(2, c // 4), 0.8, 1.0, min(5, c))
+        return topic_labels(rng, n, c, max(2, c // 2), 0.3, 0.0, 1)
+    return topic_labels(rng, n, c, max(2, c // 4), 0.8, 1.0, min(5, c))
 
 
 def _relu_heavy(rng, labels, d):
     """Non-negative heavy-tailed activations (values 0..~50, ~60% zeros), like ReLU fc7."""
-    dense = _image(rng, labels, d, 64, 1.5, 1.5)
+    dense = image_features(rng, labels, d, 64, 1.5, 1.5)
     x = np.maximum(dense - 0.3, 0.0) ** 1.6 * 6.0
     return x.astype(np.float32)
 
 
 def _bovw(rng, labels, words, lo, hi, l1):
-    counts = _text(rng, labels, words, lo, hi, 60, 0.75, True)
+    counts = text_features(rng, labels, words, lo, hi, 60, 0.75, True)
     if l1:
         counts = counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
     return counts.astype(np.float32)
@@ -70,28 +70,28 @@ def make_panel_set(name: str, seed: int = 0) -> CrossModalData:
     if name == "bovw-l1":
         n, c = 4000, 21
         labels = _base_labels(r_lab, n, c)
-        image = _bovw(r_img, _corrupt(r_img, labels, 0.3), 500, 150, 400, l1=True)
-        text = _text(r_txt, _corrupt(r_txt, labels, 0.25), 1000, 8, 20, 40, 0.6, False)
+        image = _bovw(r_img, corrupt_labels(r_img, labels, 0.3), 500, 150, 400, l1=True)
+        text = text_features(r_txt, corrupt_labels(r_txt, labels, 0.25), 1000, 8, 20, 40, 0.6, False)
     elif name == "cnn-relu":
         n, c = 4000, 24
         labels = _base_labels(r_lab, n, c)
-        image = _relu_heavy(r_img, _corrupt(r_img, labels, 0.25), 1024)
-        text = _text(r_txt, _corrupt(r_txt, labels, 0.25), 1386, 5, 15, 40, 0.6, False)
+        image = _relu_heavy(r_img, corrupt_labels(r_img, labels, 0.25), 1024)
+        text = text_features(r_txt, corrupt_labels(r_txt, labels, 0.25), 1386, 5, 15, 40, 0.6, False)
     elif name == "counts-tfidf":
         n, c = 4000, 80
         labels = _base_labels(r_lab, n, c)
-        image = _relu_heavy(r_img, _corrupt(r_img, labels, 0.25), 1024)
-        text = _text(r_txt, _corrupt(r_txt, labels, 0.25), 2000, 30, 120, 30, 0.6, True)
+        image = _relu_heavy(r_img, corrupt_labels(r_img, labels, 0.25), 1024)
+        text = text_features(r_txt, corrupt_labels(r_txt, labels, 0.25), 2000, 30, 120, 30, 0.6, True)
     elif name == "tfidf":
         n, c = 4000, 255
         labels = _base_labels(r_lab, n, c)
-        image = _image(r_img, _corrupt(r_img, labels, 0.25), 512, 64, 1.5, 1.5) * 0.08 + 0.2
-        text = _tfidf(_text(r_txt, _corrupt(r_txt, labels, 0.25), 2912, 10, 40, 30, 0.6, True))
+        image = image_features(r_img, corrupt_labels(r_img, labels, 0.25), 512, 64, 1.5, 1.5) * 0.08 + 0.2
+        text = _tfidf(text_features(r_txt, corrupt_labels(r_txt, labels, 0.25), 2912, 10, 40, 30, 0.6, True))
     elif name == "wiki-topics":
         n, c = 2866, 10
         labels = _base_labels(r_lab, n, c, single=True)
-        image = _bovw(r_img, _corrupt(r_img, labels, 0.3), 128, 100, 300, l1=False)
-        text = _topics(r_txt, _corrupt(r_txt, labels, 0.3))
+        image = _bovw(r_img, corrupt_labels(r_img, labels, 0.3), 128, 100, 300, l1=False)
+        text = _topics(r_txt, corrupt_labels(r_txt, labels, 0.3))
     else:
         raise ValueError(f"unknown panel set {name!r}; choose from {', '.join(PANEL)}")
     q, r, t = paper_split(n, seed=int(r_split.integers(2**31)))

@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from panel import PANEL, make_panel_set, scaled  # noqa: E402
 
-from dchml.baselines import chance_map, linear_hasher  # noqa: E402
-from dchml.experiment import describe_device  # noqa: E402
+from dchml.method.baselines import chance_map, linear_hasher  # noqa: E402
+from dchml.app.experiment import describe_device  # noqa: E402
 from dchml.train import RECIPES, TrainConfig, evaluate, train  # noqa: E402
 
 

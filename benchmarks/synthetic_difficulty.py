@@ -12,7 +12,7 @@ dchml.data.make_synthetic, so the set can be tuned to leave room between methods
 
 Usage: PYTHONPATH=. python benchmarks/synthetic_difficulty.py [--bits 16 32 64] [--seed 0] [--mlp]
 MAP here is a small float64 NumPy reference (stable argsort: ties by database index), used only
-by this script; the library's metrics live in dchml.metrics.
+by this script; the library's metrics live in dchml.retrieval.metrics.
 """
 import argparse
 import time

@@ -8,18 +8,25 @@ Public API, by layer (see README.md):
 - the method: dchml.models, dchml.train, dchml.data, encode, and the `dchml` command line;
 - scale-out: dchml.distributed (sharded exact evaluation, multi-process training).
 """
-from ._C import cuda_built
-from .codes import pack_codes, unpack_codes
-from .index import HammingIndex, hamming_distance, hamming_histogram, hamming_topk
-from .metrics import mean_average_precision, ndcg_at_k, pr_curve, precision_at_n
-from . import nn
-from .autograd import MarginDynamicSoftmax
-from .losses import margin_dynamic_softmax, partial_softmax
-from .encoding import encode
-from .models import CrossModalHashModel, IHNet, PHNet, THNet
-from .train import TrainConfig
+import sys
+
+from .ops.library import cuda_built
+from .retrieval.codes import pack_codes, unpack_codes
+from .retrieval.index import HammingIndex, hamming_distance, hamming_histogram, hamming_topk
+from .retrieval.metrics import mean_average_precision, ndcg_at_k, pr_curve, precision_at_n
+from .ops.autograd import MarginDynamicSoftmax
+from .losses.functional import margin_dynamic_softmax, partial_softmax
+from .method.encoding import encode
+from .method.models import CrossModalHashModel, IHNet, PHNet, THNet
+from .method.config import TrainConfig
 from . import data
-from . import distributed  # sharded evaluation over torch.distributed: dchml.distributed.*
+from . import distributed  # scale-out: dchml.distributed.mean_average_precision, dchml.distributed.training
+from .losses import modules as nn
+from .method import models, train
+
+# Stable module paths of the public API: `import dchml.nn`, `from dchml.train import TrainConfig`
+# and `from dchml.models import IHNet` keep working although the code lives in its layer's package.
+sys.modules.update({"dchml.nn": nn, "dchml.models": models, "dchml.train": train})
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,6 @@
 """`python -m dchml ...` runs the `dchml` command line."""
 import sys
 
-from .cli import main
+from .app.cli import main
 
 sys.exit(main())

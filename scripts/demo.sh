@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=$(bash scripts/setup_env.sh)
-"$PY" -m dchml.cli demo --out "${1:-demo_out}"
+"$PY" -m dchml demo --out "${1:-demo_out}"

@@ -189,7 +189,7 @@ def run_torchrun_training(out_dir: str) -> int:
     group torchrun describes); rank 0 saves the summary."""
     import dataclasses
 
-    import dchml.distributed_train as dt
+    import dchml.distributed.training as dt
 
     data, cfg = tiny_training_setup()
     path = os.path.join(out_dir, "torchrun-checkpoint.pt")

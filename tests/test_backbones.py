@@ -3,10 +3,10 @@ parameter groups, mixed precision, and the CLIP towers where open_clip is instal
 import pytest
 import torch
 
-from dchml.backbones import (BACKBONES, ClipTextEncoder, available, build_backbone, cache_dir, find_weights,
+from dchml.method.backbones import (BACKBONES, ClipTextEncoder, available, build_backbone, cache_dir, find_weights,
                              get_spec, load_backbone_weights, param_groups)
 from dchml.models import CrossModalHashModel, IHNet
-from dchml.precision import MixedPrecision
+from dchml.method.precision import MixedPrecision
 
 from conftest import needs_cuda
 

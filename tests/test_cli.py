@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dchml
-from dchml.cli import main
+from dchml.app.cli import main
 from dchml.data import make_synthetic, save_npz
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +80,7 @@ def test_encode_matches_the_python_api(trained, tmp_path, capsys):
     ckpt = os.path.join(trained, "checkpoint.pt")
     assert main(["encode", "--checkpoint", ckpt, "--modality", "text", "--input", str(inp), "--out", str(out)]) == 0
     codes = np.load(out)
-    model = dchml.checkpoint.model_from_checkpoint(ckpt)
+    model = dchml.method.checkpoint.model_from_checkpoint(ckpt)
     assert codes.dtype == np.uint8 and codes.shape == (9, 2)
     assert np.array_equal(codes, dchml.encode(model, data.text[:9], "text").numpy())
     # refuses to overwrite without --force
@@ -100,9 +100,9 @@ def test_search_lists_top_k(trained, tiny_npz, tmp_path, capsys):
     assert dists == sorted(dists) and all(0 <= d <= 16 for d in dists)
     # the same ranking as the codes' Hamming distances (ties by database position)
     data = _tiny()
-    model = dchml.checkpoint.model_from_checkpoint(ckpt)
-    q = dchml.encoding.hash_codes(model, data.image[data.query_idx[[0]]], "image")
-    db = dchml.encoding.hash_codes(model, data.text[data.retrieval_idx], "text")
+    model = dchml.method.checkpoint.model_from_checkpoint(ckpt)
+    q = dchml.method.encoding.hash_codes(model, data.image[data.query_idx[[0]]], "image")
+    db = dchml.method.encoding.hash_codes(model, data.text[data.retrieval_idx], "text")
     d = ((16 - q @ db.T) / 2).squeeze(0)
     expected = sorted(range(len(d)), key=lambda i: (d[i].item(), i))[:5]
     assert [x["row"] for x in results[0]["results"]] == data.retrieval_idx[expected].tolist()

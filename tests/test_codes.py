@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import dchml
-from dchml.codes import as_label_bits, as_packed
+from dchml.retrieval.codes import as_label_bits, as_packed
 
 
 @pytest.mark.parametrize("bits", [1, 7, 8, 16, 63, 64, 65, 128, 1000])

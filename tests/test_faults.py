@@ -17,12 +17,12 @@ import pytest
 import torch
 
 import dchml
-import dchml.checkpoint
-import dchml.outputs
-from dchml.checkpoint import CheckpointError, load_checkpoint
-from dchml.cli import main
+import dchml.method.checkpoint
+import dchml.io.atomic
+from dchml.method.checkpoint import CheckpointError, load_checkpoint
+from dchml.app.cli import main
 from dchml.data import make_synthetic, save_npz
-from dchml.run_dir import LOCK_NAME, OutputDirError, claim
+from dchml.io.run_dir import LOCK_NAME, OutputDirError, claim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--bits", "16", "--epochs", "2", "--batch-size", "32", "--lr", "0.05", "--momentum", "0.9",
@@ -73,7 +73,7 @@ def _snapshot(folder):
 
 
 def _temp_files(folder):
-    return [n for n in os.listdir(folder) if dchml.outputs.is_temp_file(n) or n.endswith(".tmp")]
+    return [n for n in os.listdir(folder) if dchml.io.atomic.is_temp_file(n) or n.endswith(".tmp")]
 
 
 # --- identity ------------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def test_eval_without_data_uses_the_recorded_data(run, files, capsys, tmp_path):
     state = load_checkpoint(ckpt)
     state["data"]["source"] = dict(state["data"]["source"], path=str(tmp_path / "gone.npz"),
                                    abspath=str(tmp_path / "gone.npz"))
-    dchml.checkpoint.save_checkpoint({k: v for k, v in state.items() if k not in ("format", "version")}, copy_ckpt)
+    dchml.method.checkpoint.save_checkpoint({k: v for k, v in state.items() if k not in ("format", "version")}, copy_ckpt)
     line = _error_line(capsys, main(["eval", "--checkpoint", str(copy_ckpt)]))
     assert "gone.npz" in line and "no longer exists; pass --data" in line
     assert main(["eval", "--checkpoint", str(copy_ckpt), "--data", str(moved)]) == 0
@@ -187,7 +187,7 @@ def test_lock_is_exclusive_in_one_process_and_released_by_a_crash(tmp_path):
             with claim(out):
                 pass
     assert os.listdir(out) == []  # claim created it; still there because the run "succeeded"
-    script = f"from dchml.run_dir import claim\nimport os\nheld = claim({out!r}, force=True)\nheld.__enter__()\nos.kill(os.getpid(), 9)\n"
+    script = f"from dchml.io.run_dir import claim\nimport os\nheld = claim({out!r}, force=True)\nheld.__enter__()\nos.kill(os.getpid(), 9)\n"
     crashed = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=ROOT))
     assert crashed.returncode == -signal.SIGKILL and os.path.exists(os.path.join(out, LOCK_NAME))
     with claim(out):  # the kernel released the dead run's lock
@@ -226,7 +226,7 @@ def test_absurd_arguments_are_refused_before_any_work(argv, needle, tmp_path, ca
 
 
 def test_memory_and_disk_estimates_refuse_before_phnet(files, tmp_path, capsys, monkeypatch):
-    import dchml.preflight
+    import dchml.method.preflight
     import dchml.train
 
     def boom(*args, **kwargs):
@@ -234,20 +234,20 @@ def test_memory_and_disk_estimates_refuse_before_phnet(files, tmp_path, capsys, 
 
     monkeypatch.setattr(dchml.train, "train_proxies", boom)
     out = tmp_path / "run"
-    monkeypatch.setattr(dchml.preflight, "_available_memory", lambda device: 50 << 20)
+    monkeypatch.setattr(dchml.method.preflight, "_available_memory", lambda device: 50 << 20)
     line = _error_line(capsys, main(["train", "--data", files["a"], "--out", str(out), "--bits", "4096", "--quiet"]))
     assert "needs about" in line and "of memory" in line and "50.0 MiB available" in line
     assert not out.exists()
     monkeypatch.undo()
     monkeypatch.setattr(dchml.train, "train_proxies", boom)
-    monkeypatch.setattr(dchml.preflight.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=1 << 20))
+    monkeypatch.setattr(dchml.method.preflight.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=1 << 20))
     line = _error_line(capsys, main(["train", "--data", files["a"], "--out", str(out)] + TINY))
     assert "has 1.0 MiB free, the run needs about" in line and re.search(r"checkpoint\.pt about \d+\.\d MiB", line)
     assert not out.exists()
 
 
 def test_checkpoint_size_estimate_is_close(run, files):
-    from dchml.preflight import checkpoint_bytes
+    from dchml.method.preflight import checkpoint_bytes
     from dchml.train import TrainConfig
 
     state = load_checkpoint(os.path.join(run, "checkpoint.pt"))
@@ -263,7 +263,7 @@ def test_checkpoint_size_estimate_is_close(run, files):
 
 def _fail_second_checkpoint(monkeypatch, action):
     """Run `action(path)` instead of letting the 2nd checkpoint save through cleanly."""
-    real = dchml.checkpoint.write_atomic
+    real = dchml.method.checkpoint.write_atomic
     calls = []
 
     def write_atomic(path, write):
@@ -272,7 +272,7 @@ def _fail_second_checkpoint(monkeypatch, action):
             return action(real, path, write)
         return real(path, write)
 
-    monkeypatch.setattr(dchml.checkpoint, "write_atomic", write_atomic)
+    monkeypatch.setattr(dchml.method.checkpoint, "write_atomic", write_atomic)
 
 
 def _check_failed_run(capsys, code, out, reason):
@@ -290,9 +290,9 @@ def test_injected_write_errors(err, where, files, tmp_path, capsys, monkeypatch)
 
     def inject(real, path, write):
         if where == "open":
-            monkeypatch.setattr(dchml.outputs.tempfile, "mkstemp", _raise(err))
+            monkeypatch.setattr(dchml.io.atomic.tempfile, "mkstemp", _raise(err))
         elif where == "fsync":
-            monkeypatch.setattr(dchml.outputs.os, "fsync", _raise(err))
+            monkeypatch.setattr(dchml.io.atomic.os, "fsync", _raise(err))
         else:
             def partial(f):  # some bytes get through, then the disk is full while torch.save writes
                 f.write(b"x" * 1000)
@@ -395,9 +395,9 @@ def test_killed_save_then_resume(files, tmp_path, capsys):
     out = str(tmp_path / "run")
     script = f"""
 import os, signal, sys
-import dchml.checkpoint
-from dchml.cli import main
-real, calls = dchml.checkpoint.write_atomic, []
+import dchml.method.checkpoint
+from dchml.app.cli import main
+real, calls = dchml.method.checkpoint.write_atomic, []
 def write_atomic(path, write):
     calls.append(path)
     if len(calls) == 2:  # the 2nd epoch's save dies half way
@@ -407,7 +407,7 @@ def write_atomic(path, write):
             os.kill(os.getpid(), signal.SIGKILL)
         return real(path, half)
     return real(path, write)
-dchml.checkpoint.write_atomic = write_atomic
+dchml.method.checkpoint.write_atomic = write_atomic
 sys.exit(main({["train", "--data", files["a"], "--out", out] + TINY + ["--epochs", "3"]!r}))
 """
     killed = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"))
@@ -468,16 +468,16 @@ def _write_npy(tmp_path):
 
 def test_write_atomic_keeps_the_old_file_on_failure(tmp_path):
     path = tmp_path / "out.json"
-    dchml.outputs.write_json({"a": 1}, path)
+    dchml.io.atomic.write_json({"a": 1}, path)
 
     def fail(f):
         f.write(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    with pytest.raises(dchml.outputs.OutputError, match=r"cannot write .*out.json: No space left on device \(ENOSPC\)"):
-        dchml.outputs.write_atomic(path, fail)
+    with pytest.raises(dchml.io.atomic.OutputError, match=r"cannot write .*out.json: No space left on device \(ENOSPC\)"):
+        dchml.io.atomic.write_atomic(path, fail)
     with pytest.raises(ZeroDivisionError):  # not an OS error: raised as is
-        dchml.outputs.write_atomic(path, lambda f: 1 / 0)
+        dchml.io.atomic.write_atomic(path, lambda f: 1 / 0)
     assert json.loads(path.read_text()) == {"a": 1} and os.listdir(tmp_path) == ["out.json"]
 
 
@@ -500,14 +500,14 @@ def test_no_label_error_names_the_command_line_flag(tmp_path, capsys):
 @pytest.mark.parametrize("command, hint, not_hint", [
     ("demo", "--force", "--resume"), ("train", "dchml train --out", None)])
 def test_interrupt_message_fits_the_command(command, hint, not_hint, files, tmp_path, capsys, monkeypatch):
-    import dchml.experiment
+    import dchml.app.experiment
 
     def interrupted(data, cfg, out_dir, **kwargs):
         os.makedirs(out_dir, exist_ok=True)
-        dchml.outputs.write_bytes(os.path.join(out_dir, "checkpoint.pt"), b"")
+        dchml.io.atomic.write_bytes(os.path.join(out_dir, "checkpoint.pt"), b"")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dchml.experiment, "run_experiment", interrupted)
+    monkeypatch.setattr(dchml.app.experiment, "run_experiment", interrupted)
     monkeypatch.setattr(dchml.data.load, "make_synthetic", lambda seed=0: _tiny())
     argv = [command, "--out", str(tmp_path / "o")] + TINY + ([] if command == "demo" else ["--data", files["a"]])
     assert main(argv) == 130
@@ -536,7 +536,7 @@ def test_map_on_an_empty_database_raises():
 
 
 def test_negative_eta_is_refused_everywhere():
-    from dchml.autograd import MarginDynamicSoftmax
+    from dchml.ops.autograd import MarginDynamicSoftmax
     from dchml.nn import MarginDynamicSoftmaxLoss, PartialSoftmaxLoss
     from dchml.train import TrainConfig
 

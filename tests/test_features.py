@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from dchml.checkpoint import load_checkpoint, model_from_checkpoint
-from dchml.cli import main
+from dchml.method.checkpoint import load_checkpoint, model_from_checkpoint
+from dchml.app.cli import main
 from dchml.data import load_dataset
 from dchml.data.vocab import Vocabulary
-from dchml.encoding import encode
-from dchml.features import FeaturesError, extract_features
+from dchml.method.encoding import encode
+from dchml.method.features import FeaturesError, extract_features
 
 from image_data import corrupt, make_textlist
 
@@ -141,7 +141,7 @@ def test_a_corrupt_image_stops_training_with_its_name(tmp_path, capsys):
 
 
 def test_mixed_precision_and_augment_are_checked_before_training(tmp_path, capsys):
-    from dchml import distributed_train
+    from dchml.distributed import training as distributed_train
     from dchml.data import make_synthetic
     from dchml.train import TrainConfig
 

@@ -9,7 +9,7 @@ import torch
 
 from dchml.data import DataError, load_dataset
 from dchml.data.images import HDF5Reader, ImageReadError, ImageSource, training_batches
-from dchml.experiment import data_summary
+from dchml.app.experiment import data_summary
 
 from image_data import captions, corrupt, make_textlist, pixels
 

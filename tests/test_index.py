@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import dchml
-import dchml.index as index_module
+import dchml.retrieval.index as index_module
 
 from hamming_reference import correlated_dataset, per_query_ap, ranking
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import dchml
-from dchml.losses import pairwise_proxy_loss, proxy_network_loss
+from dchml.losses.functional import pairwise_proxy_loss, proxy_network_loss
 from dchml.models import AlexNetBackbone, CrossModalHashModel, IHNet, PHNet, THNet, load_alexnet_weights, sgn
-from dchml.encoding import continuous_codes, hash_codes
+from dchml.method.encoding import continuous_codes, hash_codes
 
 # torchvision.models.alexnet().state_dict(): every key and shape (torchvision 0.2x, unchanged since 0.3).
 TORCHVISION_ALEXNET = {
@@ -148,7 +148,8 @@ def test_proxy_network_loss_hand_computed():
 
 
 def test_proxy_network_loss_spreads_proxies():
-    from dchml.train import TrainConfig, train_proxies
+    from dchml.method.proxies import train_proxies
+    from dchml.train import TrainConfig
 
     torch.manual_seed(0)
     model = CrossModalHashModel(32, 6, text_dim=4, image_dim=4, image_hidden=4, text_hidden=4)

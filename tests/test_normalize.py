@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import dchml
-from dchml.checkpoint import model_from_checkpoint
-from dchml.cli import main as cli_main
+from dchml.method.checkpoint import model_from_checkpoint
+from dchml.app.cli import main as cli_main
 from dchml.data import from_arrays, make_synthetic
-from dchml.normalize import FeatureNormalizer, choose_kind
+from dchml.method.normalize import FeatureNormalizer, choose_kind
 from dchml.train import TrainConfig, train
 
 
@@ -87,7 +87,7 @@ def test_codes_are_invariant_to_the_scale_of_the_feature_files():
     a = train(plain, TrainConfig(**_CFG), progress=False, log=None).model
     b = train(scaled, TrainConfig(**_CFG), progress=False, log=None).model
     for modality, x, y in (("image", plain.image, scaled.image), ("text", plain.text, scaled.text)):
-        ca, cb = dchml.encoding.hash_codes(a, x, modality), dchml.encoding.hash_codes(b, y, modality)
+        ca, cb = dchml.method.encoding.hash_codes(a, x, modality), dchml.method.encoding.hash_codes(b, y, modality)
         agree = float((ca == cb).float().mean())
         assert agree > 0.999, (modality, agree)  # equal up to floating-point rounding
     assert a.text_net.normalizer.kind == "log" and a.image_net.normalizer.kind == "standardize"

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from dchml.report import render_markdown, write_report
+from dchml.app.report import render_markdown, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

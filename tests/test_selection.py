@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from dchml.baselines import _Ridge, chance_map, linear_hasher
-from dchml.cli import main
+from dchml.method.baselines import _Ridge, chance_map, linear_hasher
+from dchml.app.cli import main
 from dchml.data import load_dataset, make_synthetic, save_npz
-from dchml.metrics import mean_average_precision
-from dchml.train import TrainConfig, learning_rate, train, validation_split
+from dchml.retrieval.metrics import mean_average_precision
+from dchml.method.evaluate import validation_split
+from dchml.method.passes import learning_rate
+from dchml.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 import dchml
-from dchml.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from dchml.method.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from dchml.data import make_synthetic
-from dchml.objective import LossWeights, full_objective, step_loss
-from dchml.train import TrainConfig, evaluate, proxy_diagnostics, train, update_codes
+from dchml.method.objective import LossWeights, full_objective, step_loss
+from dchml.method.passes import update_codes
+from dchml.method.proxies import proxy_diagnostics, train_proxies
+from dchml.train import TrainConfig, evaluate, train
 
 
 def mds_row(b, g, y, eta, mu, other=None):
@@ -80,7 +82,7 @@ def test_dchml_p_and_q_weights(small_case):
     assert q.gamma == 0.0
     p = LossWeights(method="dchml_p", eta=0.3, mu=0.3, lam=0.0, gamma=0.0)
     total, terms = step_loss(b, o, c, g, y, p)
-    assert torch.allclose(total, dchml.losses.pairwise_proxy_loss(b, g, y))
+    assert torch.allclose(total, dchml.losses.functional.pairwise_proxy_loss(b, g, y))
     with pytest.raises(ValueError, match="method must be one of"):
         LossWeights.for_method("dcmh", eta=0.3, mu=0.3, lam=0.0, gamma=0.0)
 
@@ -151,7 +153,7 @@ def test_short_run_beats_the_untrained_model(tiny):
     cfg = _cfg(epochs=4, eval_every=2)
     torch.manual_seed(cfg.seed)
     untrained = dchml.train.build_model(tiny, cfg)
-    dchml.train.train_proxies(untrained, cfg)
+    train_proxies(untrained, cfg)
     before = evaluate(untrained, tiny, topk=100)
     rng_before = torch.get_rng_state()
     result = train(tiny, cfg, progress=False, log=None)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..outputs import write_atomic
+from ..io.atomic import write_atomic
 from .dataset import CrossModalData, DataError
 
 REQUIRED = ("image", "text", "labels")

@@ -52,11 +52,11 @@ def make_synthetic(n: int = 12_000, n_labels: int = 21, image_dim: int = 512, te
     root = np.random.SeedSequence(seed)
     r_lab, r_img, r_txt, r_split = (np.random.default_rng(s) for s in root.spawn(4))
 
-    labels = _labels(r_lab, n, n_labels, n_topics or max(2, n_labels // 4), label_power,
+    labels = topic_labels(r_lab, n, n_labels, n_topics or max(2, n_labels // 4), label_power,
                      mean_extra_labels, min(max_labels, n_labels))
-    image = _image(r_img, _corrupt(r_img, labels, label_noise), image_dim, latent_dim, image_noise,
+    image = image_features(r_img, corrupt_labels(r_img, labels, label_noise), image_dim, latent_dim, image_noise,
                    nuisance_scale)
-    text = _text(r_txt, _corrupt(r_txt, labels, label_noise), text_dim, lo, hi, words_per_label,
+    text = text_features(r_txt, corrupt_labels(r_txt, labels, label_noise), text_dim, lo, hi, words_per_label,
                  text_background, text_counts)
     split_seed = int(r_split.integers(2**63 - 1))
     if n_train is None:
@@ -68,7 +68,7 @@ def make_synthetic(n: int = 12_000, n_labels: int = 21, image_dim: int = 512, te
                           name=name)
 
 
-def _labels(rng, n, c, n_topics, power, mean_extra, max_labels) -> np.ndarray:
+def topic_labels(rng, n, c, n_topics, power, mean_extra, max_labels) -> np.ndarray:
     freq = (np.arange(c) + 1.0) ** -power
     rng.shuffle(freq)  # no reason for label 0 to be the most frequent
     # Each topic strongly prefers a few labels (about 2c / n_topics), weakly allows the rest.
@@ -88,7 +88,7 @@ def _labels(rng, n, c, n_topics, power, mean_extra, max_labels) -> np.ndarray:
     return labels
 
 
-def _corrupt(rng, labels, p) -> np.ndarray:
+def corrupt_labels(rng, labels, p) -> np.ndarray:
     """The labels a modality actually shows: each true label is hidden with probability p and
     one spurious label appears with probability p (independently per modality), so neither
     modality determines the label set and no method reaches a perfect MAP. At least one label
@@ -106,7 +106,7 @@ def _corrupt(rng, labels, p) -> np.ndarray:
     return shown.astype(np.float32)
 
 
-def _image(rng, labels, d, h, noise, nuisance) -> np.ndarray:
+def image_features(rng, labels, d, h, noise, nuisance) -> np.ndarray:
     n, c = labels.shape
     protos = rng.standard_normal((c, h))
     latent = (labels @ protos) / np.sqrt(labels.sum(1, keepdims=True))
@@ -122,7 +122,7 @@ def _image(rng, labels, d, h, noise, nuisance) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _text(rng, labels, v, lo, hi, words_per_label, background, counts) -> np.ndarray:
+def text_features(rng, labels, v, lo, hi, words_per_label, background, counts) -> np.ndarray:
     n, c = labels.shape
     # Word distributions: background is Zipf over the vocabulary; each label puts most of its mass
     # on a few preferred words (which may overlap between labels) and a little everywhere.

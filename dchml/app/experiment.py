@@ -17,12 +17,15 @@ import statistics
 
 import torch
 
-from . import __version__, run_dir
-from .data.fingerprint import data_fingerprint
-from .outputs import write_json  # noqa: F401  (re-exported: experiment.write_json)
-from .preflight import check_room
-from .run_dir import CHECKPOINT, OutputDirError  # noqa: F401  (re-exported)
-from .train import TrainConfig, log_to_stderr, evaluate, train
+from .. import __version__
+from ..io import run_dir
+from ..data.fingerprint import data_fingerprint
+from ..io.atomic import write_json  # noqa: F401  (re-exported: experiment.write_json)
+from ..method.preflight import check_room
+from ..io.run_dir import CHECKPOINT, OutputDirError  # noqa: F401  (re-exported)
+from ..method.config import TrainConfig
+from ..method.evaluate import evaluate
+from ..method.train import log_to_stderr, train
 
 METRICS = "metrics.json"
 
@@ -71,7 +74,7 @@ def data_summary(data) -> dict:
 def baselines(result, data, topk: int) -> dict:
     """The linear hasher (trained on the run's fitted training items, with its proxies and input
     normalisers) and chance, scored on the same queries and database as the run."""
-    from .baselines import chance_map, linear_hasher
+    from ..method.baselines import chance_map, linear_hasher
 
     split = result.state.get("split") or {"fit_idx": data.train_idx, "val_idx": data.train_idx[:0]}
     return {"linear": linear_hasher(result.model, data, split["fit_idx"], split["val_idx"], topk=topk),
@@ -122,7 +125,7 @@ def run_experiment(data, cfg: TrainConfig, out_dir: str, *, resume: bool = False
     nproc > 1 (or a torchrun launch) trains on several processes (dchml/distributed_train.py); only
     rank 0 of a torchrun job evaluates and writes, the other ranks get (None, TrainResult).
     lock: hold out_dir's run lock (run_dir.claim) meanwhile; False when the caller holds it."""
-    from . import distributed_train
+    from ..distributed import training as distributed_train
 
     if lock and distributed_train.is_main_process():
         with run_dir.claim(out_dir, resume=resume, force=force):
@@ -131,7 +134,7 @@ def run_experiment(data, cfg: TrainConfig, out_dir: str, *, resume: bool = False
 
 
 def _run_experiment(data, cfg, out_dir, resume, force, progress, log, command, nproc):
-    from . import distributed_train
+    from ..distributed import training as distributed_train
 
     main = distributed_train.is_main_process()
     if main:

@@ -22,7 +22,7 @@ import fcntl
 import os
 from contextlib import contextmanager
 
-from .outputs import OutputError, is_temp_file
+from .atomic import OutputError, is_temp_file
 
 LOCK_NAME = ".dchml.lock"
 CHECKPOINT = "checkpoint.pt"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .data.dataset import DataError
-from .data.textlist import read_captions
-from .data.vocab import Vocabulary
+from ..data.dataset import DataError
+from ..data.textlist import read_captions
+from ..data.vocab import Vocabulary
 
 
 def text_rows(encoders: dict, path: str, *, device="cpu", log=None) -> torch.Tensor:
@@ -32,7 +32,7 @@ def text_rows(encoders: dict, path: str, *, device="cpu", log=None) -> torch.Ten
         raise DataError("this checkpoint was trained on ready-made bag-of-words rows, so it has no vocabulary "
                         "to read captions with; give a .npy of bag-of-words rows instead")
     if text.get("kind") == "clip":
-        from .backbones import ClipTextEncoder
+        from ..method.backbones import ClipTextEncoder
 
         weights = text.get("weights")
         if not weights or not os.path.isfile(weights):
@@ -50,8 +50,8 @@ def text_rows(encoders: dict, path: str, *, device="cpu", log=None) -> torch.Ten
 def image_rows(encoders: dict, model_spec: dict, path: str, *, device="cpu", workers: int = 2):
     """The model's image input for the image files listed in `path`: an ImageSource for a model
     on pixels, else features from the backbone recorded in `encoders["image"]`."""
-    from .data.images import file_source
-    from .data.textlist import image_names
+    from ..data.images import file_source
+    from ..data.textlist import image_names
 
     names = image_names(Path(path))
     if not names:
@@ -66,7 +66,7 @@ def image_rows(encoders: dict, model_spec: dict, path: str, *, device="cpu", wor
     weights = image.get("weights")
     if weights != "random" and not (weights and os.path.isfile(weights)):
         raise DataError(f"the backbone weights the features were made with are not found ({weights})")
-    from .features import extract_rows, image_extractor
+    from ..method.features import extract_rows, image_extractor
 
     source = file_source(names, folder, image["image_size"], origin=str(path), unit="line", workers=workers)
     extractor = image_extractor(image["backbone"], weights, image["image_size"]).to(device)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.images import ImageSource
+from ..data.images import ImageSource
 from .models import CrossModalHashModel, IHNet, THNet, sgn
 
 # Images streamed from disk are encoded this many at a time whatever batch_size says: a batch of
@@ -96,6 +96,6 @@ def encode(model: nn.Module, batch, modality: str | None = None, **kw) -> torch.
     """Packed binary codes, uint8 (n, ceil(k/8)), for image pixels (n, 3, H, W) uint8, image
     features (n, d) or bag-of-words text (n, d). `model` is a CrossModalHashModel (modality
     inferred from the shape when unambiguous) or an IHNet / THNet."""
-    from . import pack_codes  # the ranker's packing, so codes match HammingIndex bit for bit
+    from ..retrieval.codes import pack_codes  # the ranker's packing, so codes match HammingIndex bit for bit
 
     return pack_codes(hash_codes(model, batch, modality, **kw))

@@ -16,10 +16,10 @@ import zipfile
 import numpy as np
 import torch
 
-from . import ops
-from ._C import cuda_built
+from .. import ops
+from ..ops.library import cuda_built
 from .codes import as_packed, label_pair, packed_pair
-from .outputs import write_atomic
+from ..io.atomic import write_atomic
 from .metrics import check_map_options
 
 _FORMAT_VERSION = 1

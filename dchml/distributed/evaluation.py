@@ -31,91 +31,20 @@ the others blocked in a collective.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Optional
 
 import torch
-import torch.distributed as dist
 
-from . import ops
-from .codes import as_label_bits, as_packed, as_tensor
-from .metrics import TIES, check_map_options
+from .. import ops
+from ..retrieval.codes import as_label_bits, as_packed, as_tensor
+from ..retrieval.metrics import TIES, check_map_options
+from .group import Group, run_on_every_rank
 
 __all__ = ["hamming_topk", "mean_average_precision"]
 
 # Largest number of (query, candidate) entries one block of queries may hold in memory at once
 # (indices + distances + relevance: ~16 bytes each, so ~128 MiB). All ranks derive the same query
 # blocks from it, which the collectives require.
-_BLOCK_ELEMENTS = 1 << 23
-_MESSAGE_BYTES = 1024
-
-
-# --- process group plumbing ---------------------------------------------------------------------
-
-
-class _Group:
-    """The process group, this rank's place in it, and the device its collectives use."""
-
-    def __init__(self, group, data_device: torch.device):
-        if not dist.is_available() or not dist.is_initialized():
-            raise RuntimeError(
-                "torch.distributed is not initialized: call torch.distributed.init_process_group "
-                "(or launch with torchrun) before dchml.distributed; for one process use "
-                "dchml.mean_average_precision / dchml.hamming_topk"
-            )
-        self.group = group
-        self.rank = dist.get_rank(group)
-        self.world = dist.get_world_size(group)
-        if self.rank < 0:
-            raise RuntimeError("this process is not a member of the given process group")
-        backend = str(dist.get_backend(group)).lower()
-        # NCCL only moves CUDA tensors and Gloo is at home with CPU ones; a group with both
-        # backends ("cpu:gloo,cuda:nccl") takes the tensors where they already are.
-        if "nccl" in backend and "gloo" not in backend:
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        elif "nccl" in backend and data_device.type == "cuda":
-            self.device = data_device
-        else:
-            self.device = torch.device("cpu")
-
-    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
-        """(world, *t.shape) with every rank's t, in rank order (t must have one shape on all ranks)."""
-        src = t.to(self.device).contiguous()
-        out = [torch.empty_like(src) for _ in range(self.world)]
-        dist.all_gather(out, src, group=self.group)
-        return torch.stack(out)
-
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        buf = t.to(self.device).contiguous()
-        dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.group)
-        return buf
-
-    def raise_if_any_failed(self, error: Optional[BaseException], what: str) -> None:
-        """Collective: every rank calls it after a local step. If any rank's step failed, every
-        rank raises (the failing rank its own exception, the others one that names it)."""
-        flags = self.all_gather(torch.tensor([0 if error is None else 1], dtype=torch.int64))
-        failed = [r for r in range(self.world) if int(flags[r, 0]) != 0]
-        if not failed:
-            return
-        text = b"" if error is None else f"{type(error).__name__}: {error}".encode()[:_MESSAGE_BYTES]
-        msg = torch.zeros(_MESSAGE_BYTES, dtype=torch.uint8)
-        msg[: len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8) if text else msg[:0]
-        messages = self.all_gather(msg).cpu()
-        if error is not None:
-            raise error
-        first = failed[0]
-        detail = bytes(messages[first].tolist()).rstrip(b"\0").decode(errors="replace")
-        raise ValueError(f"{what}: rank {first} of {self.world} failed: {detail}")
-
-
-def _run_on_every_rank(group: _Group, what: str, step: Callable[[], object]):
-    """Run a local step; if it fails on any rank, raise on every rank (no rank is left waiting)."""
-    result, error = None, None
-    try:
-        result = step()
-    except Exception as exc:  # noqa: BLE001  (re-raised below, on every rank)
-        error = exc
-    group.raise_if_any_failed(error, what)
-    return result
+BLOCK_ELEMENTS = 1 << 23
 
 
 # --- local input preparation --------------------------------------------------------------------
@@ -225,7 +154,7 @@ class _Agreed:
 
 
 def _query_blocks(nq: int, per_query: int):
-    step = max(1, _BLOCK_ELEMENTS // max(1, per_query))
+    step = max(1, BLOCK_ELEMENTS // max(1, per_query))
     for start in range(0, nq, step):
         yield start, min(nq, start + step)
 
@@ -253,7 +182,7 @@ class _Candidates:
     `rank` is x's exact global rank; if not, the whole global top K precedes x, so `rank` >= K.
     """
 
-    def __init__(self, group: _Group, agreed: _Agreed, local: _Local, lo: int, hi: int, k: int):
+    def __init__(self, group: Group, agreed: _Agreed, local: _Local, lo: int, hi: int, k: int):
         q = local.query[lo:hi]
         nq = hi - lo
         k_local = min(k, local.n)
@@ -270,7 +199,7 @@ class _Candidates:
             hist.scatter_add_(1, d, torch.ones(1, dtype=torch.int64, device=dev).expand_as(d))
             return d, i, hist
 
-        d, i, hist = _run_on_every_rank(group, "local hamming_topk", rank_locally)
+        d, i, hist = run_on_every_rank(group, "local hamming_topk", rank_locally)
         # (world, nq, bits + 1); the counts are <= k, so int32 halves the bytes on the wire
         hists = group.all_gather(hist.to(_wire_dtype(k))).to(dev, torch.int64)
         total = hists.sum(0)
@@ -362,7 +291,7 @@ def _setup(fn, group, query_codes, db_shard_codes, requested_k, ties="index", qu
     """Validate locally, then agree across ranks; raises on every rank if any rank is wrong.
     requested_k() checks the caller's options and returns its k (-1: the whole database)."""
     device = query_codes.device if isinstance(query_codes, torch.Tensor) else torch.device("cpu")
-    g = _Group(group, device)
+    g = Group(group, device)
     local, meta, error = None, None, None
     try:
         k_requested = requested_k()
@@ -442,7 +371,7 @@ def _average_precision(g, agreed, local, lo, hi, k, expected):
     cand = _Candidates(g, agreed, local, lo, hi, k)
     ql = local.query_labels[lo:hi]
 
-    rel = _run_on_every_rank(g, "relevance", lambda: _relevance(local, lo, hi, cand.local_index))
+    rel = run_on_every_rank(g, "relevance", lambda: _relevance(local, lo, hi, cand.local_index))
     relevant = _unpack_bits(g.all_reduce_sum(cand.scatter_bits(rel)), k)
     dist = cand.global_distances(k)
     nq = hi - lo
@@ -459,6 +388,6 @@ def _average_precision(g, agreed, local, lo, hi, k, expected):
                                                              ql, local.db_labels)
             return torch.cat([every.gather(1, cut), rel_hist.gather(1, cut)], 1)
 
-        stats = g.all_reduce_sum(_run_on_every_rank(g, "hamming_histogram_relevant", cut_group)).cpu()
+        stats = g.all_reduce_sum(run_on_every_rank(g, "hamming_histogram_relevant", cut_group)).cpu()
         cut_total, cut_relevant = stats[:, 0], stats[:, 1]
     return ops.hamming_ap_from_ranking(dist, relevant, cut_total, cut_relevant, expected)

@@ -39,14 +39,16 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from . import train as _single
-from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .distributed import _Group as EvalGroup
-from .distributed import mean_average_precision as _sharded_map
-from .encoding import hash_codes
-from .objective import step_loss
-from .outputs import OutputError
-from .train import TrainConfig, TrainResult, check_finite, set_learning_rate
+from ..method import train as single_process
+from ..method.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .group import Group
+from .evaluation import mean_average_precision as _sharded_map
+from ..method.encoding import hash_codes
+from ..method.objective import step_loss
+from ..io.atomic import OutputError
+from ..method.config import TrainConfig, resolve_device
+from ..method.passes import check_finite, set_learning_rate
+from ..method.train import TrainResult
 
 __all__ = ["train", "launched_by_torchrun", "is_main_process"]
 
@@ -68,7 +70,7 @@ def is_main_process() -> bool:
 
 def train(data, config: TrainConfig | None = None, *, nproc: int | None = None,
           checkpoint_path: str | None = None, resume: bool = False, progress: bool | None = None,
-          log=_single.log_to_stderr, on_epoch_end=None) -> TrainResult:
+          log=single_process.log_to_stderr, on_epoch_end=None) -> TrainResult:
     """Algorithm 1 over several processes; same arguments and result as `dchml.train.train`.
 
     nproc: processes to spawn on this machine (None or 1: one process, unless a process group
@@ -95,7 +97,7 @@ def train(data, config: TrainConfig | None = None, *, nproc: int | None = None,
         return _train_in_group(data, cfg, checkpoint_path, resume, progress, log, on_epoch_end)
     if launched_by_torchrun():
         _check_nproc(nproc, int(os.environ["WORLD_SIZE"]))
-        device = _single.resolve_device(cfg.device)
+        device = resolve_device(cfg.device)
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         # The group stays up for the rest of the process (later calls reuse it): destroying and
@@ -104,7 +106,7 @@ def train(data, config: TrainConfig | None = None, *, nproc: int | None = None,
         atexit.register(_destroy_group)
         return _train_in_group(data, cfg, checkpoint_path, resume, progress, log, on_epoch_end)
     if nproc is None or nproc == 1:
-        return _single.train(data, cfg, checkpoint_path=checkpoint_path, resume=resume, progress=progress,
+        return single_process.train(data, cfg, checkpoint_path=checkpoint_path, resume=resume, progress=progress,
                              log=log, on_epoch_end=on_epoch_end)
     if on_epoch_end is not None:
         raise ValueError("on_epoch_end cannot be called inside spawned workers; run under torchrun instead")
@@ -125,7 +127,7 @@ def _check_nproc(nproc, world: int) -> None:
 
 
 def _spawn(data, cfg, nproc, checkpoint_path, resume, progress, log) -> TrainResult:
-    device = _single.resolve_device(cfg.device)  # a clear error here, before any process starts
+    device = resolve_device(cfg.device)  # a clear error here, before any process starts
     if device.type == "cuda" and torch.cuda.device_count() < nproc:
         raise ValueError(f"nproc={nproc} CUDA processes need {nproc} GPUs, found {torch.cuda.device_count()}")
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=_TIMEOUT)
@@ -138,9 +140,12 @@ def _spawn(data, cfg, nproc, checkpoint_path, resume, progress, log) -> TrainRes
             torch.multiprocessing.start_processes(_worker, args=args, nprocs=nproc, join=True,
                                                   start_method="spawn")
         except torch.multiprocessing.ProcessRaisedException as exc:
-            failure = _recorded_failure(tmp, exc.error_index)
+            # Every rank records its failure; the lowest rank's is usually the cause (the others
+            # name it), when it got to write it before the workers were stopped.
+            failures = [(rank, f) for rank in range(nproc) if (f := _recorded_failure(tmp, rank))]
+            rank, failure = failures[0] if failures else (exc.error_index, None)
             if failure and failure["user_error"]:
-                raise WorkerError(f"rank {exc.error_index} of {nproc}: {failure['message']}") from None
+                raise WorkerError(f"rank {rank} of {nproc}: {failure['message']}") from None
             lines = [line for line in str(exc).strip().splitlines() if line.strip()]
             raise RuntimeError(f"distributed training failed: {lines[-1] if lines else exc}") from None
         except torch.multiprocessing.ProcessExitedException as exc:
@@ -182,7 +187,7 @@ def _recorded_failure(folder: str, rank: int) -> dict | None:
 def _worker(rank, world, port, data, cfg, path, resume, progress, logging, threads, failures):
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(threads)
-    device = _single.resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(rank)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # all ranks are on this machine
@@ -190,7 +195,7 @@ def _worker(rank, world, port, data, cfg, path, resume, progress, logging, threa
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
                             world_size=world, timeout=_TIMEOUT)
     try:
-        log = _single.log_to_stderr if logging else None
+        log = single_process.log_to_stderr if logging else None
         _train_in_group(data, cfg, path, resume, progress, log, None)
     except Exception as exc:
         _record_failure(failures, rank, exc)
@@ -204,7 +209,7 @@ def _worker(rank, world, port, data, cfg, path, resume, progress, logging, threa
 
 def _train_in_group(data, cfg, checkpoint_path, resume, progress, log, on_epoch_end) -> TrainResult:
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = _single.resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     if device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     main = rank == 0
@@ -219,8 +224,8 @@ def _train_in_group(data, cfg, checkpoint_path, resume, progress, log, on_epoch_
 
 def _run(data, cfg, device, rank, world, checkpoint_path, resume, progress, log, on_epoch_end):
     # Every rank reads the same checkpoint, or runs the same seeded start.
-    run = _single.start_run(data, cfg, device, checkpoint_path, resume, log)
-    return _single.run_epochs(data, run, device, DistributedPasses(rank, world, device),
+    run = single_process.start_run(data, cfg, device, checkpoint_path, resume, log)
+    return single_process.run_epochs(data, run, device, DistributedPasses(rank, world, device),
                               checkpoint_path=checkpoint_path, progress=progress, log=log,
                               on_epoch_end=on_epoch_end, resumed=resume)
 
@@ -233,7 +238,7 @@ class DistributedPasses:
         self.rank, self.world, self.device = rank, world, device
         self.main = rank == 0
         self.label = f" x{world}"
-        self.group = EvalGroup(None, device)  # rank agreement helpers of dchml.distributed
+        self.group = Group(None, device)  # rank agreement helpers of dchml.distributed
         self.nets = {}
 
     def prepare(self, run, log) -> None:

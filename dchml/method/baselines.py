@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .metrics import mean_average_precision
+from ..retrieval.metrics import mean_average_precision
 from .models import CrossModalHashModel, sgn
 
 RIDGE_STRENGTHS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # times the mean eigenvalue of X^T X / n

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from . import ops
+from .. import ops
 from .codes import as_tensor, label_pair, packed_pair
 
 TIES = ("index", "expected")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import losses, ops
+from . import functional as losses
+from .. import ops
 
 
 def _proxy_buffer(proxies):
@@ -22,9 +23,9 @@ class MarginDynamicSoftmaxLoss(nn.Module):
     def __init__(self, proxies, *, eta=0.3, mu=0.3, reduction="mean"):
         super().__init__()
         self.register_buffer("proxies", _proxy_buffer(proxies))
-        self.eta, self.mu = ops._check_scale("eta", float(eta)), ops._check_scalar("mu", float(mu))
+        self.eta, self.mu = ops.check_scale("eta", float(eta)), ops.check_scalar("mu", float(mu))
         self.reduction = reduction
-        losses._check_reduction(reduction)
+        losses.check_reduction(reduction)
 
     def forward(self, codes, labels, other=None):
         return losses.margin_dynamic_softmax(codes, self.proxies, labels, eta=self.eta, mu=self.mu,
@@ -40,9 +41,9 @@ class PartialSoftmaxLoss(nn.Module):
     def __init__(self, proxies, *, gamma=0.2, sigma=0.2, reduction="mean"):
         super().__init__()
         self.register_buffer("proxies", _proxy_buffer(proxies))
-        self.gamma, self.sigma = ops._check_scale("gamma", float(gamma)), ops._check_scalar("sigma", float(sigma))
+        self.gamma, self.sigma = ops.check_scale("gamma", float(gamma)), ops.check_scalar("sigma", float(sigma))
         self.reduction = reduction
-        losses._check_reduction(reduction)
+        losses.check_reduction(reduction)
 
     def forward(self, codes, labels):
         return losses.partial_softmax(codes, self.proxies, labels, gamma=self.gamma, sigma=self.sigma,

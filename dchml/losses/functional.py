@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import ops
+from .. import ops
 
 
 def _reduce(rows: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -23,7 +23,7 @@ def _reduce(rows: torch.Tensor, reduction: str) -> torch.Tensor:
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-def _check_reduction(reduction):
+def check_reduction(reduction):
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
@@ -37,7 +37,7 @@ def margin_dynamic_softmax(codes, proxies, labels, *, eta=0.3, mu=0.3, other=Non
     the numerator's surrogate score comes from `codes` and the denominator (surrogate and negatives)
     from `other`; gradients flow to both. reduction: "mean", "sum" or "none" (per-row losses).
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     if reduction != "none":
         return ops.mds_loss_reduced(codes, proxies, labels, reduction, eta=eta, mu=mu, other=other)
     return ops.mds_loss_rows(codes, proxies, labels, eta=eta, mu=mu, other=other)
@@ -46,7 +46,7 @@ def margin_dynamic_softmax(codes, proxies, labels, *, eta=0.3, mu=0.3, other=Non
 def partial_softmax(codes, proxies, labels, *, gamma=0.2, sigma=0.2, reduction="mean"):
     """PSLDH partial-softmax loss (§6): one softmax per positive p, {gamma (b.g_p - sigma k)}
     against the row's negatives {gamma b.g_q}, averaged over the row's positives."""
-    _check_reduction(reduction)
+    check_reduction(reduction)
     if reduction != "none":
         return ops.partial_softmax_reduced(codes, proxies, labels, reduction, gamma=gamma, sigma=sigma)
     return ops.partial_softmax_rows(codes, proxies, labels, gamma=gamma, sigma=sigma)

@@ -23,7 +23,7 @@ import warnings
 import torch
 
 from .models import CrossModalHashModel
-from .outputs import write_atomic
+from ..io.atomic import write_atomic
 
 FORMAT = "dchml-checkpoint"
 VERSION = 3  # 2: data fingerprint, training-row hashes, source; 3: input normalisers, split, selection

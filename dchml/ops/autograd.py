@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import ops
+from .loss import mds_loss_backward, mds_loss_rows_for_backward
 
 
 class MarginDynamicSoftmax(torch.autograd.Function):
@@ -21,7 +21,7 @@ class MarginDynamicSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, codes, proxies, labels, eta=0.3, mu=0.3, other=None):
-        loss, (proxies, labels, indices, lse, eta, mu) = ops.mds_loss_rows_for_backward(
+        loss, (proxies, labels, indices, lse, eta, mu) = mds_loss_rows_for_backward(
             codes, proxies, labels, eta=eta, mu=mu, other=other)
         # tensors through save_for_backward (version-checked), the two scalars on ctx
         ctx.save_for_backward(codes, other, proxies, labels, indices, lse)
@@ -31,6 +31,6 @@ class MarginDynamicSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         codes, other, proxies, labels, indices, lse = ctx.saved_tensors
-        grad_codes, grad_other = ops.mds_loss_backward(grad_loss, codes, other,
+        grad_codes, grad_other = mds_loss_backward(grad_loss, codes, other,
                                                        (proxies, labels, indices, lse, ctx.eta, ctx.mu))
         return grad_codes, None, None, None, None, grad_other

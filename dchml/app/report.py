@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .outputs import write_atomic, write_text  # noqa: E402
+from ..io.atomic import write_atomic, write_text  # noqa: E402
 
 TASKS = (("i2t", "I->T (image query, text database)"), ("t2i", "T->I (text query, image database)"))
 LABELS = {"dchml": "DCHML", "dchml_p": "DCHML_P", "dchml_q": "DCHML_Q"}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .losses import margin_dynamic_softmax, pairwise_proxy_loss
+from ..losses.functional import margin_dynamic_softmax, pairwise_proxy_loss
 
 METHODS = ("dchml", "dchml_q", "dchml_p")
 

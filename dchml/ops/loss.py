@@ -1,186 +1,12 @@
-"""The only module that touches `torch.ops.dchml`: thin wrappers with input validation, fake
-(meta) kernels for torch.compile, and autograd registration.
-
-Every public function here checks its inputs and raises a clear Python exception (naming the
-argument, what was expected and what was received) before any kernel runs, so that a kernel
-never sees an input it was not written for.
-"""
+"""The loss operators (margin-dynamic-softmax, PSLDH partial softmax): label normalisation, the
+per-step fast path, thin wrappers around `torch.ops.dchml.*`, and their fake kernels."""
 from __future__ import annotations
 
 import math
 
 import torch
 
-from . import _C
-
-
-def require_device_support(name: str, tensor: torch.Tensor) -> None:
-    """Raise a clear error for a tensor on a device this build has no kernels for."""
-    if tensor.device.type == "cuda" and not _C.cuda_built():
-        raise RuntimeError(
-            f"{name} is a CUDA tensor, but dchml was built without CUDA support; "
-            "rebuild with a CUDA toolkit (FORCE_CUDA=1) or move the tensor to the CPU"
-        )
-    if tensor.device.type not in ("cpu", "cuda"):
-        raise ValueError(f"{name} is on device {tensor.device}; dchml supports cpu and cuda tensors")
-
-
-def require_same_device(**tensors: torch.Tensor) -> None:
-    # fast path (called on every loss step): all on the CPU
-    for t in tensors.values():
-        if t is not None and t.device.type != "cpu":
-            break
-    else:
-        return
-    devices = {name: t.device for name, t in tensors.items() if t is not None}
-    if len(set(devices.values())) > 1:
-        listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
-        raise ValueError(f"inputs must be on one device, got {listed}")
-    for name, t in tensors.items():
-        if t is not None:
-            require_device_support(name, t)
-
-
-# --- Hamming ranker ops -----------------------------------------------------------------------
-# Inputs here are already normalised by dchml/codes.py: packed uint8 codes (n, ceil(bits/8)) and
-# packed uint8 labels (n, ceil(c/8)). These wrappers check devices and ranges, then call the op.
-
-
-def _check_packed(name: str, t: torch.Tensor, bits: int) -> None:
-    if t.dtype != torch.uint8 or t.dim() != 2 or t.shape[1] != (bits + 7) // 8:
-        raise ValueError(f"{name} must be packed uint8 (n, {(bits + 7) // 8}) for {bits}-bit codes, "
-                         f"got {t.dim()}-D {t.dtype} of shape {tuple(t.shape)}")
-
-
-MAX_BITS = 65535  # the longest code the ranker takes (kMaxBits in csrc/core/hamming.h)
-MAX_CUDA_BITS = 1024  # ... on a GPU (kMaxCudaBits in csrc/ops/cuda/hamming_kernel.cu)
-
-
-def _check_pair(query: torch.Tensor, db: torch.Tensor, bits: int) -> None:
-    if not 1 <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be in [1, {MAX_BITS}], got {bits}")
-    _check_packed("query", query, bits)
-    _check_packed("db", db, bits)
-    require_same_device(query=query, db=db)
-
-
-def hamming_distance(query: torch.Tensor, db: torch.Tensor, bits: int) -> torch.Tensor:
-    _check_pair(query, db, bits)
-    return torch.ops.dchml.hamming_distance(query, db, bits)
-
-
-def hamming_histogram(query: torch.Tensor, db: torch.Tensor, bits: int) -> torch.Tensor:
-    _check_pair(query, db, bits)
-    return torch.ops.dchml.hamming_histogram(query, db, bits)
-
-
-def hamming_histogram_relevant(query, db, bits, query_labels, db_labels):
-    _check_pair(query, db, bits)
-    require_same_device(query=query, query_labels=query_labels, db_labels=db_labels)
-    return torch.ops.dchml.hamming_histogram_relevant(query, db, bits, query_labels, db_labels)
-
-
-def hamming_topk(query: torch.Tensor, db: torch.Tensor, bits: int, k: int):
-    _check_pair(query, db, bits)
-    if not 1 <= k <= db.shape[0]:
-        raise ValueError(f"k must be in [1, {db.shape[0]}] (the database size), got {k}")
-    return torch.ops.dchml.hamming_topk(query, db, bits, k)
-
-
-def relevance(query_labels: torch.Tensor, db_labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """(nq, K) uint8: does query i share a label with its r-th neighbour; chunked over queries."""
-    out = torch.empty(index.shape, dtype=torch.uint8, device=index.device)
-    step = max(1, (1 << 26) // max(1, index.shape[1] * db_labels.shape[1]))
-    for s in range(0, index.shape[0], step):
-        idx = index[s:s + step]
-        both = query_labels[s:s + step, None, :] & db_labels[idx]
-        out[s:s + step] = (both != 0).any(dim=2)
-    return out
-
-
-def hamming_average_precision(query, db, bits, k, query_labels, db_labels, expected):
-    """Per-query AP@k (float64). CPU: one fused pass. CUDA: top-k kernel, then relevance and AP
-    on the GPU (ties by index) or, for the tie-aware expectation, the AP arithmetic on the CPU."""
-    _check_pair(query, db, bits)
-    require_same_device(query=query, query_labels=query_labels, db_labels=db_labels)
-    if k < 1:
-        raise ValueError(f"topk must be >= 1, got {k}")
-    nq, ndb = query.shape[0], db.shape[0]
-    if ndb == 0 or nq == 0:
-        return torch.zeros(nq, dtype=torch.float64, device=query.device)
-    k = min(k, ndb)
-    if query.device.type == "cpu":
-        return torch.ops.dchml.hamming_average_precision(query, db, bits, k, query_labels, db_labels, expected)
-    dist, index = torch.ops.dchml.hamming_topk(query, db, bits, k)
-    rel = relevance(query_labels, db_labels, index)
-    if not expected:
-        relf = rel.to(torch.float64)
-        hits = relf.cumsum(dim=1)
-        ranks = torch.arange(1, k + 1, device=query.device, dtype=torch.float64)
-        total = relf.sum(dim=1)
-        return torch.where(total > 0, (relf * hits / ranks).sum(dim=1) / total.clamp_min(1), 0.0)
-    hist_all, hist_rel = torch.ops.dchml.hamming_histogram_relevant(query, db, bits, query_labels, db_labels)
-    cut = dist[:, -1:].long()
-    cut_total = hist_all.gather(1, cut)[:, 0]
-    cut_relevant = hist_rel.gather(1, cut)[:, 0]
-    return hamming_ap_from_ranking(dist, rel, cut_total, cut_relevant, True).to(query.device)
-
-
-def hamming_ap_from_ranking(dist, relevant, cut_total, cut_relevant, expected: bool) -> torch.Tensor:
-    """Per-query AP (float64, on the CPU) from a known top-K list: distances (nq, K), relevance
-    (nq, K), and the size / relevant count of the whole tie group at the cut (used when
-    `expected`). The same arithmetic as the fused CPU path, so callers that assemble a top-K
-    themselves (chunked index, sharded evaluation) get its results bit for bit."""
-    return torch.ops.dchml.hamming_ap_from_ranking(
-        dist.to("cpu", torch.int32).contiguous(), relevant.to("cpu", torch.uint8).contiguous(),
-        cut_total.to("cpu", torch.int64).contiguous(), cut_relevant.to("cpu", torch.int64).contiguous(),
-        expected)
-
-
-def hamming_isa(request: str = "") -> str:
-    """The CPU engine's SIMD path ('avx512', 'avx2' or 'portable'); a name forces that path
-    (clamped to what the CPU supports), 'best' restores the default."""
-    if request == "best":
-        request = torch.ops.dchml._hamming_best_isa()
-    return torch.ops.dchml._hamming_isa(request)
-
-
-def loss_tables(enable: bool | None = None) -> bool:
-    """Whether the CPU loss kernels run float32 products through their AVX-512 lookup tables;
-    True/False switches them on (where the CPU supports it) or off. For tests and benchmarks."""
-    return torch.ops.dchml._loss_tables(-1 if enable is None else int(bool(enable)))
-
-
-@torch.library.register_fake("dchml::hamming_distance")
-def _(query, db, bits):
-    return query.new_empty((query.shape[0], db.shape[0]), dtype=torch.int32)
-
-
-@torch.library.register_fake("dchml::hamming_histogram")
-def _(query, db, bits):
-    return query.new_empty((query.shape[0], bits + 1), dtype=torch.int64)
-
-
-@torch.library.register_fake("dchml::hamming_histogram_relevant")
-def _(query, db, bits, query_labels, db_labels):
-    shape = (query.shape[0], bits + 1)
-    return query.new_empty(shape, dtype=torch.int64), query.new_empty(shape, dtype=torch.int64)
-
-
-@torch.library.register_fake("dchml::hamming_topk")
-def _(query, db, bits, k):
-    shape = (query.shape[0], k)
-    return query.new_empty(shape, dtype=torch.int32), query.new_empty(shape, dtype=torch.int64)
-
-
-@torch.library.register_fake("dchml::hamming_average_precision")
-def _(query, db, bits, k, query_labels, db_labels, expected):
-    return query.new_empty((query.shape[0],), dtype=torch.float64)
-
-
-@torch.library.register_fake("dchml::hamming_ap_from_ranking")
-def _(dist, relevant, cut_total, cut_relevant, expected):
-    return dist.new_empty((dist.shape[0],), dtype=torch.float64)
+from .checks import check_codes, check_scalar, check_scale, require_same_device
 
 
 # --- Margin-dynamic-softmax loss ops ------------------------------------------------------------
@@ -195,18 +21,6 @@ def _(dist, relevant, cut_total, cut_relevant, expected):
 # (positives of row i: indices[offsets[i]:offsets[i+1]]). Unsorted sparse rows are sorted;
 # duplicate positives are an error (a duplicated label is a data bug).
 
-_FLOAT_CODES = (torch.float32, torch.float64)
-
-
-def _check_codes(codes, name="codes"):
-    if not isinstance(codes, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(codes).__name__}")
-    if codes.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (n, k), got shape {tuple(codes.shape)}")
-    if codes.dtype not in _FLOAT_CODES:
-        raise TypeError(f"{name} must be float32 or float64, got {codes.dtype}")
-
-
 def _prepare_proxies(proxies, codes):
     """Proxies in a kernel dtype: int8 as given, any float converted to the codes' dtype."""
     if not isinstance(proxies, torch.Tensor):
@@ -218,22 +32,6 @@ def _prepare_proxies(proxies, codes):
     if proxies.is_floating_point():
         return proxies if proxies.dtype == codes.dtype else proxies.to(codes.dtype)
     raise TypeError(f"proxies must be ±1 as int8 or a floating dtype, got {proxies.dtype}")
-
-
-def _check_scalar(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
-
-
-def _check_scale(name, value):
-    """The softmax scale (eta, or PSLDH's gamma): a negative one turns the loss upside down."""
-    value = _check_scalar(name, value)
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
 
 
 def _normalise_sparse_rows(offsets, indices, n, c, device):
@@ -306,17 +104,17 @@ def normalise_labels(labels, n: int, c: int, device):
     return normalise_labels(labels.as_subclass(torch.Tensor), n, c, device)  # a Tensor subclass
 
 
-def _prepare_loss_inputs(codes, proxies, labels, other):
+def prepare_loss_inputs(codes, proxies, labels, other):
     # Runs on every training step: at the paper's scale each microsecond here is ~1.5% of a step,
     # so the all-on-the-CPU case reads is_cpu (an attribute) instead of building torch.device
     # objects; the kernels re-check every shape, dtype and device in C++ anyway.
-    _check_codes(codes)
+    check_codes(codes)
     if not isinstance(proxies, torch.Tensor):
         raise TypeError(f"proxies must be a tensor, got {type(proxies).__name__}")
     if not (codes.is_cpu and proxies.is_cpu and (other is None or other.is_cpu)):
         require_same_device(codes=codes, proxies=proxies, other=other)
     if other is not None:
-        _check_codes(other, "other")
+        check_codes(other, "other")
         if other.shape != codes.shape or other.dtype != codes.dtype:
             raise ValueError(f"other must match codes: shape {tuple(codes.shape)} and dtype {codes.dtype}, "
                              f"got {tuple(other.shape)} and {other.dtype}")
@@ -351,9 +149,9 @@ def mds_loss_rows(codes, proxies, labels, *, eta=0.3, mu=0.3, other=None):
                            codes, other, proxies, labels, None, eta, mu)
     if loss is not None:
         return loss
-    proxies, labels, indices = _prepare_loss_inputs(codes, proxies, labels, other)
+    proxies, labels, indices = prepare_loss_inputs(codes, proxies, labels, other)
     loss, _ = torch.ops.dchml.mds_loss.default(codes, other, proxies, labels, indices,
-                                       _check_scale("eta", eta), _check_scalar("mu", mu))
+                                       check_scale("eta", eta), check_scalar("mu", mu))
     return loss
 
 
@@ -370,9 +168,9 @@ def mds_loss_reduced(codes, proxies, labels, reduction, *, eta=0.3, mu=0.3, othe
                            codes, other, proxies, labels, None, eta, mu, code)
     if loss is not None:
         return loss
-    proxies, labels, indices = _prepare_loss_inputs(codes, proxies, labels, other)
+    proxies, labels, indices = prepare_loss_inputs(codes, proxies, labels, other)
     loss, _ = torch.ops.dchml.mds_loss_reduced.default(codes, other, proxies, labels, indices,
-                                                       _check_scale("eta", eta), _check_scalar("mu", mu), code)
+                                                       check_scale("eta", eta), check_scalar("mu", mu), code)
     return loss
 
 
@@ -383,17 +181,17 @@ def partial_softmax_reduced(codes, proxies, labels, reduction, *, gamma=0.2, sig
                            codes, proxies, labels, None, gamma, sigma, code)
     if loss is not None:
         return loss
-    proxies, labels, indices = _prepare_loss_inputs(codes, proxies, labels, None)
+    proxies, labels, indices = prepare_loss_inputs(codes, proxies, labels, None)
     loss, _ = torch.ops.dchml.partial_softmax_loss_reduced.default(
-        codes, proxies, labels, indices, _check_scale("gamma", gamma), _check_scalar("sigma", sigma), code)
+        codes, proxies, labels, indices, check_scale("gamma", gamma), check_scalar("sigma", sigma), code)
     return loss
 
 
 def mds_loss_rows_for_backward(codes, proxies, labels, *, eta=0.3, mu=0.3, other=None):
     """Per-row margin-dynamic-softmax loss without the registered autograd, for a caller that runs
     its own backward (dchml.autograd): returns (loss, saved), saved to pass to mds_loss_backward."""
-    proxies, labels, indices = _prepare_loss_inputs(codes, proxies, labels, other)
-    eta, mu = _check_scale("eta", eta), _check_scalar("mu", mu)
+    proxies, labels, indices = prepare_loss_inputs(codes, proxies, labels, other)
+    eta, mu = check_scale("eta", eta), check_scalar("mu", mu)
     with torch.no_grad():
         loss, lse = torch.ops.dchml.mds_loss.default(codes, other, proxies, labels, indices, eta, mu)
     return loss, (proxies, labels, indices, lse, eta, mu)
@@ -413,10 +211,16 @@ def partial_softmax_rows(codes, proxies, labels, *, gamma=0.2, sigma=0.2):
                            codes, proxies, labels, None, gamma, sigma)
     if loss is not None:
         return loss
-    proxies, labels, indices = _prepare_loss_inputs(codes, proxies, labels, None)
+    proxies, labels, indices = prepare_loss_inputs(codes, proxies, labels, None)
     loss, _ = torch.ops.dchml.partial_softmax_loss.default(codes, proxies, labels, indices,
-                                                   _check_scale("gamma", gamma), _check_scalar("sigma", sigma))
+                                                   check_scale("gamma", gamma), check_scalar("sigma", sigma))
     return loss
+
+
+def loss_tables(enable: bool | None = None) -> bool:
+    """Whether the CPU loss kernels run float32 products through their AVX-512 lookup tables;
+    True/False switches them on (where the CPU supports it) or off. For tests and benchmarks."""
+    return torch.ops.dchml._loss_tables(-1 if enable is None else int(bool(enable)))
 
 
 @torch.library.register_fake("dchml::labels_to_csr")

@@ -1,0 +1,78 @@
+"""The `dchml` command line: train, eval, encode, search, demo, features.
+
+A user's mistake (bad path, bad flag value, corrupt file, existing output) prints ONE line
+`dchml <command>: error: ...` on stderr and exits with status 2, no traceback (set DCHML_DEBUG=1
+to see the traceback). Ctrl-C exits with 130 and says how to resume.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+
+from .arguments import UsageError, build_parser
+from .model_commands import cmd_encode, cmd_eval, cmd_features, cmd_search
+from .train_commands import cmd_demo, cmd_train
+
+EXIT_USAGE = 2
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "encode": cmd_encode, "search": cmd_search, "demo": cmd_demo,
+            "features": cmd_features}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    prog = "dchml"
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        args = parser.parse_args(argv)
+        prog = f"dchml {args.command}"
+        if getattr(args, "threads", None):
+            torch.set_num_threads(args.threads)
+        COMMANDS[args.command](args, argv)
+        return 0
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted{_after_interrupt(args if prog != 'dchml' else None)}", file=sys.stderr)
+        return 130
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    except Exception as exc:
+        if os.environ.get("DCHML_DEBUG") == "1" or not _is_user_error(exc):
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        torch.set_num_threads(threads)  # main() may run in-process (tests, notebooks)
+
+
+def _after_interrupt(args) -> str:
+    """What the user can do after Ctrl-C: only `train` can resume."""
+    if args is None or args.command not in ("train", "demo"):
+        return ""
+    from ..io.run_dir import CHECKPOINT
+
+    if args.command == "demo":
+        return f"; the demo cannot resume: run `dchml demo --out {shlex.quote(args.out)} --force` to start it again"
+    if os.path.isfile(os.path.join(args.out, CHECKPOINT)):
+        return (f"; the last completed epoch is in {os.path.join(args.out, CHECKPOINT)} "
+                f"(continue with `dchml train --out {shlex.quote(args.out)} --resume`)")
+    return "; no epoch was completed"
+
+
+def _is_user_error(exc) -> bool:
+    from ..method.checkpoint import CheckpointError
+    from ..data import DataError
+    from ..io.atomic import OutputError
+
+    return isinstance(exc, (UsageError, DataError, CheckpointError, OutputError, ValueError, FileNotFoundError,
+                            PermissionError, FloatingPointError, json.JSONDecodeError))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""`dchml train` and `dchml demo`: the commands that train models into an output folder."""
+from __future__ import annotations
+
+import os
+
+from .arguments import UsageError, command_line, config_from_args, load_data, log_for
+
+
+def cmd_train(args, argv):
+    from ..distributed import training as distributed_train
+    from ..io.run_dir import CHECKPOINT, check_output_dir, claim, refuse_if_in_use
+    from ..method.config import RECIPES
+
+    bits_list = args.bits or [None]
+    several = len(bits_list) > 1
+    if distributed_train.is_main_process():  # other torchrun ranks share rank 0's folder
+        refuse_if_in_use(args.out)
+    if args.resume:
+        check_output_dir(args.out, resume=True, several=several)
+    plans, recorded = [], None
+    for bits in bits_list:
+        out_dir = os.path.join(args.out, f"bits{bits}") if several else args.out
+        resume = args.resume and os.path.isfile(os.path.join(out_dir, CHECKPOINT))
+        fixed = {} if bits is None else {"bits": bits}
+        if resume:
+            base, source = _resumed(out_dir)
+            recorded = recorded or source
+            cfg = config_from_args(args, base, **fixed)
+            _check_resume_unchanged(cfg, base)
+        else:
+            cfg = config_from_args(args, RECIPES[args.recipe], **fixed)
+        plans.append((cfg, out_dir, resume))
+    _preflight(plans[0][0], args.out)
+    if not distributed_train.is_main_process():  # another rank of a torchrun job: rank 0 holds --out
+        return _train_into(args, argv, plans, recorded, several)
+    with claim(args.out, resume=args.resume, force=args.force, several=several):
+        return _train_into(args, argv, plans, recorded, several)
+
+
+def _resumed(out_dir: str):
+    """The interrupted run's config and data record: flags not given on the command line keep
+    its values."""
+    from ..method.checkpoint import load_checkpoint
+    from ..io.run_dir import CHECKPOINT
+
+    saved = load_checkpoint(os.path.join(out_dir, CHECKPOINT))
+    return saved["config"], saved["data"].get("source")
+
+
+def _check_resume_unchanged(cfg, base: dict) -> None:
+    from ..method.config import TrainConfig
+
+    saved = {**TrainConfig().to_dict(), **base}  # a field the checkpoint predates has its default value
+    changed = sorted(k for k, v in cfg.to_dict().items()
+                     if k not in ("epochs", "eval_every", "device") and saved.get(k) != v)
+    if changed:
+        raise UsageError(f"--resume continues the run as it was configured; cannot change {', '.join(changed)} "
+                         "(only --epochs, --eval-every and --device may differ)")
+
+
+def _preflight(cfg, out):
+    """Checks that need no data: the device and that --out can be written (the arguments'
+    ranges were checked by TrainConfig)."""
+    from ..io.run_dir import check_writable
+    from ..method.config import resolve_device
+
+    resolve_device(cfg.device)
+    check_writable(out)
+
+
+def _train_into(args, argv, plans, recorded, several):
+    from .experiment import run_experiment, write_json
+    from .report import write_report
+
+    data = load_data(args, plans[0][0].seed, recorded, plans[0][0].image_size)
+    runs = {}
+    for cfg, out_dir, resume in plans:
+        if several and log_for(args):
+            log_for(args)(f"[{cfg.bits} bits] training {cfg.method} into {out_dir}")
+        metrics, _ = run_experiment(data, cfg, out_dir, resume=resume, force=args.force,
+                                    progress=None if not args.quiet else False, log=log_for(args),
+                                    command=command_line(argv), nproc=args.nproc, lock=several)
+        if metrics is None:  # a rank > 0 of a torchrun job: rank 0 writes the outputs
+            return
+        runs[f"{cfg.method} {cfg.bits}"] = metrics
+        if not several:
+            write_report(out_dir, {cfg.method: metrics},
+                         title=f"dchml: {cfg.method.upper()} at {cfg.bits} bits on {data.name}")
+    if several:
+        write_json({"bits": [m["bits"] for m in runs.values()], "runs": runs}, os.path.join(args.out, "metrics.json"))
+        method = plans[0][0].method.upper()
+        write_report(args.out, runs, title=f"dchml: {method} at " + ", ".join(str(m["bits"]) for m in runs.values())
+                     + f" bits on {data.name}")
+    for metrics in runs.values():
+        linear = metrics["baselines"].get("linear", {})
+        versus = (f"; linear hasher {linear['i2t_map']:.4f} / {linear['t2i_map']:.4f}" if "i2t_map" in linear else "")
+        print(f"{metrics['method']} {metrics['bits']} bits: MAP@{metrics['topk']} I->T {metrics['i2t_map']:.4f}  "
+              f"T->I {metrics['t2i_map']:.4f}{versus} (kept epoch {metrics['selection']['kept_epoch']} of "
+              f"{metrics['epochs']}, {metrics['seconds_per_epoch']:.2f} s/epoch)")
+    print(f"report: {os.path.join(args.out, 'report.md')}")
+
+
+def cmd_demo(args, argv):
+    from ..io.run_dir import claim
+    from ..method.config import RECIPES
+
+    cfg = config_from_args(args, RECIPES[args.recipe])  # exactly `dchml train`'s defaults
+    _preflight(cfg, args.out)
+    with claim(args.out, force=args.force):
+        _demo_into(args, argv, cfg)
+
+
+def _demo_into(args, argv, cfg):
+    from ..data import load_dataset
+    from .experiment import run_experiment
+    from .report import write_report
+
+    data = load_dataset("synthetic", seed=cfg.seed)
+    log = log_for(args)
+    runs = {}
+    for method in ("dchml", "dchml_p"):
+        method_cfg = config_from_args(args, {**cfg.to_dict(), "method": method})
+        if log:
+            log(f"[demo] training {method} at {cfg.bits} bits for at most {cfg.epochs} epochs")
+        runs[method], _ = run_experiment(data, method_cfg, os.path.join(args.out, method), force=args.force,
+                                         progress=None if not args.quiet else False, log=log,
+                                         command=command_line(argv))
+    notes = [f"Recipe: {args.recipe} ({cfg.optimizer}, lr {cfg.lr}, {cfg.schedule} schedule, at most {cfg.epochs} "
+             "epochs, the epoch kept by validation MAP), the same defaults as `dchml train`.",
+             f"torch threads: {__import__('torch').get_num_threads()} (the demo defaults to one: on a shared 2-core "
+             "machine two threads are 5-20x slower as soon as another process is busy).",
+             "Per-run outputs (checkpoint.pt, metrics.json) are in the dchml/ and dchml_p/ subdirectories."]
+    path = write_report(args.out, runs, title="dchml demo: DCHML vs DCHML_P on the synthetic set", notes=notes)
+    for method, m in runs.items():
+        print(f"{method:8s} {m['bits']} bits: MAP@{m['topk']} I->T {m['i2t_map']:.4f}  T->I {m['t2i_map']:.4f}")
+    print(f"report: {path}")
