@@ -1,4 +1,4 @@
-// The Python module `dchml._kernels` (loaded by dchml/_C.py). Importing it runs the static TORCH_LIBRARY registrations of
+// The Python module `dchml.ops._kernels` (loaded by dchml/ops/library.py). Importing it runs the static TORCH_LIBRARY registrations of
 // every operator in csrc/ops/; the module itself only reports how it was built.
 #include <Python.h>
 

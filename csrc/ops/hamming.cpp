@@ -1,6 +1,6 @@
 // Operator schemas of the Hamming ranker (backends: cpu/hamming_kernel.cpp, cuda/hamming_kernel.cu).
 // Codes are packed uint8 rows (n, ceil(bits/8)); labels are packed uint8 rows (n, ceil(c/8)).
-// Validation with user-facing messages happens in dchml/ops.py; the kernels re-check cheaply.
+// Validation with user-facing messages happens in dchml/ops/; the kernels re-check cheaply.
 #include <torch/library.h>
 
 #include <string>

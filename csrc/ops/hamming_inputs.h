@@ -1,5 +1,5 @@
 // Input checks of the Hamming ranker operators, shared by the CPU and CUDA kernels (the Python
-// wrappers in dchml/ops.py and dchml/codes.py check first and explain). As for the loss
+// wrappers in dchml/ops/ and dchml/retrieval/codes.py check first and explain). As for the loss
 // operators: a bad shape or value raises ValueError, a bad dtype TypeError.
 #pragma once
 

@@ -1,5 +1,5 @@
 // The checked inputs of one loss operator call, shared by the CPU and CUDA prepared calls
-// (ops/cpu/loss_call.h, ops/cuda/mds_loss_kernel.cu). The Python wrappers in dchml/ops.py check
+// (ops/cpu/loss_call.h, ops/cuda/mds_loss_kernel.cu). The Python wrappers in dchml/ops/ check
 // first and explain; these checks keep direct torch.ops calls safe. Bad values and shapes raise
 // ValueError, bad dtypes TypeError.
 #pragma once

@@ -1,11 +1,11 @@
 // Schemas of the loss operators (docs/spec.md §3, §4, §6). Kernels: ops/cpu/mds_loss_kernel.cpp,
 // ops/cuda/mds_loss_kernel.cu (both through ops/loss_operators.h); Python wrappers and fake
-// kernels: dchml/ops.py; autograd: below.
+// kernels: dchml/ops/; autograd: below.
 //
 // Labels travel in one of two forms, as the pair (labels, indices):
 // - indices None: labels is the dense (n, c) 0/1 matrix (bool, integer or float);
 // - indices given: labels holds the CSR offsets (n+1,) int64 of the positives, indices (nnz,)
-//   int64 lists them, sorted and distinct within each row, every row non-empty (dchml/ops.py
+//   int64 lists them, sorted and distinct within each row, every row non-empty (dchml/ops/
 //   validates user CSR and torch.sparse_csr labels into this form).
 // Dense labels of any dtype are read in place, row by row, by the CPU row-block path and by the
 // CUDA kernels (as a 0/1 byte mask); the CPU tiled path converts them to a CSR once per call.
@@ -36,7 +36,7 @@ TORCH_LIBRARY_FRAGMENT(dchml, m) {
   // The same losses reduced over rows inside the op (reduction: 1 = mean, 2 = sum, as
   // at::Reduction), so that loss.backward() runs ONE autograd node: at the paper's scale a separate
   // mean() and its backward node cost ~35 us of a ~90 us step (measured). Returns (loss (), lse (n,)).
-  // Mean of an empty batch is 0 (not NaN), as in dchml.losses.
+  // Mean of an empty batch is 0 (not NaN), as in dchml.losses.functional.
   m.def(
       "mds_loss_reduced(Tensor codes, Tensor? other, Tensor proxies, Tensor labels, Tensor? indices, float eta, "
       "float mu, int reduction) -> (Tensor loss, Tensor lse)");
@@ -55,7 +55,7 @@ TORCH_LIBRARY_FRAGMENT(dchml, m) {
 // c = 21), step = loss + backward: the Python autograd hop of torch.library.register_autograd
 // cost about 100 us of a 230 us step, and torch::autograd::Function (CppNode: a context with a
 // string-keyed map, wrapped outputs) about 15 us of an 86 us step. torch.compile traces through
-// the node (the backward ops have fake kernels in dchml/ops.py).
+// the node (the backward ops have fake kernels in dchml/ops/).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/function.h>

@@ -4,9 +4,9 @@ Shared by `dchml train`, `dchml demo` and benchmarks/method_table.py.
 Output directory policy [choice]: a run writes into DIR only when DIR does not exist, is empty,
 or the caller passes resume=True (continue DIR/checkpoint.pt) or force=True (replace dchml's own
 files there: checkpoint.pt, metrics.json, report.md, *.png; other files are never touched).
-A run holds DIR's lock for its whole length (dchml/run_dir.py), checks that it fits in memory
-and on disk before training (dchml/preflight.py), and writes every file atomically
-(dchml/outputs.py).
+A run holds DIR's lock for its whole length (dchml/io/run_dir.py), checks that it fits in memory
+and on disk before training (dchml/method/preflight.py), and writes every file atomically
+(dchml/io/atomic.py).
 """
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def run_experiment(data, cfg: TrainConfig, out_dir: str, *, resume: bool = False
     """Train into out_dir (checkpoint every epoch), evaluate with curves, write metrics.json.
     log: callable for one-line progress messages (default: stderr), None for silence.
     Returns (metrics dict, TrainResult).
-    nproc > 1 (or a torchrun launch) trains on several processes (dchml/distributed_train.py); only
+    nproc > 1 (or a torchrun launch) trains on several processes (dchml/distributed/training.py); only
     rank 0 of a torchrun job evaluates and writes, the other ranks get (None, TrainResult).
     lock: hold out_dir's run lock (run_dir.claim) meanwhile; False when the caller holds it."""
     from ..distributed import training as distributed_train

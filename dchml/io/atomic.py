@@ -12,7 +12,7 @@ removed) raises `OutputError`, whose message names the file and the OS error, ev
 serialiser (torch.save) would replace the OS error with its own text.
 
 Temporary files are named `.NAME.XXXXXXXX.dchml-tmp`; `is_temp_file` recognises them (and those
-of earlier dchml versions) so that a killed run's leftovers can be removed (dchml/run_dir.py).
+of earlier dchml versions) so that a killed run's leftovers can be removed (dchml/io/run_dir.py).
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
 - takes an OS lock (fcntl.flock on `path/.dchml.lock`, holding the writer's pid): a second run
   into the same folder is refused at once with one clear line; the kernel releases the lock when
   the process ends, however it ends, so a crashed run never blocks the next one,
-- removes the temporary files a killed run left there (dchml/outputs.py),
+- removes the temporary files a killed run left there (dchml/io/atomic.py),
 - applies the output policy: the folder must be empty (the lock and such leftovers aside), or
   `resume=True` (it must hold checkpoint.pt) or `force=True` (dchml's own files are replaced,
   other files are never touched),

@@ -52,7 +52,7 @@ def partial_softmax(codes, proxies, labels, *, gamma=0.2, sigma=0.2, reduction="
     return ops.partial_softmax_rows(codes, proxies, labels, gamma=gamma, sigma=sigma)
 
 
-# --- Method-layer losses (issue 4): DCHML_P's pairwise proxy loss and PHNet's loss ------------
+# --- Method-layer losses: DCHML_P's pairwise proxy loss and PHNet's loss ------------
 
 
 def _check_codes_proxies_labels(codes, proxies, labels):

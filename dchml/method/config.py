@@ -35,7 +35,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_epochs: int = 1          # linear warm-up of the learning rate ...
     schedule: str = "cosine"        # ... then cosine decay to 0 at `epochs`, or constant
-    image_norm: str = "auto"        # input normalisation of image features (dchml.normalize)
+    image_norm: str = "auto"        # input normalisation of image features (dchml.method.normalize)
     text_norm: str = "auto"         # ... and of text
     norm_clip: float = DEFAULT_CLIP
     val_fraction: float = 0.1       # validation slice of the training items (0: none) ...
@@ -60,7 +60,7 @@ class TrainConfig:
     text_hidden: int = 2048
     proxy_hidden: int = 512
     image_weights: str | None = None  # local backbone state dict, or "random" (pixel data only)
-    # End-to-end training on pixels (dchml.backbones, dchml.precision, dchml.data.images):
+    # End-to-end training on pixels (dchml.method.backbones, dchml.method.precision, dchml.data.images):
     image_backbone: str = "alexnet"  # alexnet (the paper) | vgg16 | resnet50 | clip-vit-b-32[-openai]
     backbone_lr_scale: float = 0.1   # a pretrained backbone's lr = lr x this (0 freezes it)
     precision: str = "fp32"          # fp32 | auto | bf16 | fp16: mixed precision on CUDA
@@ -112,7 +112,7 @@ class TrainConfig:
         get_spec(self.image_backbone)
         check_precision(self.precision, self.device)
         # Upper bounds that would otherwise fail late, after minutes of work (the memory a
-        # configuration needs on given data is checked by dchml/preflight.py).
+        # configuration needs on given data is checked by dchml/method/preflight.py).
         if self.bits > MAX_BITS:
             raise ValueError(f"bits must be at most {MAX_BITS} (the ranker's longest code), got {self.bits}")
         if str(self.device).startswith("cuda") and self.bits > MAX_CUDA_BITS:

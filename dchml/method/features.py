@@ -2,7 +2,7 @@
 features file that `dchml train --data F` trains on (the fast, common route; the other is
 end-to-end training on the images).
 
-- Images: an image backbone (dchml.backbones) on every image, decoded by the source's workers,
+- Images: an image backbone (dchml.method.backbones) on every image, decoded by the source's workers,
   with the same preprocessing as end-to-end training (IHNet.preprocess), in eval mode.
 - Text: the data set's bag-of-words rows (raw captions through the vocabulary fitted on the
   training items at load time), or CLIP's text tower on the raw captions.

@@ -3,7 +3,7 @@
 - PHNet: one-hot label -> proxy code (Linear(c, 512) -> ReLU -> Linear(512, k) -> tanh).
 - IHNet: image -> code, either a backbone on pixels (the paper's AlexNet, whose module names
   match torchvision's `alexnet` so an ImageNet state dict saved by torchvision loads as is, or
-  another of dchml.backbones), or, for pre-extracted image features, an MLP [choice, docs/spec.md §2].
+  another of dchml.method.backbones), or, for pre-extracted image features, an MLP [choice, docs/spec.md §2].
 - THNet: bag-of-words -> Linear(d, 2048) -> ReLU -> Linear(2048, k) -> tanh.
 - CrossModalHashModel: PHNet + IHNet + THNet + the frozen proxy codes G as a buffer, so the
   proxies are saved with the model. `spec()` returns the plain dict that rebuilds the model.
@@ -104,7 +104,7 @@ def load_alexnet_weights(backbone: AlexNetBackbone, path: str) -> None:
 
 class IHNet(nn.Module):
     """Image hashing network (§2). `image_dim=None`: a backbone (`backbone`, default the paper's
-    AlexNet; see dchml.backbones) on (n, 3, H, W) uint8 pixels (scaled to [0, 1], resized to
+    AlexNet; see dchml.method.backbones) on (n, 3, H, W) uint8 pixels (scaled to [0, 1], resized to
     `image_size`, normalised with the backbone's statistics) + Linear(backbone dim, k) + tanh.
     `image_dim=d`: pre-extracted features -> Linear(d, hidden) -> ReLU -> Linear(hidden, k) -> tanh,
     the same shape as THNet [choice]."""

@@ -4,7 +4,7 @@ update, with model selection on a validation slice, per-epoch atomic checkpoints
 One loop (`run_epochs`) drives every way of training; what differs between one process and
 several is a `Passes` object: how one modality's pass runs over the training positions, how a
 checkpoint is committed, and how ranks agree. `SingleProcess` is the plain one;
-dchml.distributed_train plugs in its DDP passes; benchmarks plug in their own.
+dchml.distributed.training plugs in its DDP passes; benchmarks plug in their own.
 
 Model selection [choice]: a seeded validation slice of the training items (`val_fraction`, at
 most `val_max` items) is held out of training. Every `eval_every` epochs its items are ranked
@@ -162,7 +162,7 @@ def train(data, config: TrainConfig | None = None, *, checkpoint_path: str | Non
     (its config wins, except `epochs` and `eval_every`, which may be raised/changed to extend a run).
     progress: tqdm bars (default: when stderr is a TTY). log: callable for one-line messages or None.
     on_epoch_end(epoch, record): called after each epoch's checkpoint (tests use it to interrupt).
-    passes: how each pass runs (default SingleProcess(); dchml.distributed_train plugs in DDP).
+    passes: how each pass runs (default SingleProcess(); dchml.distributed.training plugs in DDP).
     """
     cfg = config or TrainConfig()
     if resume and not checkpoint_path:

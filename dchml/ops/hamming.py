@@ -8,7 +8,7 @@ from .checks import require_same_device
 
 
 # --- Hamming ranker ops -----------------------------------------------------------------------
-# Inputs here are already normalised by dchml/codes.py: packed uint8 codes (n, ceil(bits/8)) and
+# Inputs here are already normalised by dchml/retrieval/codes.py: packed uint8 codes (n, ceil(bits/8)) and
 # packed uint8 labels (n, ceil(c/8)). These wrappers check devices and ranges, then call the op.
 
 

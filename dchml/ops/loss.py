@@ -189,7 +189,7 @@ def partial_softmax_reduced(codes, proxies, labels, reduction, *, gamma=0.2, sig
 
 def mds_loss_rows_for_backward(codes, proxies, labels, *, eta=0.3, mu=0.3, other=None):
     """Per-row margin-dynamic-softmax loss without the registered autograd, for a caller that runs
-    its own backward (dchml.autograd): returns (loss, saved), saved to pass to mds_loss_backward."""
+    its own backward (dchml.ops.autograd): returns (loss, saved), saved to pass to mds_loss_backward."""
     proxies, labels, indices = prepare_loss_inputs(codes, proxies, labels, other)
     eta, mu = check_scale("eta", eta), check_scalar("mu", mu)
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """Retrieval metrics over Hamming ranking (docs/spec.md §7): MAP@K (ties by index, or tie-aware
 expected AP), precision@N, precision-recall by Hamming radius, NDCG@K.
 
-Codes: packed uint8 or unpacked (see dchml/codes.py); labels: dense (n, c) 0/1. Labels given as
+Codes: packed uint8 or unpacked (see dchml/retrieval/codes.py); labels: dense (n, c) 0/1. Labels given as
 NumPy arrays (or CPU tensors) are moved to the device of the codes. Ranking is ascending by
 (Hamming distance, database index) everywhere.
 """

@@ -3,7 +3,7 @@
 // as the CPU engine, bit for bit. One warp per query: a histogram pass over the database with
 // shared-memory counters, a cut from the histogram, then a second pass in index order where
 // each warp places its 32 rows at rank prefix[d] + (rows seen at d) + (lower lanes with the
-// same d, from __match_any_sync). Average precision on CUDA is composed in dchml/ops.py from
+// same d, from __match_any_sync). Average precision on CUDA is composed in dchml/ops/ from
 // these ops. Codes travel as 32-bit words (rows padded to a multiple of 4 bytes on the host).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/constant_pad_nd.h>
