@@ -178,12 +178,21 @@ def test_demo_on_a_small_synthetic_set(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(dchml.data.load, "make_synthetic", lambda seed=0: _tiny())
     out = str(tmp_path / "demo")
     threads = torch.get_num_threads()
-    assert main(["demo", "--out", out, "--epochs", "1", "--bits", "16", "--topk", "100", "--proxy-steps", "100",
-                 "--quiet"]) == 0
+    argv = ["demo", "--epochs", "2", "--bits", "16", "--topk", "100", "--proxy-steps", "100", "--quiet"]
+    assert main(argv + ["--out", out, "--jobs", "1"]) == 0
     report = open(os.path.join(out, "report.md")).read()
     assert "| DCHML | 16 |" in report and "| DCHML_P | 16 |" in report
     for sub in ("dchml", "dchml_p"):
         assert os.path.isfile(os.path.join(out, sub, "metrics.json"))
-    assert "report:" in capsys.readouterr().out
-    assert "torch threads: 1" in report  # the demo's default, recorded in its report
+    printed = capsys.readouterr().out
+    assert "report:" in printed
+    assert "torch threads per run: 1" in report  # the demo's default, recorded in its report
     assert torch.get_num_threads() == threads  # and restored after main() returns
+    # The two methods trained at once, one process each, give the sequential run's results exactly.
+    parallel = str(tmp_path / "parallel")
+    assert main(argv + ["--out", parallel, "--jobs", "2"]) == 0
+    assert "2 runs at once" in open(os.path.join(parallel, "report.md")).read()
+    for sub in ("dchml", "dchml_p"):
+        one, two = (json.load(open(os.path.join(d, sub, "metrics.json"))) for d in (out, parallel))
+        untimed = [[{k: v for k, v in epoch.items() if k != "seconds"} for epoch in m["history"]] for m in (one, two)]
+        assert (one["i2t_map"], one["t2i_map"]) == (two["i2t_map"], two["t2i_map"]) and untimed[0] == untimed[1]

@@ -509,7 +509,7 @@ def test_interrupt_message_fits_the_command(command, hint, not_hint, files, tmp_
 
     monkeypatch.setattr(dchml.app.experiment, "run_experiment", interrupted)
     monkeypatch.setattr(dchml.data.load, "make_synthetic", lambda seed=0: _tiny())
-    argv = [command, "--out", str(tmp_path / "o")] + TINY + ([] if command == "demo" else ["--data", files["a"]])
+    argv = [command, "--out", str(tmp_path / "o")] + TINY + (["--jobs", "1"] if command == "demo" else ["--data", files["a"]])
     assert main(argv) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and hint in err[0]

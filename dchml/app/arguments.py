@@ -258,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="DCHML vs DCHML_P on the synthetic set at 64 bits, one comparison report")
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
     _add_train_args(p, demo=True)
+    p.add_argument("--jobs", type=_positive_int, default=None,
+                   help="methods trained at once, one process each (default: 2 on a CPU with a core per run, else 1)")
     return parser
 
 

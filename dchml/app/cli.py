@@ -13,7 +13,8 @@ import sys
 
 from .arguments import UsageError, build_parser
 from .model_commands import cmd_encode, cmd_eval, cmd_features, cmd_search
-from .train_commands import cmd_demo, cmd_train
+from .demo import cmd_demo
+from .train_commands import cmd_train
 
 EXIT_USAGE = 2
 
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     except Exception as exc:
-        if os.environ.get("DCHML_DEBUG") == "1" or not _is_user_error(exc):
+        if os.environ.get("DCHML_DEBUG") == "1" or not is_user_error(exc):
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
@@ -65,7 +66,7 @@ def _after_interrupt(args) -> str:
     return "; no epoch was completed"
 
 
-def _is_user_error(exc) -> bool:
+def is_user_error(exc) -> bool:
     from ..method.checkpoint import CheckpointError
     from ..data import DataError
     from ..io.atomic import OutputError

@@ -1,4 +1,4 @@
-"""`dchml train` and `dchml demo`: the commands that train models into an output folder."""
+"""`dchml train`: train one model (or one per code length) into an output folder."""
 from __future__ import annotations
 
 import os
@@ -30,7 +30,7 @@ def cmd_train(args, argv):
         else:
             cfg = config_from_args(args, RECIPES[args.recipe], **fixed)
         plans.append((cfg, out_dir, resume))
-    _preflight(plans[0][0], args.out)
+    check_before_training(plans[0][0], args.out)
     if not distributed_train.is_main_process():  # another rank of a torchrun job: rank 0 holds --out
         return _train_into(args, argv, plans, recorded, several)
     with claim(args.out, resume=args.resume, force=args.force, several=several):
@@ -58,7 +58,7 @@ def _check_resume_unchanged(cfg, base: dict) -> None:
                          "(only --epochs, --eval-every and --device may differ)")
 
 
-def _preflight(cfg, out):
+def check_before_training(cfg, out):
     """Checks that need no data: the device and that --out can be written (the arguments'
     ranges were checked by TrainConfig)."""
     from ..io.run_dir import check_writable
@@ -98,39 +98,3 @@ def _train_into(args, argv, plans, recorded, several):
               f"T->I {metrics['t2i_map']:.4f}{versus} (kept epoch {metrics['selection']['kept_epoch']} of "
               f"{metrics['epochs']}, {metrics['seconds_per_epoch']:.2f} s/epoch)")
     print(f"report: {os.path.join(args.out, 'report.md')}")
-
-
-def cmd_demo(args, argv):
-    from ..io.run_dir import claim
-    from ..method.config import RECIPES
-
-    cfg = config_from_args(args, RECIPES[args.recipe])  # exactly `dchml train`'s defaults
-    _preflight(cfg, args.out)
-    with claim(args.out, force=args.force):
-        _demo_into(args, argv, cfg)
-
-
-def _demo_into(args, argv, cfg):
-    from ..data import load_dataset
-    from .experiment import run_experiment
-    from .report import write_report
-
-    data = load_dataset("synthetic", seed=cfg.seed)
-    log = log_for(args)
-    runs = {}
-    for method in ("dchml", "dchml_p"):
-        method_cfg = config_from_args(args, {**cfg.to_dict(), "method": method})
-        if log:
-            log(f"[demo] training {method} at {cfg.bits} bits for at most {cfg.epochs} epochs")
-        runs[method], _ = run_experiment(data, method_cfg, os.path.join(args.out, method), force=args.force,
-                                         progress=None if not args.quiet else False, log=log,
-                                         command=command_line(argv))
-    notes = [f"Recipe: {args.recipe} ({cfg.optimizer}, lr {cfg.lr}, {cfg.schedule} schedule, at most {cfg.epochs} "
-             "epochs, the epoch kept by validation MAP), the same defaults as `dchml train`.",
-             f"torch threads: {__import__('torch').get_num_threads()} (the demo defaults to one: on a shared 2-core "
-             "machine two threads are 5-20x slower as soon as another process is busy).",
-             "Per-run outputs (checkpoint.pt, metrics.json) are in the dchml/ and dchml_p/ subdirectories."]
-    path = write_report(args.out, runs, title="dchml demo: DCHML vs DCHML_P on the synthetic set", notes=notes)
-    for method, m in runs.items():
-        print(f"{method:8s} {m['bits']} bits: MAP@{m['topk']} I->T {m['i2t_map']:.4f}  T->I {m['t2i_map']:.4f}")
-    print(f"report: {path}")
