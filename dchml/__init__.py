@@ -10,19 +10,19 @@ Public API, by layer (see README.md):
 """
 import sys
 
+from . import data
+from . import distributed  # scale-out: dchml.distributed.mean_average_precision, dchml.distributed.training
+from .losses import modules as nn
+from .losses.functional import margin_dynamic_softmax, partial_softmax
+from .method import models, train
+from .method.config import TrainConfig
+from .method.encoding import encode
+from .method.models import CrossModalHashModel, IHNet, PHNet, THNet
+from .ops.autograd import MarginDynamicSoftmax
 from .ops.library import cuda_built
 from .retrieval.codes import pack_codes, unpack_codes
 from .retrieval.index import HammingIndex, hamming_distance, hamming_histogram, hamming_topk
 from .retrieval.metrics import mean_average_precision, ndcg_at_k, pr_curve, precision_at_n
-from .ops.autograd import MarginDynamicSoftmax
-from .losses.functional import margin_dynamic_softmax, partial_softmax
-from .method.encoding import encode
-from .method.models import CrossModalHashModel, IHNet, PHNet, THNet
-from .method.config import TrainConfig
-from . import data
-from . import distributed  # scale-out: dchml.distributed.mean_average_precision, dchml.distributed.training
-from .losses import modules as nn
-from .method import models, train
 
 # Stable module paths of the public API: `import dchml.nn`, `from dchml.train import TrainConfig`
 # and `from dchml.models import IHNet` keep working although the code lives in its layer's package.

@@ -12,8 +12,8 @@ import shlex
 import sys
 
 from .arguments import UsageError, build_parser
-from .model_commands import cmd_encode, cmd_eval, cmd_features, cmd_search
 from .demo import cmd_demo
+from .model_commands import cmd_encode, cmd_eval, cmd_features, cmd_search
 from .train_commands import cmd_train
 
 EXIT_USAGE = 2

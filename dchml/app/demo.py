@@ -13,6 +13,7 @@ import concurrent.futures
 import multiprocessing
 import os
 import sys
+from dataclasses import dataclass
 
 from .arguments import UsageError, command_line, config_from_args, log_for
 from .train_commands import check_before_training
@@ -49,8 +50,8 @@ def _demo_into(args, argv, cfg):
     jobs = args.jobs or default_jobs(cfg.device, threads)
     log = log_for(args)
     configs = {m: config_from_args(args, {**cfg.to_dict(), "method": m}).to_dict() for m in METHODS}
-    work = {m: (data, configs[m], os.path.join(args.out, m), args.force, args.quiet, command_line(argv), threads)
-            for m in METHODS}
+    work = {m: DemoRun(m, data, configs[m], os.path.join(args.out, m), args.force, args.quiet, command_line(argv),
+                       threads) for m in METHODS}
     if log:
         log(f"[demo] training {' and '.join(METHODS)} at {cfg.bits} bits for at most {cfg.epochs} epochs"
             + (f", {jobs} at once (one process each, {threads} torch thread{'s' if threads > 1 else ''})"
@@ -70,11 +71,11 @@ def _demo_into(args, argv, cfg):
 
 def _run_all(work: dict, jobs: int) -> dict:
     if jobs <= 1:
-        return {m: train_method(m, *work[m], in_process=True) for m in work}
+        return {m: train_method(work[m], in_process=True) for m in work}
     context = multiprocessing.get_context("spawn")  # no forked copies of torch's thread pools
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context)
     try:
-        futures = {m: pool.submit(train_method, m, *work[m]) for m in work}
+        futures = {m: pool.submit(train_method, work[m]) for m in work}
         return {m: futures[m].result() for m in work}
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C reached the workers too: let them end
@@ -83,8 +84,21 @@ def _run_all(work: dict, jobs: int) -> dict:
         pool.shutdown(wait=True)
 
 
-def train_method(method: str, data, cfg: dict, out_dir: str, force: bool, quiet: bool, command: str, threads: int,
-                 in_process: bool = False) -> dict:
+@dataclass
+class DemoRun:
+    """One method's run, as handed to a worker process."""
+
+    method: str
+    data: object
+    cfg: dict
+    out_dir: str
+    force: bool
+    quiet: bool
+    command: str
+    threads: int
+
+
+def train_method(run: DemoRun, in_process: bool = False) -> dict:
     """One demo run; in a worker process, a user's mistake comes back as a UsageError (one line)."""
     import torch
 
@@ -93,16 +107,16 @@ def train_method(method: str, data, cfg: dict, out_dir: str, force: bool, quiet:
     from .experiment import run_experiment
 
     if not in_process:
-        torch.set_num_threads(threads)
-    config = TrainConfig.from_dict(cfg)
-    prefix = "" if in_process else f"[{method}] "
-    log = None if quiet else (lambda message: print(prefix + message, file=sys.stderr, flush=True))
+        torch.set_num_threads(run.threads)
+    config = TrainConfig.from_dict(run.cfg)
+    prefix = "" if in_process else f"[{run.method}] "
+    log = None if run.quiet else (lambda message: print(prefix + message, file=sys.stderr, flush=True))
     try:
-        metrics, _ = run_experiment(data, config, out_dir, force=force,
-                                    progress=None if (in_process and not quiet) else False, log=log,
-                                    command=command)
+        metrics, _ = run_experiment(run.data, config, run.out_dir, force=run.force,
+                                    progress=None if (in_process and not run.quiet) else False, log=log,
+                                    command=run.command)
     except Exception as exc:
         if in_process or not is_user_error(exc):
             raise
-        raise UsageError(f"{method}: " + (" ".join(str(exc).split()) or type(exc).__name__)) from None
+        raise UsageError(f"{run.method}: " + (" ".join(str(exc).split()) or type(exc).__name__)) from None
     return metrics

@@ -18,8 +18,8 @@ import statistics
 import torch
 
 from .. import __version__
-from ..io import run_dir
 from ..data.fingerprint import data_fingerprint
+from ..io import run_dir
 from ..io.atomic import write_json  # noqa: F401  (re-exported: experiment.write_json)
 from ..method.preflight import check_room
 from ..io.run_dir import CHECKPOINT, OutputDirError  # noqa: F401  (re-exported)

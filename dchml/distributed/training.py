@@ -34,21 +34,22 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from ..io.atomic import OutputError
 from ..method import train as single_process
 from ..method.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .group import Group
-from .evaluation import mean_average_precision as _sharded_map
+from ..method.config import TrainConfig, resolve_device
 from ..method.encoding import hash_codes
 from ..method.objective import step_loss
-from ..io.atomic import OutputError
-from ..method.config import TrainConfig, resolve_device
 from ..method.passes import check_finite, set_learning_rate
 from ..method.train import TrainResult
+from .evaluation import mean_average_precision as _sharded_map
+from .group import Group
 
 __all__ = ["train", "launched_by_torchrun", "is_main_process"]
 
@@ -135,9 +136,10 @@ def _spawn(data, cfg, nproc, checkpoint_path, resume, progress, log) -> TrainRes
         # rank 0 writes every epoch's checkpoint; without a user path it goes to a temporary file
         path = checkpoint_path or os.path.join(tmp, "checkpoint.pt")
         threads = max(1, (os.cpu_count() or 1) // nproc)  # the cores shared, not oversubscribed
-        args = (nproc, store.port, data, cfg, path, resume, progress, log is not None, threads, tmp)
+        job = SpawnedJob(world=nproc, port=store.port, data=data, cfg=cfg, checkpoint_path=path, resume=resume,
+                         progress=progress, logging=log is not None, threads=threads, failures=tmp)
         try:
-            torch.multiprocessing.start_processes(_worker, args=args, nprocs=nproc, join=True,
+            torch.multiprocessing.start_processes(_worker, args=(job,), nprocs=nproc, join=True,
                                                   start_method="spawn")
         except torch.multiprocessing.ProcessRaisedException as exc:
             # Every rank records its failure; the lowest rank's is usually the cause (the others
@@ -184,21 +186,37 @@ def _recorded_failure(folder: str, rank: int) -> dict | None:
         return None
 
 
-def _worker(rank, world, port, data, cfg, path, resume, progress, logging, threads, failures):
+@dataclass
+class SpawnedJob:
+    """What every spawned worker receives: the rendezvous, the run, and where failures are recorded."""
+
+    world: int
+    port: int
+    data: object
+    cfg: TrainConfig
+    checkpoint_path: str
+    resume: bool
+    progress: bool | None
+    logging: bool
+    threads: int
+    failures: str  # a folder: each failing rank writes failure.<rank>.json there
+
+
+def _worker(rank: int, job: SpawnedJob):
     if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(threads)
-    device = resolve_device(cfg.device)
+        torch.set_num_threads(job.threads)
+    device = resolve_device(job.cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(rank)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # all ranks are on this machine
-    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=_TIMEOUT)
+    store = dist.TCPStore("127.0.0.1", job.port, is_master=False, timeout=_TIMEOUT)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
-                            world_size=world, timeout=_TIMEOUT)
+                            world_size=job.world, timeout=_TIMEOUT)
     try:
-        log = single_process.log_to_stderr if logging else None
-        _train_in_group(data, cfg, path, resume, progress, log, None)
+        log = single_process.log_to_stderr if job.logging else None
+        _train_in_group(job.data, job.cfg, job.checkpoint_path, job.resume, job.progress, log, None)
     except Exception as exc:
-        _record_failure(failures, rank, exc)
+        _record_failure(job.failures, rank, exc)
         raise
     finally:
         dist.destroy_process_group()
@@ -218,16 +236,11 @@ def _train_in_group(data, cfg, checkpoint_path, resume, progress, log, on_epoch_
     log = log if (log is not None and main) else (lambda message: None)
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        return _run(data, cfg, device, rank, world, checkpoint_path, resume, progress and main, log,
-                    on_epoch_end)
-
-
-def _run(data, cfg, device, rank, world, checkpoint_path, resume, progress, log, on_epoch_end):
-    # Every rank reads the same checkpoint, or runs the same seeded start.
-    run = single_process.start_run(data, cfg, device, checkpoint_path, resume, log)
-    return single_process.run_epochs(data, run, device, DistributedPasses(rank, world, device),
-                              checkpoint_path=checkpoint_path, progress=progress, log=log,
-                              on_epoch_end=on_epoch_end, resumed=resume)
+        # Every rank reads the same checkpoint, or runs the same seeded start.
+        run = single_process.start_run(data, cfg, device, checkpoint_path, resume, log)
+        return single_process.run_epochs(data, run, device, DistributedPasses(rank, world, device),
+                                         checkpoint_path=checkpoint_path, progress=progress and main, log=log,
+                                         on_epoch_end=on_epoch_end, resumed=resume)
 
 
 class DistributedPasses:

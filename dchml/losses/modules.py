@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import functional as losses
 from .. import ops
+from . import functional as losses
 
 
 def _proxy_buffer(proxies):

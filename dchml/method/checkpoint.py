@@ -22,8 +22,8 @@ import warnings
 
 import torch
 
-from .models import CrossModalHashModel
 from ..io.atomic import write_atomic
+from .models import CrossModalHashModel
 
 FORMAT = "dchml-checkpoint"
 VERSION = 3  # 2: data fingerprint, training-row hashes, source; 3: input normalisers, split, selection

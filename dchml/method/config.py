@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..ops import MAX_BITS, MAX_CUDA_BITS
 from .backbones import get_spec
 from .normalize import DEFAULT_CLIP, check_kind
 from .objective import METHODS, LossWeights
-from ..ops import MAX_BITS, MAX_CUDA_BITS
 from .precision import check_precision
 
 OPTIMIZERS = ("adam", "adamw", "sgd")

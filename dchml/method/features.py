@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbones import RANDOM, ClipTextEncoder, find_weights, get_spec, load_backbone_weights
-from ..io.atomic import write_atomic
 from ..data.dataset import CrossModalData, DataError
 from ..data.images import ImageSource
 from ..data.npz import encoders_array
+from ..io.atomic import write_atomic
+from .backbones import RANDOM, ClipTextEncoder, find_weights, get_spec, load_backbone_weights
 from .models import IHNet
 from .precision import MixedPrecision
 

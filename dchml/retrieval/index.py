@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from .. import ops
+from ..io.atomic import write_atomic
 from ..ops.library import cuda_built
 from .codes import as_packed, label_pair, packed_pair
-from ..io.atomic import write_atomic
 from .metrics import check_map_options
 
 _FORMAT_VERSION = 1
