@@ -163,6 +163,14 @@ def describe_device(device):
     return f"{harness.cpu_name()}, {torch.get_num_threads()} torch threads"
 
 
+def steps_per_round(args):
+    """What --reps meant for the cases run (0: each case's default)."""
+    if args.reps:
+        return str(args.reps)
+    cpu = args.device == "cpu"
+    return f"{200 if cpu else 500} (L1) / {1 if cpu else 10} (L2, at most 3 rounds on the CPU)"
+
+
 def write_results(results, args, prov):
     rows = []
     for r in results:
@@ -172,8 +180,8 @@ def write_results(results, args, prov):
     harness.append_rows(os.path.join(args.out, f"loss_{args.device}.csv"), rows)
     md = [f"# Fused loss benchmark ({args.device})", "", prov.markdown_header(), "",
           "Forward + backward of the margin-dynamic-softmax loss (reduction mean). Providers timed in "
-          f"{args.rounds} interleaved rounds of {args.reps} steps: median of the round medians, (min..max) of all "
-          "steps; peak extra memory of one step (" +
+          f"{args.rounds} interleaved rounds of {steps_per_round(args)} steps: median of the round medians, "
+          "(min..max) of all steps; peak extra memory of one step (" +
           ("peak RSS delta, /proc" if args.device == "cpu" else "torch.cuda.max_memory_allocated delta") +
           "). Eager: the lean composite of benchmarks/composite_loss.py.", "",
           "| case | provider | median | min..max | peak extra | speed-up vs eager |", "|---|---|---|---|---|---|"]

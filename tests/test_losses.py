@@ -263,6 +263,51 @@ def test_gradcheck_float64():
         lambda c, o: MarginDynamicSoftmax.apply(c, proxies, labels, ETA, MU, o), (codes, other))
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_gradient_kept_from_forward_matches_backward_operator(dtype, reduction, sparse):
+    """On the CPU the forward computes the gradient along; backward (any upstream gradient, the
+    graph kept and used twice) must give what the backward operators compute."""
+    codes, other, proxies, labels = make_inputs(9, 21, 16, dtype=dtype)
+    n = codes.shape[0]
+    lab, idx = torch.ops.dchml.labels_to_csr(labels) if sparse else (labels, None)
+    given = (lab, idx) if sparse else labels
+    upstream = torch.linspace(0.5, 2.0, n, dtype=dtype) if reduction == "none" else torch.tensor(1.5, dtype=dtype)
+    grad_rows = upstream if reduction == "none" else upstream.expand(n) / (n if reduction == "mean" else 1)
+    for loss_name in ("mds", "mds_other", "psl"):
+        o = other if loss_name == "mds_other" else None
+        x = codes.clone().requires_grad_(True)
+        y = o.clone().requires_grad_(True) if o is not None else None
+        inputs = [x] + ([y] if y is not None else [])
+        if loss_name == "psl":
+            loss = partial_softmax(x, proxies, given, gamma=GAMMA, sigma=SIGMA, reduction=reduction)
+            _, lse = torch.ops.dchml.partial_softmax_loss(codes, proxies, lab, idx, GAMMA, SIGMA)
+            want = [torch.ops.dchml.partial_softmax_loss_backward(grad_rows.contiguous(), codes, proxies, lab, idx,
+                                                                  lse, GAMMA, SIGMA)]
+        else:
+            loss = margin_dynamic_softmax(x, proxies, given, eta=ETA, mu=MU, other=y, reduction=reduction)
+            _, lse = torch.ops.dchml.mds_loss(codes, o, proxies, lab, idx, ETA, MU)
+            want = list(torch.ops.dchml.mds_loss_backward(grad_rows.contiguous(), codes, o, proxies, lab, idx, lse,
+                                                          ETA, MU))[:len(inputs)]
+        first = torch.autograd.grad(loss, inputs, upstream, retain_graph=True)
+        second = torch.autograd.grad(loss, inputs, upstream)
+        for got1, got2, w in zip(first, second, want):
+            torch.testing.assert_close(got1, w)
+            assert torch.equal(got1, got2)
+
+
+def test_codes_changed_in_place_after_the_forward_raise_in_backward():
+    codes, _, proxies, labels = make_inputs(5, 7, 8)
+    for loss_fn in (margin_dynamic_softmax, partial_softmax):
+        x = codes.clone().requires_grad_(True)
+        loss = loss_fn(x, proxies, labels)
+        with torch.no_grad():
+            x.add_(1.0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+
 def _op_samples():
     samples = []
     for (n, c, k, seed) in [(4, 5, 8, 0), (7, 21, 64, 1), (1, 1, 3, 2)]:

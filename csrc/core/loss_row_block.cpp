@@ -254,20 +254,49 @@ DCHML_ROW_INLINE bool for_each_block_combined(const RowBlockInputs<T>& in, const
   return for_each_block(in, scored, r0, r1, body);
 }
 
+// The margin-dynamic-softmax forward of a block (rows i0 .. i0 + nr, their scores in sc.s): the
+// rows' log-sum-exps computed together, then loss and lse of each row.
+template <typename T>
+DCHML_ROW_INLINE void mds_block_forward(const RowBlockInputs<T>& in, T eta, T mu, int64_t i0, int nr, Scratch<T>& sc,
+                                        const PositiveList* ls, T* loss, T* lse) {
+  const ProxyPanel<T>& p = *in.proxies;
+  T extra[kBlockRows], u_num[kBlockRows];
+  for (int r = 0; r < nr; ++r) {
+    const int64_t i = i0 + r;
+    const T mean_den = mean_at(sc.s.data() + r * p.cp, ls[r]);
+    extra[r] = mds_denominator_logit(eta, mu, p.k, mean_den);
+    u_num[r] = surrogate_score(in.separate ? mean_positive_dot(in.codes + i * p.k, p, ls[r]) : mean_den, mu, p.k);
+  }
+  block_negatives_lse(p, sc.s.data(), nr, ls, eta, extra, lse + i0, sc.tmp.data());
+  for (int r = 0; r < nr; ++r) loss[i0 + r] = mds_row_loss(eta, u_num[r], lse[i0 + r]);
+}
+
+// Row i's scores w -> one weight per proxy of its gradient (times grad_row): negatives their
+// softmax share, positives their gbar share; with `other`, the numerator's part (positive_codes *
+// sum_e g_e) is written to grad_codes' row i.
+template <typename T>
+DCHML_ROW_INLINE void mds_row_weights(const RowBlockInputs<T>& in, T eta, T mu, int64_t i, T* w, PositiveList l,
+                                      T lse, T grad_row, T* grad_codes) {
+  const ProxyPanel<T>& p = *in.proxies;
+  const MdsRowGradient<T> gr = mds_row_gradient(eta, mu, p.k, mean_at(w, l), lse, grad_row, l.npos);
+  row_negative_weights(p, w, l, eta, lse, gr.negative_scale);
+  const T positive = gr.positive_den + (in.separate ? T(0) : gr.positive_codes);
+  for (int64_t e = 0; e < l.npos; ++e) w[l.pos[e]] = positive;
+  if (in.separate) {
+    T* out = grad_codes + i * p.k;
+    for (int64_t j = 0; j < p.k; ++j) out[j] = T(0);
+    for (int64_t e = 0; e < l.npos; ++e) {
+      const T* g = p.rows.data() + l.pos[e] * p.k;
+      for (int64_t j = 0; j < p.k; ++j) out[j] += gr.positive_codes * g[j];
+    }
+  }
+}
+
 template <typename T>
 DCHML_SIMD_CLONES bool mds_forward(const RowBlockInputs<T>& in, T eta, T mu, T* loss, T* lse, int64_t r0,
                                    int64_t r1) {
-  const ProxyPanel<T>& p = *in.proxies;
   auto body = [&](int64_t i0, int nr, Scratch<T>& sc, const PositiveList* ls) DCHML_INLINE_LAMBDA {
-    T extra[kBlockRows], u_num[kBlockRows];
-    for (int r = 0; r < nr; ++r) {
-      const int64_t i = i0 + r;
-      const T mean_den = mean_at(sc.s.data() + r * p.cp, ls[r]);
-      extra[r] = mds_denominator_logit(eta, mu, p.k, mean_den);
-      u_num[r] = surrogate_score(in.separate ? mean_positive_dot(in.codes + i * p.k, p, ls[r]) : mean_den, mu, p.k);
-    }
-    block_negatives_lse(p, sc.s.data(), nr, ls, eta, extra, lse + i0, sc.tmp.data());
-    for (int r = 0; r < nr; ++r) loss[i0 + r] = mds_row_loss(eta, u_num[r], lse[i0 + r]);
+    mds_block_forward(in, eta, mu, i0, nr, sc, ls, loss, lse);
   };
   return for_each_block(in, in.den, r0, r1, body);
 }
@@ -275,38 +304,66 @@ DCHML_SIMD_CLONES bool mds_forward(const RowBlockInputs<T>& in, T eta, T mu, T* 
 template <typename T>
 DCHML_SIMD_CLONES bool mds_backward(const RowBlockInputs<T>& in, T eta, T mu, const T* lse, const T* grad_loss,
                                     T* grad_codes, T* grad_den, int64_t r0, int64_t r1) {
-  const ProxyPanel<T>& p = *in.proxies;
   auto row_weights = [&](int64_t i, T* w, PositiveList l, T*) DCHML_INLINE_LAMBDA {
-    const MdsRowGradient<T> gr = mds_row_gradient(eta, mu, p.k, mean_at(w, l), lse[i], grad_loss[i], l.npos);
-    // one weight per proxy: negatives their softmax share, positives their gbar share
-    row_negative_weights(p, w, l, eta, lse[i], gr.negative_scale);
-    const T positive = gr.positive_den + (in.separate ? T(0) : gr.positive_codes);
-    for (int64_t e = 0; e < l.npos; ++e) w[l.pos[e]] = positive;
-    if (in.separate) {  // the numerator's part lands on codes: positive_codes * sum_e g_e
-      T* out = grad_codes + i * p.k;
-      for (int64_t j = 0; j < p.k; ++j) out[j] = T(0);
-      for (int64_t e = 0; e < l.npos; ++e) {
-        const T* g = p.rows.data() + l.pos[e] * p.k;
-        for (int64_t j = 0; j < p.k; ++j) out[j] += gr.positive_codes * g[j];
-      }
-    }
+    mds_row_weights(in, eta, mu, i, w, l, lse[i], grad_loss[i], grad_codes);
   };
   return for_each_block_combined(in, in.den, in.separate ? grad_den : grad_codes, r0, r1, row_weights);
+}
+
+// The forward, then from the same scores the gradient of grad_row * sum_i loss_i: the backward's
+// second score pass and label read saved.
+template <typename T>
+DCHML_SIMD_CLONES bool mds_forward_backward(const RowBlockInputs<T>& in, T eta, T mu, T grad_row, T* loss, T* lse,
+                                            T* grad_codes, T* grad_den, int64_t r0, int64_t r1) {
+  const ProxyPanel<T>& p = *in.proxies;
+  T* combined = in.separate ? grad_den : grad_codes;
+  auto body = [&](int64_t i0, int nr, Scratch<T>& sc, const PositiveList* ls) DCHML_INLINE_LAMBDA {
+    mds_block_forward(in, eta, mu, i0, nr, sc, ls, loss, lse);
+    for (int r = 0; r < nr; ++r)
+      mds_row_weights(in, eta, mu, i0 + r, sc.s.data() + r * p.cp, ls[r], lse[i0 + r], grad_row, grad_codes);
+    block_product<Product::kCombine>(sc.s.data(), nr, p, combined + i0 * p.k);
+  };
+  return for_each_block(in, in.den, r0, r1, body);
+}
+
+// The partial softmax's forward for a block: the negatives' log-sum-exps, then each row's mean
+// over its positives.
+template <typename T>
+DCHML_ROW_INLINE void psl_block_forward(const RowBlockInputs<T>& in, T gamma, T sigma, int64_t i0, int nr,
+                                        Scratch<T>& sc, const PositiveList* ls, T* loss, T* lse_neg) {
+  const ProxyPanel<T>& p = *in.proxies;
+  T none[kBlockRows];
+  for (int r = 0; r < nr; ++r) none[r] = neg_infinity<T>();
+  block_negatives_lse(p, sc.s.data(), nr, ls, gamma, none, lse_neg + i0, sc.tmp.data());
+  for (int r = 0; r < nr; ++r) {
+    const T* s = sc.s.data() + r * p.cp;
+    auto score = [&](int64_t q) DCHML_INLINE_LAMBDA { return s[q]; };
+    loss[i0 + r] = psl_row_loss(gamma, sigma, p.k, ls[r], lse_neg[i0 + r], score);
+  }
+}
+
+// Row i's scores w -> one weight per proxy of its partial-softmax gradient (times grad_row); kept:
+// room for the row's positives' coefficients.
+template <typename T>
+DCHML_ROW_INLINE void psl_row_weights(const ProxyPanel<T>& p, T gamma, T sigma, T* w, PositiveList l, T lse_neg,
+                                      T grad_row, T* kept) {
+  int64_t e = 0;  // the positives' coefficients, kept while the row becomes softmax weights
+  auto score = [&](int64_t q) DCHML_INLINE_LAMBDA { return w[q]; };
+  auto keep = [&](int64_t, T coefficient) DCHML_INLINE_LAMBDA { kept[e++] = coefficient; };
+  const T negative_scale = psl_row_gradient(gamma, sigma, p.k, l, lse_neg, grad_row, score, keep);
+  if (lse_neg == neg_infinity<T>()) {  // no negatives
+    for (int64_t q = 0; q < p.c; ++q) w[q] = T(0);
+  } else {
+    row_negative_weights(p, w, l, gamma, lse_neg, negative_scale);
+  }
+  for (e = 0; e < l.npos; ++e) w[l.pos[e]] = kept[e];
 }
 
 template <typename T>
 DCHML_SIMD_CLONES bool psl_forward(const RowBlockInputs<T>& in, T gamma, T sigma, T* loss, T* lse_neg, int64_t r0,
                                    int64_t r1) {
-  const ProxyPanel<T>& p = *in.proxies;
   auto body = [&](int64_t i0, int nr, Scratch<T>& sc, const PositiveList* ls) DCHML_INLINE_LAMBDA {
-    T none[kBlockRows];
-    for (int r = 0; r < nr; ++r) none[r] = neg_infinity<T>();
-    block_negatives_lse(p, sc.s.data(), nr, ls, gamma, none, lse_neg + i0, sc.tmp.data());
-    for (int r = 0; r < nr; ++r) {
-      const T* s = sc.s.data() + r * p.cp;
-      auto score = [&](int64_t q) DCHML_INLINE_LAMBDA { return s[q]; };
-      loss[i0 + r] = psl_row_loss(gamma, sigma, p.k, ls[r], lse_neg[i0 + r], score);
-    }
+    psl_block_forward(in, gamma, sigma, i0, nr, sc, ls, loss, lse_neg);
   };
   return for_each_block(in, in.codes, r0, r1, body);
 }
@@ -316,19 +373,22 @@ DCHML_SIMD_CLONES bool psl_backward(const RowBlockInputs<T>& in, T gamma, T sigm
                                     const T* grad_loss, T* grad_codes, int64_t r0, int64_t r1) {
   const ProxyPanel<T>& p = *in.proxies;
   auto row_weights = [&](int64_t i, T* w, PositiveList l, T* kept) DCHML_INLINE_LAMBDA {
-    const T ln = lse_neg[i];
-    int64_t e = 0;  // the positives' coefficients, kept while the row becomes softmax weights
-    auto score = [&](int64_t q) DCHML_INLINE_LAMBDA { return w[q]; };
-    auto keep = [&](int64_t, T coefficient) DCHML_INLINE_LAMBDA { kept[e++] = coefficient; };
-    const T negative_scale = psl_row_gradient(gamma, sigma, p.k, l, ln, grad_loss[i], score, keep);
-    if (ln == neg_infinity<T>()) {  // no negatives
-      for (int64_t q = 0; q < p.c; ++q) w[q] = T(0);
-    } else {
-      row_negative_weights(p, w, l, gamma, ln, negative_scale);
-    }
-    for (e = 0; e < l.npos; ++e) w[l.pos[e]] = kept[e];
+    psl_row_weights(p, gamma, sigma, w, l, lse_neg[i], grad_loss[i], kept);
   };
   return for_each_block_combined(in, in.codes, grad_codes, r0, r1, row_weights);
+}
+
+template <typename T>
+DCHML_SIMD_CLONES bool psl_forward_backward(const RowBlockInputs<T>& in, T gamma, T sigma, T grad_row, T* loss,
+                                            T* lse_neg, T* grad_codes, int64_t r0, int64_t r1) {
+  const ProxyPanel<T>& p = *in.proxies;
+  auto body = [&](int64_t i0, int nr, Scratch<T>& sc, const PositiveList* ls) DCHML_INLINE_LAMBDA {
+    psl_block_forward(in, gamma, sigma, i0, nr, sc, ls, loss, lse_neg);
+    for (int r = 0; r < nr; ++r)
+      psl_row_weights(p, gamma, sigma, sc.s.data() + r * p.cp, ls[r], lse_neg[i0 + r], grad_row, sc.tmp.data());
+    block_product<Product::kCombine>(sc.s.data(), nr, p, grad_codes + i0 * p.k);
+  };
+  return for_each_block(in, in.codes, r0, r1, body);
 }
 
 }  // namespace
@@ -356,12 +416,28 @@ bool row_block_psl_backward(const RowBlockInputs<T>& in, T gamma, T sigma, const
   return psl_backward(in, gamma, sigma, lse_neg, grad_loss, grad_codes, r0, r1);
 }
 
+template <typename T>
+bool row_block_mds_forward_backward(const RowBlockInputs<T>& in, T eta, T mu, T grad_row, T* loss, T* lse,
+                                    T* grad_codes, T* grad_den, int64_t r0, int64_t r1) {
+  return mds_forward_backward(in, eta, mu, grad_row, loss, lse, grad_codes, grad_den, r0, r1);
+}
+
+template <typename T>
+bool row_block_psl_forward_backward(const RowBlockInputs<T>& in, T gamma, T sigma, T grad_row, T* loss, T* lse_neg,
+                                    T* grad_codes, int64_t r0, int64_t r1) {
+  return psl_forward_backward(in, gamma, sigma, grad_row, loss, lse_neg, grad_codes, r0, r1);
+}
+
 #define DCHML_ROW_BLOCK_INSTANCES(T)                                                                           \
   template bool row_block_mds_forward<T>(const RowBlockInputs<T>&, T, T, T*, T*, int64_t, int64_t);           \
   template bool row_block_mds_backward<T>(const RowBlockInputs<T>&, T, T, const T*, const T*, T*, T*, int64_t, \
                                           int64_t);                                                            \
   template bool row_block_psl_forward<T>(const RowBlockInputs<T>&, T, T, T*, T*, int64_t, int64_t);           \
-  template bool row_block_psl_backward<T>(const RowBlockInputs<T>&, T, T, const T*, const T*, T*, int64_t, int64_t);
+  template bool row_block_psl_backward<T>(const RowBlockInputs<T>&, T, T, const T*, const T*, T*, int64_t,    \
+                                          int64_t);                                                            \
+  template bool row_block_mds_forward_backward<T>(const RowBlockInputs<T>&, T, T, T, T*, T*, T*, T*, int64_t,   \
+                                                  int64_t);                                                    \
+  template bool row_block_psl_forward_backward<T>(const RowBlockInputs<T>&, T, T, T, T*, T*, T*, int64_t, int64_t);
 DCHML_ROW_BLOCK_INSTANCES(float)
 DCHML_ROW_BLOCK_INSTANCES(double)
 #undef DCHML_ROW_BLOCK_INSTANCES

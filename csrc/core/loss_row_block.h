@@ -45,6 +45,17 @@ template <typename T>
 bool row_block_psl_backward(const RowBlockInputs<T>& in, T gamma, T sigma, const T* lse_neg, const T* grad_loss,
                             T* grad_codes, int64_t r0, int64_t r1);
 
+// The forward and, from the same scores, the gradient of grad_row * sum_i loss_i (the same values
+// as the backward above with grad_loss filled with grad_row): for a caller that knows the
+// gradient will be needed, one score pass and one label read instead of two.
+template <typename T>
+bool row_block_mds_forward_backward(const RowBlockInputs<T>& in, T eta, T mu, T grad_row, T* loss, T* lse,
+                                    T* grad_codes, T* grad_den, int64_t r0, int64_t r1);
+
+template <typename T>
+bool row_block_psl_forward_backward(const RowBlockInputs<T>& in, T gamma, T sigma, T grad_row, T* loss, T* lse_neg,
+                                    T* grad_codes, int64_t r0, int64_t r1);
+
 // Which calls take this path: always up to 512 proxies; beyond that with the lookup tables (float
 // on an AVX-512 CPU) while their two index arrays (c * k bytes each) stay cache-resident: every
 // row streams them once per product. Measured here (n = 1024-4096, k = 128, forward + backward):

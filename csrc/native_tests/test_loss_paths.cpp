@@ -91,6 +91,18 @@ void check_row_block(const Problem& prob, bool separate, const LabelRows& labels
   check_close("row-block mds grad codes", gc, weighted(want.grad_codes, w, k), tol);
   if (separate) check_close("row-block mds grad other", go, weighted(want.grad_other, w, k), tol);
 
+  // the forward with the gradient along, every row weighted alike
+  const T grad_row = T(0.75);
+  const std::vector<double> same(n, 0.75);
+  std::vector<T> loss2(n), lse2(n), gc2(n * k), go2(n * k);
+  DCHML_CHECK(row_block_mds_forward_backward<T>(in, T(kEta), T(kMu), grad_row, loss2.data(), lse2.data(), gc2.data(),
+                                                separate ? go2.data() : nullptr, 0, half));
+  DCHML_CHECK(row_block_mds_forward_backward<T>(in, T(kEta), T(kMu), grad_row, loss2.data(), lse2.data(), gc2.data(),
+                                                separate ? go2.data() : nullptr, half, n));
+  DCHML_CHECK(loss2 == loss && lse2 == lse);  // the forward's own values, bit for bit
+  check_close("row-block mds forward-backward grad codes", gc2, weighted(want.grad_codes, same, k), tol);
+  if (separate) check_close("row-block mds forward-backward grad other", go2, weighted(want.grad_other, same, k), tol);
+
   if (separate) return;  // the partial softmax has no `other`
   const loss_reference::Rows pwant = loss_reference::psl(prob, kGamma, kSigma);
   DCHML_CHECK(row_block_psl_forward<T>(in, T(kGamma), T(kSigma), loss.data(), lse.data(), 0, n));
@@ -98,6 +110,12 @@ void check_row_block(const Problem& prob, bool separate, const LabelRows& labels
   DCHML_CHECK(row_block_psl_backward<T>(in, T(kGamma), T(kSigma), lse.data(), grad_loss.data(), gc.data(), half, n));
   DCHML_CHECK(row_block_psl_backward<T>(in, T(kGamma), T(kSigma), lse.data(), grad_loss.data(), gc.data(), 0, half));
   check_close("row-block psl grad", gc, weighted(pwant.grad_codes, w, k), tol);
+
+  std::vector<T> ploss(n), plse(n);
+  DCHML_CHECK(row_block_psl_forward_backward<T>(in, T(kGamma), T(kSigma), grad_row, ploss.data(), plse.data(),
+                                                gc2.data(), 0, n));
+  DCHML_CHECK(ploss == loss && plse == lse);
+  check_close("row-block psl forward-backward grad", gc2, weighted(pwant.grad_codes, same, k), tol);
 }
 
 template <typename T, typename P>

@@ -62,7 +62,10 @@ TORCH_LIBRARY_FRAGMENT(dchml, m) {
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
 
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
 #include "core/sign_panel.h"
+#include "ops/cpu/loss_call.h"
 
 #include <memory>
 #include <type_traits>
@@ -175,9 +178,37 @@ auto make_node() {
     return c10::make_intrusive<N>();
 }
 
+// The gradient computed in the forward, times the upstream gradient: a scalar (reduced loss) or
+// one value per row (reduction none, any stride). In place when `own` (the node is releasing its
+// buffers and nothing else holds this one), else into a new tensor.
+at::Tensor scale_rows(at::Tensor unit, const at::Tensor& grad, int64_t reduction, bool own) {
+  at::Tensor out = own ? std::move(unit) : at::empty_like(unit);
+  const int64_t n = out.size(0), k = out.size(1);
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "scale_rows", [&] {
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    const scalar_t* u = (own ? out : unit).const_data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    if (reduction != 0) {
+      const scalar_t v = *g;
+      if (own && v == scalar_t(1)) return;
+      for (int64_t e = 0; e < n * k; ++e) o[e] = u[e] * v;
+      return;
+    }
+    const int64_t stride = grad.stride(0);
+    for (int64_t i = 0; i < n; ++i) {
+      const scalar_t v = g[i * stride];
+      for (int64_t j = 0; j < k; ++j) o[i * k + j] = u[i * k + j] * v;
+    }
+  });
+  return out;
+}
+
 // Which loss, its two scalars, the reduction, and the tensors backward reads (saved with
 // version checks: an input changed in place before backward raises instead of giving a wrong
-// gradient).
+// gradient). On the CPU row-block path the forward also computed the gradient for a unit
+// upstream gradient (`unit_codes`, `unit_other`: the size of the codes, no (n x c) tensor); the
+// backward then only scales it. Otherwise, and for a differentiable backward (create_graph), the
+// backward operator recomputes the scores from the saved log-sum-exp.
 struct LossBackward : public Node {
   bool partial_softmax = false;  // PSLDH (gamma, sigma) instead of margin-dynamic-softmax (eta, mu)
   bool has_other = false;
@@ -185,20 +216,37 @@ struct LossBackward : public Node {
   int64_t reduction = 0;
   bool has_indices = false;  // labels: dense (n, c), or CSR offsets with indices
   SavedVariable codes, other, proxies, labels, indices, lse;
+  at::Tensor unit_codes, unit_other;  // defined when computed in the forward
+  bool releasing = false;             // this apply is the last: the buffers may be handed out
 
   std::string name() const override {
     return partial_softmax ? "PartialSoftmaxLossBackward" : "MarginDynamicSoftmaxLossBackward";
   }
 
+  void will_release_variables() override { releasing = true; }
+
   void release_variables() override {
     for (SavedVariable* v : {&codes, &other, &proxies, &labels, &indices, &lse}) v->reset_data();
+    unit_codes.reset();
+    unit_other.reset();
   }
 
   variable_list apply(variable_list&& grads) override {
     if (!grads[0].defined()) return variable_list(num_outputs());
+    const at::Tensor& grad = grads[0];
+    if (unit_codes.defined() && !at::GradMode::is_enabled() && readable_cpu(grad) && grad.layout() == at::kStrided &&
+        grad.scalar_type() == unit_codes.scalar_type()) {
+      // the saved inputs are unpacked for their version checks only
+      for (SavedVariable* v : {&codes, &proxies, &labels, &lse}) v->unpack();
+      if (has_other) other.unpack();
+      if (has_indices) indices.unpack();
+      variable_list out{scale_rows(releasing ? std::move(unit_codes) : unit_codes, grad, reduction, releasing)};
+      if (has_other) out.push_back(scale_rows(releasing ? std::move(unit_other) : unit_other, grad, reduction, releasing));
+      return out;
+    }
     const at::Tensor c = codes.unpack();
     const std::optional<at::Tensor> idx = has_indices ? std::optional<at::Tensor>(indices.unpack()) : std::nullopt;
-    const at::Tensor grad_rows = expand_reduced_grad(grads[0], c.sym_size(0), reduction);
+    const at::Tensor grad_rows = expand_reduced_grad(grad, c.sym_size(0), reduction);
     if (partial_softmax)
       return {partial_softmax_loss_backward_op().call(grad_rows, c, proxies.unpack(), labels.unpack(), idx,
                                                       lse.unpack(), a, b)};
@@ -210,6 +258,18 @@ struct LossBackward : public Node {
   }
 };
 
+// Whether the forward may run the CPU kernels directly and compute the gradient along: real CPU
+// tensors (not the fake or functional tensors of a torch.compile trace, which take the operator
+// path and its fake kernels) and no Python dispatch mode that must see the operator calls.
+bool gradient_in_forward(const at::Tensor& codes, const std::optional<at::Tensor>& other, const at::Tensor& proxies,
+                         const at::Tensor& labels, const std::optional<at::Tensor>& indices) {
+  if (c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::Python) ||
+      c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::PythonTLSSnapshot))
+    return false;
+  return readable_cpu(codes) && readable_cpu(proxies) && readable_cpu(labels) &&
+         (!other.has_value() || readable_cpu(*other)) && (!indices.has_value() || readable_cpu(*indices));
+}
+
 // The Autograd-key kernel of the four loss operators: the row op below autograd, the reduction,
 // and (when a gradient is needed) one LossBackward node for the loss output; the saved per-row
 // log-sum-exp is not differentiable.
@@ -219,8 +279,20 @@ std::tuple<at::Tensor, at::Tensor> loss_with_node(bool partial_softmax, const at
                                                   double b, int64_t reduction) {
   const bool needs_grad = at::GradMode::is_enabled() &&
                           (codes.requires_grad() || (other.has_value() && other->requires_grad()));
-  at::Tensor rows, lse;
-  {
+  at::Tensor rows, lse, unit_codes, unit_other;
+  if (needs_grad && gradient_in_forward(codes, other, proxies, labels, indices)) {
+    // the gradient of the returned loss for a unit upstream gradient: rows weighted 1 (none, sum)
+    // or 1 / n (mean)
+    at::AutoDispatchBelowADInplaceOrView guard;
+    const double grad_row = reduction == 1 && codes.size(0) > 0 ? 1.0 / static_cast<double>(codes.size(0)) : 1.0;
+    CpuLossCall call(LossInputs(codes, other, proxies, labels, indices));
+    ForwardWithGradient f = partial_softmax ? call.psl_forward_with_gradient(a, b, grad_row)
+                                            : call.mds_forward_with_gradient(a, b, grad_row);
+    rows = std::move(f.loss);
+    lse = std::move(f.lse);
+    unit_codes = std::move(f.grad_codes);
+    unit_other = std::move(f.grad_other);
+  } else {
     at::AutoDispatchBelowADInplaceOrView guard;
     std::tie(rows, lse) = partial_softmax ? partial_softmax_loss_op().call(codes, proxies, labels, indices, a, b)
                                           : mds_loss_op().call(codes, other, proxies, labels, indices, a, b);
@@ -242,6 +314,8 @@ std::tuple<at::Tensor, at::Tensor> loss_with_node(bool partial_softmax, const at
   node->has_indices = indices.has_value();
   if (indices.has_value()) node->indices = SavedVariable(*indices, false);
   node->lse = SavedVariable(lse, false);
+  node->unit_codes = std::move(unit_codes);
+  node->unit_other = std::move(unit_other);
   torch::autograd::set_history(loss, node);
   return {loss, lse};
 }

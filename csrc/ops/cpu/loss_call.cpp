@@ -262,6 +262,39 @@ at::Tensor CpuLossCall::psl_backward(double gamma, double sigma) const {
   return grad_codes;
 }
 
+ForwardWithGradient CpuLossCall::mds_forward_with_gradient(double eta, double mu, double grad_row) const {
+  if (!row_block_) {
+    auto [loss, lse] = mds_forward(eta, mu);
+    return {loss, lse, at::Tensor(), at::Tensor()};
+  }
+  ForwardWithGradient out{in_.row_output(), in_.row_output(), in_.code_output(), in_.code_output(in_.separate)};
+  run(
+      [&](const auto& rb, int64_t r0, int64_t r1) {
+        using T = ScalarOf<decltype(rb)>;
+        return row_block_mds_forward_backward<T>(rb, T(eta), T(mu), T(grad_row), out_ptr<T>(out.loss),
+                                                 out_ptr<T>(out.lse), out_ptr<T>(out.grad_codes),
+                                                 in_.separate ? out_ptr<T>(out.grad_other) : nullptr, r0, r1);
+      },
+      [](const auto&, const auto&, auto&&) {});  // not reached: row-block calls only
+  return out;
+}
+
+ForwardWithGradient CpuLossCall::psl_forward_with_gradient(double gamma, double sigma, double grad_row) const {
+  if (!row_block_) {
+    auto [loss, lse_neg] = psl_forward(gamma, sigma);
+    return {loss, lse_neg, at::Tensor(), at::Tensor()};
+  }
+  ForwardWithGradient out{in_.row_output(), in_.row_output(), in_.code_output(), in_.code_output(false)};
+  run(
+      [&](const auto& rb, int64_t r0, int64_t r1) {
+        using T = ScalarOf<decltype(rb)>;
+        return row_block_psl_forward_backward<T>(rb, T(gamma), T(sigma), T(grad_row), out_ptr<T>(out.loss),
+                                                 out_ptr<T>(out.lse), out_ptr<T>(out.grad_codes), r0, r1);
+      },
+      [](const auto&, const auto&, auto&&) {});  // not reached: row-block calls only
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor> labels_to_csr_cpu(const at::Tensor& labels) {
   TORCH_CHECK_VALUE(labels.dim() == 2, "labels must be 2-D (n, c), got ", labels.dim(), "-D");
   TORCH_CHECK_TYPE(!labels.is_complex(), "labels must be 0/1 as bool, integer or float, got ", labels.scalar_type());

@@ -15,6 +15,14 @@
 
 namespace dchml {
 
+// A forward run for a caller that will need the gradient (the autograd kernel): the loss rows, the
+// saved per-row log-sum-exp and, when the call takes the row-block path, the gradient of
+// grad_row * sum_i loss_i (grad_other: (0, k) without `other`) from the forward's own scores.
+// On the tiled path the gradients are undefined and the backward operator recomputes them.
+struct ForwardWithGradient {
+  at::Tensor loss, lse, grad_codes, grad_other;
+};
+
 class CpuLossCall {
  public:
   explicit CpuLossCall(LossInputs inputs);
@@ -23,6 +31,8 @@ class CpuLossCall {
   std::tuple<at::Tensor, at::Tensor> mds_backward(double eta, double mu) const;  // needs backward_of
   std::tuple<at::Tensor, at::Tensor> psl_forward(double gamma, double sigma) const;
   at::Tensor psl_backward(double gamma, double sigma) const;  // needs backward_of
+  ForwardWithGradient mds_forward_with_gradient(double eta, double mu, double grad_row) const;
+  ForwardWithGradient psl_forward_with_gradient(double gamma, double sigma, double grad_row) const;
 
  private:
   template <typename RowBlock, typename Tiled>
