@@ -62,7 +62,7 @@ def test_layers_import_only_downwards():
         for target, names, line in _imports(name, is_package, tree):
             theirs = _layer(target) if target != "dchml" else None
             if target == "dchml" and names and all(n in LAYERS for n in names):
-                theirs = max((n for n in names), key=LAYERS.index)
+                theirs = max(names, key=LAYERS.index)
             if theirs is None:
                 if mine != "app":  # only the applications use the public front door `dchml`
                     wrong.append(f"{path.relative_to(ROOT)}:{line} imports the top-level package")

@@ -6,7 +6,6 @@ to see the traceback). Ctrl-C exits with 130 and says how to resume.
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -67,12 +66,9 @@ def _after_interrupt(args) -> str:
 
 
 def is_user_error(exc) -> bool:
-    from ..method.checkpoint import CheckpointError
-    from ..data import DataError
-    from ..io.atomic import OutputError
+    from ..io.atomic import USER_ERRORS  # DataError, CheckpointError and JSONDecodeError are ValueErrors
 
-    return isinstance(exc, (UsageError, DataError, CheckpointError, OutputError, ValueError, FileNotFoundError,
-                            PermissionError, FloatingPointError, json.JSONDecodeError))
+    return isinstance(exc, (UsageError,) + USER_ERRORS)
 
 
 if __name__ == "__main__":

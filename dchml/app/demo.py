@@ -77,11 +77,8 @@ def _run_all(work: dict, jobs: int) -> dict:
     try:
         futures = {m: pool.submit(train_method, work[m]) for m in work}
         return {m: futures[m].result() for m in work}
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C reached the workers too: let them end
-        raise
     finally:
-        pool.shutdown(wait=True)
+        pool.shutdown(wait=True, cancel_futures=True)  # after Ctrl-C or a failure: let the workers end
 
 
 @dataclass

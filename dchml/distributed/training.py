@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..io.atomic import OutputError
+from ..io.atomic import USER_ERRORS
 from ..method import train as single_process
 from ..method.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from ..method.config import TrainConfig, resolve_device
@@ -164,15 +164,10 @@ class WorkerError(ValueError):
     disk...): its one-line message, named by rank, without the worker's traceback."""
 
 
-# What a worker's exception says to the parent process: the user's mistakes are reported in one
-# line like in a single process; anything else keeps its traceback.
-_USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, FloatingPointError, OutputError)
-
-
 def _record_failure(folder: str, rank: int, exc: BaseException) -> None:
     try:
         with open(os.path.join(folder, f"failure.{rank}.json"), "w") as f:
-            json.dump({"user_error": isinstance(exc, _USER_ERRORS),
+            json.dump({"user_error": isinstance(exc, USER_ERRORS),
                        "message": " ".join(str(exc).split()) or type(exc).__name__}, f)
     except OSError:
         pass  # the parent then reports the traceback's last line instead

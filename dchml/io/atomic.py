@@ -42,6 +42,12 @@ class OutputError(OSError):
         return self.strerror
 
 
+# The exceptions that report the user's mistake or their machine's state (bad input or arguments,
+# a missing or unwritable file, a full disk, a diverging run): the command line and the workers it
+# spawns report them in one line; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, FloatingPointError, OutputError)
+
+
 def is_temp_file(name: str) -> bool:
     """True for the name of a temporary file of write_atomic (or of an earlier dchml)."""
     return bool(_TEMP.match(name) or _OLD_TEMP.match(name))
