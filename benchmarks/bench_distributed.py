@@ -313,7 +313,6 @@ def _train_in_slices(data, cfg, slices: int):
     """dchml.train.train with each batch computed in `slices` contiguous slices (gradients of the
     slices accumulated, each weighted by its share of the batch): what the DDP run computes."""
     import dchml.train as single
-    from dchml.method.objective import step_loss
 
     class SlicedPasses(single.SingleProcess):
         def run_pass(self, p):
@@ -326,8 +325,7 @@ def _train_in_slices(data, cfg, slices: int):
                 for pos in batch.tensor_split(slices):
                     if pos.numel():
                         out = p.net(p.inputs[p.rows[pos]].to(p.device))
-                        loss, _ = step_loss(out, p.stored_other[pos], p.codes_c[pos], p.proxies, p.labels[pos],
-                                            p.weights)
+                        loss, _ = p.loss(out, pos)
                         (loss * (pos.numel() / batch.numel())).backward()
                         outputs.append((pos, out.detach()))
                 p.optimizer.step()

@@ -61,7 +61,7 @@ def test_weight_files_are_checked(tmp_path):
     torch.save({"module.features.0.weight": torch.zeros(64, 3, 11, 11)}, tmp_path / "part.pth")
     with pytest.raises(ValueError, match="is not a AlexNet state dict: missing keys"):
         load_backbone_weights("alexnet", backbone, str(tmp_path / "part.pth"))
-    with pytest.raises(ValueError, match="image backbone must be one of alexnet, vgg16"):
+    with pytest.raises(ValueError, match="image backbone must be one of alexnet, vgg11, vgg16"):
         get_spec("vit-h")
 
 
@@ -133,7 +133,7 @@ def test_clip_image_and_text_towers_with_random_weights(tmp_path):
 
 
 def test_every_backbone_is_listed_with_its_normalisation():
-    assert set(BACKBONES) == {"alexnet", "vgg16", "resnet50", "clip-vit-b-32", "clip-vit-b-32-openai"}
+    assert set(BACKBONES) == {"alexnet", "vgg11", "vgg16", "resnet50", "clip-vit-b-32", "clip-vit-b-32-openai"}
     net = IHNet(8, image_size=64)
     assert torch.equal(net.mean.flatten(), torch.tensor(get_spec("alexnet").mean))
     with pytest.raises(ValueError, match="image_size must be >= 63 for the AlexNet backbone"):

@@ -202,14 +202,14 @@ def test_lock_is_exclusive_in_one_process_and_released_by_a_crash(tmp_path):
 def no_work(monkeypatch):
     """Fail the test if data is loaded or PHNet starts."""
     import dchml.data.load
-    import dchml.train
+    import dchml.method.proxies
 
     def boom(*args, **kwargs):
         raise AssertionError("work started before the arguments were checked")
 
     monkeypatch.setattr(dchml.data.load, "load_dataset", boom)
     monkeypatch.setattr(dchml.data, "load_dataset", boom)
-    monkeypatch.setattr(dchml.train, "train_proxies", boom)
+    monkeypatch.setattr(dchml.method.proxies, "train_category_net", boom)
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -227,19 +227,19 @@ def test_absurd_arguments_are_refused_before_any_work(argv, needle, tmp_path, ca
 
 def test_memory_and_disk_estimates_refuse_before_phnet(files, tmp_path, capsys, monkeypatch):
     import dchml.method.preflight
-    import dchml.train
+    import dchml.method.proxies
 
     def boom(*args, **kwargs):
         raise AssertionError("PHNet started")
 
-    monkeypatch.setattr(dchml.train, "train_proxies", boom)
+    monkeypatch.setattr(dchml.method.proxies, "train_category_net", boom)
     out = tmp_path / "run"
     monkeypatch.setattr(dchml.method.preflight, "_available_memory", lambda device: 50 << 20)
     line = _error_line(capsys, main(["train", "--data", files["a"], "--out", str(out), "--bits", "4096", "--quiet"]))
     assert "needs about" in line and "of memory" in line and "50.0 MiB available" in line
     assert not out.exists()
     monkeypatch.undo()
-    monkeypatch.setattr(dchml.train, "train_proxies", boom)
+    monkeypatch.setattr(dchml.method.proxies, "train_category_net", boom)
     monkeypatch.setattr(dchml.method.preflight.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=1 << 20))
     line = _error_line(capsys, main(["train", "--data", files["a"], "--out", str(out)] + TINY))
     assert "has 1.0 MiB free, the run needs about" in line and re.search(r"checkpoint\.pt about \d+\.\d MiB", line)

@@ -199,4 +199,4 @@ def test_model_spec_rebuilds():
     assert "proxies" in model.state_dict() and model.state_dict()["proxies"].shape == (5, 16)
     np.testing.assert_equal(sorted(model.spec()), sorted(["bits", "n_labels", "text_dim", "image_dim", "proxy_hidden",
                                                            "image_hidden", "text_hidden", "image_size",
-                                                           "image_backbone"]))
+                                                           "image_backbone", "modalities", "category_net"]))

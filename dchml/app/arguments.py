@@ -105,7 +105,8 @@ def _add_train_args(p, *, demo=False):
     paper = lambda name: f"; --recipe paper: {PAPER_RECIPE[name]}" if name in PAPER_RECIPE else ""  # noqa: E731
     p.add_argument("--recipe", choices=list(RECIPES), default="default",
                    help="training recipe: dchml's default (chosen on a panel of data sets, docs/method.md) or the "
-                        "paper's literal settings (plain SGD, lr 1e-3, 120 epochs, features as given, last epoch)")
+                        "method's paper settings (DCHML: plain SGD, lr 1e-3, 120 epochs, features as given, last "
+                        "epoch; PSLDH, CSQ: their public code's, docs/spec.md §12)")
     p.add_argument("--bits", type=_positive_int if demo else _bits_list, default=None,
                    help=f"code length (default {d.bits})" + ("" if demo else "; several, e.g. 16,32,64, train one "
                                                             "model each into DIR/bitsN and write one report"))
@@ -131,9 +132,7 @@ def _add_train_args(p, *, demo=False):
     p.add_argument("--patience", type=_nonneg_int, default=None,
                    help=f"stop after this many validations without improvement (default {d.patience}; 0: never)")
     p.add_argument("--select", choices=SELECTIONS, default=None, help=f"kept epoch (default {d.select})")
-    for flag, attr in (("--eta", "eta"), ("--mu", "mu"), ("--lambda", "lam"), ("--gamma", "gamma"),
-                       ("--alpha", "alpha"), ("--beta", "beta")):
-        p.add_argument(flag, dest=attr, type=_nonneg_float, default=None, help=f"default {getattr(d, attr)}")
+    _add_method_params(p)
     p.add_argument("--proxy-steps", type=_positive_int, default=None, help=f"PHNet step limit (default {d.proxy_steps})")
     p.add_argument("--eval-every", type=_positive_int, default=None,
                    help=f"validation MAP every N epochs (default {d.eval_every})")
@@ -146,12 +145,36 @@ def _add_train_args(p, *, demo=False):
     p.add_argument("--force", action="store_true", help="write into an existing non-empty --out directory")
 
 
+def _add_method_params(p):
+    """--eta, --mu, --lambda, --gamma, --sigma, --alpha, --beta: each method reads some of them, with
+    its own defaults (a name can mean another thing in another method: docs/spec.md §12)."""
+    from ..method.methods import FLAG_OF, METHOD_PARAMS, METHODS
+
+    for attr in METHOD_PARAMS:
+        uses = [f"{m.title} {m.params[attr]:g}" for m in METHODS.values() if attr in m.params and m.name != "dchml_q"
+                and m.name != "dchml_p"]
+        p.add_argument(f"--{FLAG_OF.get(attr, attr)}", dest=attr, type=_nonneg_float, default=None,
+                       help=f"{_PARAM_MEANING[attr]} (default: " + ", ".join(uses) + ")")
+
+
+_PARAM_MEANING = {
+    "eta": "DCHML's softmax scale",
+    "mu": "DCHML's margin",
+    "lam": "DCHML: weight of the inter-modal loss; PSLDH, CSQ: weight of the quantization term",
+    "gamma": "DCHML: weight of the quantization term; PSLDH: the softmax scale",
+    "sigma": "PSLDH's margin",
+    "alpha": "category network: weight of the bit balance",
+    "beta": "category network: weight of its quantization",
+}
+
+
 def _add_finetune_args(p):
     from ..method.backbones import BACKBONES
     from ..method.precision import PRECISIONS
 
     p.add_argument("--image-backbone", choices=list(BACKBONES), default=None,
-                   help="network on image pixels (default alexnet, the paper's); pixel data only")
+                   help="network on image pixels (default: the method's, alexnet for DCHML and CSQ, vgg11 for "
+                        "PSLDH); pixel data only")
     p.add_argument("--image-size", type=_positive_int, default=None,
                    help="side of the square image input (default 224); image files are resized to it")
     p.add_argument("--backbone-lr-scale", type=_nonneg_float, default=None,
@@ -169,8 +192,8 @@ def _add_threads_arg(p, default=None):
 
 _CONFIG_FLAGS = ("bits", "epochs", "seed", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
                  "warmup_epochs", "schedule", "image_norm", "text_norm", "val_fraction", "patience", "select",
-                 "eta", "mu", "lam", "gamma", "alpha", "beta", "proxy_steps", "eval_every", "topk", "device",
-                 "image_backbone", "image_size", "backbone_lr_scale", "precision", "augment")
+                 "eta", "mu", "lam", "gamma", "sigma", "alpha", "beta", "proxy_steps", "eval_every", "topk",
+                 "device", "image_backbone", "image_size", "backbone_lr_scale", "precision", "augment", "modality")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,7 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model (Algorithm 1), evaluate it and write a report")
     _add_data_args(p, "synthetic; with --resume, the data the run was started on")
-    p.add_argument("--method", choices=["dchml", "dchml_q", "dchml_p"], default=None, help="default dchml")
+    from ..method.methods import METHODS
+
+    p.add_argument("--method", choices=list(METHODS), default=None,
+                   help="default dchml; " + "; ".join(f"{name}: {m.summary}" for name, m in METHODS.items()))
+    p.add_argument("--modality", choices=["image", "text"], default=None,
+                   help="single-modality methods (psldh, csq): the modality trained and searched (default: "
+                        "image when the data has it)")
     _add_train_args(p)
     p.add_argument("--image-weights", default=None,
                    help="local state dict of the image backbone, or 'random' (pixel data only; default: the "
@@ -213,13 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
-    p = sub.add_parser("search", help="top-k cross-modal search of a data set's database with the Hamming index")
+    p = sub.add_parser("search", help="top-k search of a data set's database with the Hamming index")
     p.add_argument("--checkpoint", required=True)
     _add_data_args(p, "the data the checkpoint was trained on")
     p.add_argument("--seed", type=_nonneg_int, default=None,
                    help="seed of the data split (default: the seed the checkpoint was trained with)")
     p.add_argument("--query-modality", required=True, choices=["image", "text"],
-                   help="modality of the queries; the database is the other modality")
+                   help="modality of the queries")
+    p.add_argument("--database-modality", choices=["image", "text"], default=None,
+                   help="modality of the database (default: the other modality for a cross-modal model, the "
+                        "same one for a single-modality model)")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--queries", help="comma-separated positions in the data set's query split, e.g. 0,1,2")
     group.add_argument("--input", help=".npy of raw query items of --query-modality")

@@ -60,31 +60,41 @@ def describe_device(device: str) -> str:
 
 
 def data_summary(data) -> dict:
-    image = "pixels %s" % "x".join(map(str, data.image.shape[1:])) if data.image_is_pixels else f"{data.image_dim}-d features"
+    if data.image is None:
+        image = None
+    elif data.image_is_pixels:
+        image = "pixels %s" % "x".join(map(str, data.image.shape[1:]))
+    else:
+        image = f"{data.image_dim}-d features"
     skipped = list(getattr(data.image, "skipped", ()))  # images streamed from files: the unreadable ones dropped
     if hasattr(data.image, "skipped"):
         image += " streamed from files" + (f" ({len(skipped)} unreadable skipped)" if skipped else "")
     return {"name": data.name, "n": int(data.n), "n_labels": int(data.n_labels), "image": image,
-            "text_dim": int(data.text_dim), "n_query": int(data.query_idx.numel()),
+            "text_dim": None if data.text is None else int(data.text_dim), "n_query": int(data.query_idx.numel()),
             "n_retrieval": int(data.retrieval_idx.numel()), "n_train": int(data.train_idx.numel()),
             "fingerprint": data_fingerprint(data), "source": getattr(data, "source", None),
             **({"skipped_images": skipped} if skipped else {})}
 
 
-def baselines(result, data, topk: int) -> dict:
-    """The linear hasher (trained on the run's fitted training items, with its proxies and input
-    normalisers) and chance, scored on the same queries and database as the run."""
+def baselines(result, data, cfg: TrainConfig) -> dict:
+    """The linear hasher (trained on the run's fitted training items, with its category codes and
+    input normalisers) and chance, scored on the same queries, database and tasks as the run."""
     from ..method.baselines import chance_map, linear_hasher
+    from ..method.methods import tasks_of
 
     split = result.state.get("split") or {"fit_idx": data.train_idx, "val_idx": data.train_idx[:0]}
-    return {"linear": linear_hasher(result.model, data, split["fit_idx"], split["val_idx"], topk=topk),
-            "chance": chance_map(data, topk=topk)}
+    return {"linear": linear_hasher(result.model, data, split["fit_idx"], split["val_idx"], topk=cfg.topk,
+                                    method=cfg.method),
+            "chance": chance_map(data, topk=cfg.topk, tasks=tasks_of(result.model.modalities))}
 
 
 def normalization_summary(model) -> dict:
-    out = {"text": model.text_net.normalizer.describe()}
-    out["image"] = ({"kind": "pixels", "detail": "the backbone's ImageNet mean/std"} if model.image_net.uses_pixels
-                    else model.image_net.normalizer.describe())
+    out = {}
+    if "text" in model.modalities:
+        out["text"] = model.text_net.normalizer.describe()
+    if "image" in model.modalities:
+        out["image"] = ({"kind": "pixels", "detail": "the backbone's ImageNet mean/std"}
+                        if model.image_net.uses_pixels else model.image_net.normalizer.describe())
     return out
 
 
@@ -95,8 +105,8 @@ def build_metrics(cfg: TrainConfig, result, scores: dict, data, *, command: str 
         "method": cfg.method,
         "bits": cfg.bits,
         "topk": cfg.topk,
-        "i2t_map": scores["i2t_map"],
-        "t2i_map": scores["t2i_map"],
+        "modalities": list(result.model.modalities),
+        **{key: value for key, value in scores.items() if key.endswith("_map")},
         "baselines": reference or {},
         "selection": result.selection,
         "normalization": normalization_summary(result.model),
@@ -151,6 +161,6 @@ def _run_experiment(data, cfg, out_dir, resume, force, progress, log, command, n
     final_cfg = TrainConfig.from_dict(result.state["config"]) if result.state else cfg
     scores = evaluate(result.model, data, topk=final_cfg.topk, curves=True, device=final_cfg.device)
     metrics = build_metrics(final_cfg, result, scores, data, command=command,
-                            reference=baselines(result, data, final_cfg.topk))
+                            reference=baselines(result, data, final_cfg))
     write_json(metrics, os.path.join(out_dir, METRICS))
     return metrics, result

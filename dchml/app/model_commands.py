@@ -67,8 +67,11 @@ def cmd_eval(args, argv):
 
     state, model, device, data, seed = _checkpoint_model_and_data(args)
     _refuse_trained_queries(state, data, data.query_idx, seed, "queries")
+    from ..method.methods import TASK_NAMES
+
     scores = evaluate(model, data, topk=args.topk, curves=bool(args.out), device=device)
-    print(f"MAP@{args.topk} I->T {scores['i2t_map']:.4f}  T->I {scores['t2i_map']:.4f}")
+    print(f"MAP@{args.topk} " + "  ".join(f"{name} {scores[f'{task}_map']:.4f}" for task, name in TASK_NAMES.items()
+                                          if f"{task}_map" in scores))
     if args.out:
         write_json({"bits": model.bits, **scores, "checkpoint": args.checkpoint, "data": data.name, "seed": seed,
                     "data_fingerprint": data_fingerprint(data)}, args.out)
@@ -79,14 +82,23 @@ def _check_model_fits_data(model, data):
     problems = []
     if spec["n_labels"] != data.n_labels:
         problems.append(f"{data.n_labels} labels (model: {spec['n_labels']})")
-    if spec["text_dim"] != data.text_dim:
+    missing = [m for m in model.modalities if getattr(data, m, None) is None]
+    if missing:
+        problems.append(f"no {' and no '.join(missing)} (the model encodes {' and '.join(model.modalities)})")
+    if "text" in model.modalities and "text" not in missing and spec["text_dim"] != data.text_dim:
         problems.append(f"{data.text_dim}-d text (model: {spec['text_dim']})")
-    if (spec["image_dim"] is None) != bool(data.image_is_pixels) or (
-            spec["image_dim"] is not None and spec["image_dim"] != data.image_dim):
+    if "image" in model.modalities and "image" not in missing and (
+            (spec["image_dim"] is None) != bool(data.image_is_pixels)
+            or (spec["image_dim"] is not None and spec["image_dim"] != data.image_dim)):
         problems.append(f"image {'pixels' if data.image_is_pixels else data.image_dim} "
                         f"(model: {'pixels' if spec['image_dim'] is None else spec['image_dim']})")
     if problems:
         raise UsageError(f"the checkpoint does not fit --data {data.name}: it has " + ", ".join(problems))
+
+
+def _check_modality(model, modality, flag):
+    if modality not in model.modalities:
+        raise UsageError(f"{flag} {modality}: this checkpoint encodes {' and '.join(model.modalities)} only")
 
 
 def _load_npy(path, what):
@@ -128,6 +140,7 @@ def cmd_encode(args, argv):
 
     check_output_file(args.out, args.force)
     state, model, device = _load_model(args)
+    _check_modality(model, args.modality, "--modality")
     if args.input.lower().endswith(".txt"):
         batch = _raw_input(args, model, state.get("data", {}).get("encoders") or {}, device)
     else:
@@ -181,7 +194,12 @@ def cmd_search(args, argv):
     from ..method.encoding import encode
 
     state, model, device, data, seed = _checkpoint_model_and_data(args)
-    db_modality = "text" if args.query_modality == "image" else "image"
+    _check_modality(model, args.query_modality, "--query-modality")
+    db_modality = args.database_modality
+    if db_modality is None:  # across modalities for a cross-modal model, within its modality otherwise
+        db_modality = args.query_modality if not model.cross_modal else (
+            "text" if args.query_modality == "image" else "image")
+    _check_modality(model, db_modality, "--database-modality")
     db_source = data.text if db_modality == "text" else data.image
     if args.queries is not None:
         try:

@@ -1,8 +1,9 @@
 """The run report: report.md plus PNG plots (matplotlib, Agg backend) from one or more runs'
 metrics dicts (the content of metrics.json), so one report can compare methods side by side.
 
-Plots: pr_curves.png (precision-recall by Hamming radius, I->T and T->I), precision_at_n.png
-(precision@N, I->T and T->I), training.png (eq. 16 objective and MAP per epoch).
+Plots: pr_curves.png (precision-recall by Hamming radius), precision_at_n.png (precision@N), one
+panel per retrieval task the runs have (I->T, T->I, I->I, T->T), and training.png (the logged
+objective and validation MAP per epoch).
 """
 from __future__ import annotations
 
@@ -14,9 +15,29 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..io.atomic import write_atomic, write_text  # noqa: E402
+from ..method.methods import METHODS, TASK_NAMES  # noqa: E402
 
-TASKS = (("i2t", "I->T (image query, text database)"), ("t2i", "T->I (text query, image database)"))
-LABELS = {"dchml": "DCHML", "dchml_p": "DCHML_P", "dchml_q": "DCHML_Q"}
+TASK_TITLES = {"i2t": "I->T (image query, text database)", "t2i": "T->I (text query, image database)",
+               "i2i": "I->I (image query, image database)", "t2t": "T->T (text query, text database)"}
+LABELS = {name: method.title for name, method in METHODS.items()}
+
+
+def run_tasks(metrics: dict) -> list[str]:
+    """The tasks a run (or a baseline's scores) holds a MAP for, in the order I->T, T->I, I->I, T->T."""
+    return [task for task in TASK_NAMES if metrics.get(f"{task}_map") is not None]
+
+
+def main_tasks(metrics: dict) -> list[str]:
+    """The tasks a run is judged on: both directions across modalities for a cross-modal run, its
+    one within-modality task for a single-modality run."""
+    tasks = run_tasks(metrics)
+    cross = [t for t in tasks if t in ("i2t", "t2i")]
+    return cross or tasks
+
+
+def _tasks_of_runs(runs: dict) -> list[str]:
+    present = {task for m in runs.values() for task in run_tasks(m)}
+    return [task for task in TASK_NAMES if task in present]
 
 
 def _label(name: str, metrics: dict) -> str:
@@ -30,14 +51,20 @@ def _save(fig, path: str) -> None:
         plt.close(fig)
 
 
+def _task_axes(runs: dict, height: float = 4.0):
+    tasks = _tasks_of_runs(runs) or ["i2t"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), height), squeeze=False)
+    return fig, list(zip(axes[0], tasks))
+
+
 def plot_pr(runs: dict, path: str) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (task, title) in zip(axes, TASKS):
+    fig, panels = _task_axes(runs)
+    for ax, task in panels:
         for name, m in runs.items():
             curve = m.get("curves", {}).get(task, {}).get("pr")
             if curve:
                 ax.plot(curve["recall"], curve["precision"], marker=".", label=_label(name, m))
-        ax.set(title=title, xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
+        ax.set(title=TASK_TITLES[task], xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Precision-recall by Hamming radius r = 0..k")
@@ -45,16 +72,19 @@ def plot_pr(runs: dict, path: str) -> None:
 
 
 def plot_precision_at_n(runs: dict, path: str) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (task, title) in zip(axes, TASKS):
+    fig, panels = _task_axes(runs)
+    for ax, task in panels:
         for name, m in runs.items():
             curve = m.get("curves", {}).get(task, {}).get("precision_at_n")
             if curve:
                 ax.plot(curve["n"], curve["precision"], marker="o", markersize=3, label=_label(name, m))
-        ax.set(title=title, xlabel="N (top-N retrieved)", ylabel="precision@N", ylim=(0, 1.02))
+        ax.set(title=TASK_TITLES[task], xlabel="N (top-N retrieved)", ylabel="precision@N", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     _save(fig, path)
+
+
+_MARKERS = ("o", "s", "^", "v")
 
 
 def plot_training(runs: dict, path: str) -> None:
@@ -63,20 +93,20 @@ def plot_training(runs: dict, path: str) -> None:
         hist = m.get("history", [])
         epochs = [r["epoch"] for r in hist]
         line, = ax_loss.plot(epochs, [r["objective"] for r in hist], label=_label(name, m))
-        evaluated = [r for r in hist if r.get("val_i2t_map") is not None]
-        ep = [r["epoch"] for r in evaluated]
-        ax_map.plot(ep, [r["val_i2t_map"] for r in evaluated], marker="o", markersize=3, color=line.get_color(),
-                    label=f"{_label(name, m)} I->T")
-        ax_map.plot(ep, [r["val_t2i_map"] for r in evaluated], marker="s", markersize=3, linestyle="--",
-                    color=line.get_color(), label=f"{_label(name, m)} T->I")
+        validated = [k for k in (hist[0] if hist else {}) if k.startswith("val_") and k.endswith("_map")]
+        for i, key in enumerate(validated):
+            evaluated = [r for r in hist if r.get(key) is not None]
+            ax_map.plot([r["epoch"] for r in evaluated], [r[key] for r in evaluated], marker=_MARKERS[i % 4],
+                        markersize=3, linestyle="-" if i == 0 else "--", color=line.get_color(),
+                        label=f"{_label(name, m)} {TASK_NAMES.get(key[4:-4], key)}")
         kept = (m.get("selection") or {}).get("kept_epoch")
-        if kept and evaluated:
+        if kept and any(r.get(k) is not None for r in hist for k in validated):
             ax_map.axvline(kept, color=line.get_color(), alpha=0.3, linestyle=":")
     from matplotlib.ticker import MaxNLocator
 
     for ax in (ax_loss, ax_map):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_loss.set(title="objective (eq. 16, per training pair)", xlabel="epoch", ylabel="loss")
+    ax_loss.set(title="logged objective (per training item)", xlabel="epoch", ylabel="loss")
     ax_map.set(title="validation MAP during training (dotted: kept epoch)", xlabel="epoch", ylabel="MAP")
     for ax in (ax_loss, ax_map):
         ax.grid(alpha=0.3)
@@ -88,70 +118,88 @@ def _fmt(value, digits=4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _mean(scores: dict) -> float:
-    return (scores["i2t_map"] + scores["t2i_map"]) / 2
+def _mean(scores: dict, tasks) -> float:
+    return sum(scores[f"{task}_map"] for task in tasks) / len(tasks)
 
 
 def _map_table(runs: dict) -> list[str]:
-    """One table as papers present them: a row per method and direction, a column per code length;
+    """One table as papers present them: a row per method and task, a column per code length;
     the baselines of each code length below the trained methods."""
     bits = sorted({m["bits"] for m in runs.values()})
+    tasks = _tasks_of_runs(runs)
     methods = list(dict.fromkeys(LABELS.get(m["method"], m["method"]) for m in runs.values()))
     cell = {}
     for m in runs.values():
         cell[(LABELS.get(m["method"], m["method"]), m["bits"])] = m
         for name, label in (("linear", "linear hasher"), ("chance", "chance")):
             ref = m.get("baselines", {}).get(name)
-            if ref and "i2t_map" in ref:
+            if ref and run_tasks(ref):
                 cell.setdefault((label, m["bits"]), ref)
     rows = methods + [label for label in ("linear hasher", "chance") if any((label, b) in cell for b in bits)]
     lines = ["| method | task | " + " | ".join(f"{b} bits" for b in bits) + " |",
              "|---|---|" + "---|" * len(bits)]
     for row in rows:
-        for task, name in (("i2t", "I->T"), ("t2i", "T->I")):
-            values = [_fmt(cell[(row, b)][f"{task}_map"]) if (row, b) in cell else "-" for b in bits]
+        for task in tasks:
+            values = [_fmt(cell[(row, b)].get(f"{task}_map")) if (row, b) in cell else "-" for b in bits]
+            if all(v == "-" for v in values):
+                continue
             shown = f"**{row}**" if row in methods else row
-            lines.append(f"| {shown} | {name} | " + " | ".join(values) + " |")
+            lines.append(f"| {shown} | {TASK_NAMES[task]} | " + " | ".join(values) + " |")
     return lines
 
 
 def verdicts(runs: dict) -> list[str]:
-    """Plain-language comparison of every trained run with its baselines."""
+    """Plain-language comparison of every trained run with its baselines, on the tasks it is
+    judged on."""
     out = []
     for name, m in runs.items():
         label = f"{LABELS.get(m['method'], name)} at {m['bits']} bits"
-        ours = _mean(m)
+        tasks = main_tasks(m)
+        if not tasks:
+            continue
+        ours = _mean(m, tasks)
         linear = m.get("baselines", {}).get("linear", {})
         chance = m.get("baselines", {}).get("chance", {})
-        if chance and ours < _mean(chance) + 0.02:
-            out.append(f"{label} is at chance level (mean MAP {ours:.4f}, chance {_mean(chance):.4f}): its codes "
+        has_linear = all(f"{t}_map" in linear for t in tasks)
+        if chance and all(f"{t}_map" in chance for t in tasks) and ours < _mean(chance, tasks) + 0.02:
+            out.append(f"{label} is at chance level (mean MAP {ours:.4f}, chance {_mean(chance, tasks):.4f}): its codes "
                        "carry no label information. Check that the features and labels belong together.")
-        elif "i2t_map" in linear and ours <= _mean(linear):
-            out.append(f"{label} does NOT beat the linear hasher (mean MAP {ours:.4f} vs {_mean(linear):.4f}). "
+        elif has_linear and ours <= _mean(linear, tasks):
+            out.append(f"{label} does NOT beat the linear hasher (mean MAP {ours:.4f} vs {_mean(linear, tasks):.4f}). "
                        "Train longer (--epochs), or try another --lr; the linear hasher is the better code here.")
-        elif "i2t_map" in linear:
-            out.append(f"{label} beats the linear hasher by {ours - _mean(linear):+.4f} mean MAP "
-                       f"({ours:.4f} vs {_mean(linear):.4f}; chance {_mean(chance):.4f}).")
+        elif has_linear:
+            versus_chance = f"; chance {_mean(chance, tasks):.4f}" if chance else ""
+            out.append(f"{label} beats the linear hasher by {ours - _mean(linear, tasks):+.4f} mean MAP "
+                       f"({ours:.4f} vs {_mean(linear, tasks):.4f}{versus_chance}).")
     return out
+
+
+def _describe_data(d: dict) -> str:
+    parts = []
+    if d.get("image"):
+        parts.append(f"image {d['image']}")
+    if d.get("text_dim"):
+        parts.append(f"text {d['text_dim']}-d bag-of-words")
+    return (f"Data: **{d['name']}**, {d['n']} items, {d['n_labels']} labels, {', '.join(parts)}; {d['n_query']} "
+            f"queries, {d['n_retrieval']} database items, {d['n_train']} training items.")
 
 
 def render_markdown(runs: dict, *, title: str, notes: list[str] | None = None) -> str:
     first = next(iter(runs.values()))
     d = first["data"]
     lines = [f"# {title}", ""]
-    lines += [f"Data: **{d['name']}**, {d['n']} pairs, {d['n_labels']} labels, image {d['image']}, "
-              f"text {d['text_dim']}-d bag-of-words; {d['n_query']} queries, {d['n_retrieval']} database "
-              f"items, {d['n_train']} training pairs (from the database).",
+    lines += [_describe_data(d),
               f"Device: {first['device']}. Date: {first['date']}. dchml {first['dchml_version']}, "
               f"torch {first['torch_version']}.", ""]
     if first.get("command"):
         lines += [f"Command: `{first['command']}`", ""]
     lines += [f"## MAP@{first['topk']}", ""] + _map_table(runs) + [""]
-    lines += ["The linear hasher is ridge regression from each modality's normalised features to the mean "
-              "proxy code of the item's labels, then sign; chance is the exact MAP of a random ranking.", ""]
+    lines += ["The linear hasher is ridge regression from each modality's normalised features to the code an "
+              "item should have (the mean category code of its labels; CSQ: its hash centre), then sign; chance "
+              "is the exact MAP of a random ranking.", ""]
     lines += verdicts(runs) + [""]
     lines += ["## Runs", "",
-              "| method | bits | kept epoch | epochs run | seconds/epoch | proxy Hamming min / mean |",
+              "| method | bits | kept epoch | epochs run | seconds/epoch | category-code Hamming min / mean |",
               "|---|---|---|---|---|---|"]
     for name, m in runs.items():
         p = m.get("proxies", {})
@@ -173,7 +221,7 @@ def render_markdown(runs: dict, *, title: str, notes: list[str] | None = None) -
     for name, m in runs.items():
         c = m["config"]
         lines.append(f"| {LABELS.get(m['method'], name)} | {m['bits']} | "
-                     + " | ".join(str(c.get(k, "-")) for k in _SETTINGS) + " |")
+                     + " | ".join("-" if c.get(k) is None else str(c[k]) for k in _SETTINGS) + " |")
     if any(m["method"] == "dchml_q" for m in runs.values()):
         lines += ["", "DCHML_Q trains with gamma = 0 whatever the gamma column says."]
     lines += ["", "## Plots", "", "![precision-recall](pr_curves.png)", "", "![precision@N](precision_at_n.png)", "",
@@ -193,7 +241,8 @@ def _describe_norm(v: dict) -> str:
     return f"{text.get(v['kind'], v['kind'])}, clipped to +-{v['clip']:g}{extra}"
 
 
-_SETTINGS = ("optimizer", "lr", "schedule", "epochs", "batch_size", "eta", "mu", "lam", "gamma", "alpha", "beta", "seed")
+_SETTINGS = ("optimizer", "lr", "schedule", "epochs", "batch_size", "eta", "mu", "lam", "gamma", "sigma", "alpha",
+             "beta", "seed")
 
 
 def write_report(out_dir: str, runs: dict, *, title: str = "dchml run report", notes: list[str] | None = None) -> str:

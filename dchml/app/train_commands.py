@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from .arguments import UsageError, command_line, config_from_args, load_data, log_for
 
@@ -9,7 +10,7 @@ from .arguments import UsageError, command_line, config_from_args, load_data, lo
 def cmd_train(args, argv):
     from ..distributed import training as distributed_train
     from ..io.run_dir import CHECKPOINT, check_output_dir, claim, refuse_if_in_use
-    from ..method.config import RECIPES
+    from ..method.config import recipe_settings
 
     bits_list = args.bits or [None]
     several = len(bits_list) > 1
@@ -28,7 +29,7 @@ def cmd_train(args, argv):
             cfg = config_from_args(args, base, **fixed)
             _check_resume_unchanged(cfg, base)
         else:
-            cfg = config_from_args(args, RECIPES[args.recipe], **fixed)
+            cfg = config_from_args(args, recipe_settings(args.recipe, args.method or "dchml"), **fixed)
         plans.append((cfg, out_dir, resume))
     check_before_training(plans[0][0], args.out)
     if not distributed_train.is_main_process():  # another rank of a torchrun job: rank 0 holds --out
@@ -50,7 +51,7 @@ def _resumed(out_dir: str):
 def _check_resume_unchanged(cfg, base: dict) -> None:
     from ..method.config import TrainConfig
 
-    saved = {**TrainConfig().to_dict(), **base}  # a field the checkpoint predates has its default value
+    saved = TrainConfig.from_dict(base).to_dict()  # a field the checkpoint predates has its default value
     changed = sorted(k for k, v in cfg.to_dict().items()
                      if k not in ("epochs", "eval_every", "device") and saved.get(k) != v)
     if changed:
@@ -73,6 +74,7 @@ def _train_into(args, argv, plans, recorded, several):
     from .report import write_report
 
     data = load_data(args, plans[0][0].seed, recorded, plans[0][0].image_size)
+    plans = [(_check_fits_data(cfg, data, args, resume), out_dir, resume) for cfg, out_dir, resume in plans]
     runs = {}
     for cfg, out_dir, resume in plans:
         if several and log_for(args):
@@ -92,9 +94,34 @@ def _train_into(args, argv, plans, recorded, several):
         write_report(args.out, runs, title=f"dchml: {method} at " + ", ".join(str(m["bits"]) for m in runs.values())
                      + f" bits on {data.name}")
     for metrics in runs.values():
-        linear = metrics["baselines"].get("linear", {})
-        versus = (f"; linear hasher {linear['i2t_map']:.4f} / {linear['t2i_map']:.4f}" if "i2t_map" in linear else "")
-        print(f"{metrics['method']} {metrics['bits']} bits: MAP@{metrics['topk']} I->T {metrics['i2t_map']:.4f}  "
-              f"T->I {metrics['t2i_map']:.4f}{versus} (kept epoch {metrics['selection']['kept_epoch']} of "
-              f"{metrics['epochs']}, {metrics['seconds_per_epoch']:.2f} s/epoch)")
+        print(summary_line(metrics))
     print(f"report: {os.path.join(args.out, 'report.md')}")
+
+
+def summary_line(metrics: dict) -> str:
+    """One line per run: its MAP on the tasks it is judged on, the linear hasher's, the kept epoch."""
+    from ..method.methods import TASK_NAMES
+    from .report import main_tasks
+
+    tasks = main_tasks(metrics)
+    linear = metrics["baselines"].get("linear", {})
+    scores = "  ".join(f"{TASK_NAMES[t]} {metrics[f'{t}_map']:.4f}" for t in tasks)
+    versus = ("; linear hasher " + " / ".join(f"{linear[f'{t}_map']:.4f}" for t in tasks)
+              if all(f"{t}_map" in linear for t in tasks) else "")
+    return (f"{metrics['method']} {metrics['bits']} bits: MAP@{metrics['topk']} {scores}{versus} (kept epoch "
+            f"{metrics['selection']['kept_epoch']} of {metrics['epochs']}, {metrics['seconds_per_epoch']:.2f} s/epoch)")
+
+
+def _check_fits_data(cfg, data, args, resume):
+    """Refuse a method the data cannot serve before anything is trained; say which side a
+    single-modality method trains when the data has both."""
+    from ..method.methods import data_modalities, get_method
+    from ..method.train import resolve_modality
+
+    resolved = resolve_modality(data, cfg)
+    method = get_method(cfg.method)
+    if not method.cross_modal and cfg.modality is None and len(data_modalities(data)) > 1 and not resume:
+        other = "text" if resolved.modality == "image" else "image"
+        print(f"{method.title} trains on the {resolved.modality} side of {data.name}, which has both; --modality "
+              f"{other} trains on its {other} side", file=sys.stderr, flush=True)
+    return resolved

@@ -45,7 +45,7 @@ from ..method import train as single_process
 from ..method.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from ..method.config import TrainConfig, resolve_device
 from ..method.encoding import hash_codes
-from ..method.objective import step_loss
+from ..method.methods import query_and_database, tasks_of
 from ..method.passes import check_finite, set_learning_rate
 from ..method.train import TrainResult
 from .evaluation import mean_average_precision as _sharded_map
@@ -251,13 +251,14 @@ class DistributedPasses:
 
     def prepare(self, run, log) -> None:
         if run.epoch == 0:
-            # One source of truth for the frozen proxies and PHNet (identical already on the CPU).
-            for tensor in list(run.model.phnet.parameters()) + [run.model.proxies]:
+            # One source of truth for the frozen category codes and their network (identical already on the CPU).
+            network = list(run.model.phnet.parameters()) if hasattr(run.model, "phnet") else []
+            for tensor in network + [run.model.proxies, run.model.center_fill]:
                 dist.broadcast(tensor.data, src=0)
             log(f"training {run.cfg.method} on {self.world} processes ({dist.get_backend()}), "
                 f"{run.fit_idx.numel()} training pairs split across them")
         ddp_kw = dict(device_ids=[self.device.index]) if self.device.type == "cuda" else {}
-        self.nets = {m: DistributedDataParallel(run.model.net(m), **ddp_kw) for m in ("image", "text")}
+        self.nets = {m: DistributedDataParallel(run.model.net(m), **ddp_kw) for m in run.model.modalities}
 
     def net(self, run, modality: str):
         return self.nets[modality]
@@ -310,7 +311,8 @@ def _sharded_pass(p, rank: int, world: int) -> dict:
     this rank taking its slice of each batch; then the pass's outputs are shared so every rank's
     stored_self is complete. Returns the pass's mean step loss and terms, over all ranks."""
     p.net.train()
-    sums = torch.zeros(5, dtype=torch.float64)  # loss, intra, inter, quant (sample-weighted), samples
+    sums = {"loss": 0.0}  # sample-weighted sums of the loss and the method's terms
+    samples = 0
     outputs = []
     for step, start in enumerate(range(0, p.positions.numel(), p.batch_size)):
         batch = p.positions[start:start + p.batch_size]
@@ -320,13 +322,13 @@ def _sharded_pass(p, rank: int, world: int) -> dict:
         out = p.net(x)
         b = pos.numel()
         if b:
-            loss, terms = step_loss(out, p.stored_other[pos_d], p.codes_c[pos_d], p.proxies, p.labels[pos_d],
-                                    p.weights)
+            loss, terms = p.loss(out, pos_d)
             # DDP divides the summed gradients by `world`: weigh this rank's batch mean by its share
             # so the step is that of the mean over the WHOLE batch, as in one process.
             scaled = loss * (b * world / batch.numel())
-            sums += torch.tensor([float(loss.detach()) * b, terms["intra"] * b, terms["inter"] * b,
-                                  terms["quant"] * b, b], dtype=torch.float64)
+            for key, value in {"loss": float(loss.detach()), **terms}.items():
+                sums[key] = sums.get(key, 0.0) + value * b
+            samples += b
         else:
             scaled = out.sum() * 0.0  # nothing here this step, but the gradient all-reduce needs us
         set_learning_rate(p.optimizer, p.lr_at(step))
@@ -337,15 +339,15 @@ def _sharded_pass(p, rank: int, world: int) -> dict:
         if p.progress is not None:
             p.progress.update(1)
     _share_outputs(p.stored_self, p.positions, p.batch_size, outputs, rank, world)
+    names = ["loss", *p.terms]  # known on every rank, also one whose slices were all empty
     comm = p.device if dist.get_backend() == "nccl" else torch.device("cpu")
-    totals = sums.to(comm)
+    totals = torch.tensor([sums.get(k, 0.0) for k in names] + [samples], dtype=torch.float64, device=comm)
     dist.all_reduce(totals)
     totals = totals.cpu()
     for value in totals:
         check_finite(float(value))
-    seen = max(float(totals[4]), 1.0)
-    return {"loss": float(totals[0]) / seen, "intra": float(totals[1]) / seen,
-            "inter": float(totals[2]) / seen, "quant": float(totals[3]) / seen}
+    seen = max(float(totals[-1]), 1.0)
+    return {name: float(total) / seen for name, total in zip(names, totals)}
 
 
 def _share_outputs(stored: torch.Tensor, positions, batch_size, outputs, rank, world) -> None:
@@ -372,20 +374,22 @@ def _aligned_slice(n: int, rank: int, world: int, unit: int = _ENCODE_BATCH) -> 
 
 
 def evaluate_sharded(model, data, *, topk: int = 5000, device=None) -> dict:
-    """MAP@topk I->T and T->I like dchml.train.evaluate, with the retrieval set split across the
-    ranks of the default group: each rank encodes all queries and its slice of the database, and
-    dchml.distributed.mean_average_precision merges the slices exactly. Collective."""
+    """MAP@topk of every task of the model like dchml.train.evaluate, with the retrieval set split
+    across the ranks of the default group: each rank encodes all queries and its slice of the
+    database, and dchml.distributed.mean_average_precision merges the slices exactly. Collective."""
     rank, world = dist.get_rank(), dist.get_world_size()
     kw = dict(batch_size=_ENCODE_BATCH, device=device)
-    q_img = hash_codes(model, data.image[data.query_idx], "image", **kw)
-    q_txt = hash_codes(model, data.text[data.query_idx], "text", **kw)
     lo, hi = _aligned_slice(data.retrieval_idx.numel(), rank, world)
     mine = data.retrieval_idx[lo:hi]
-    d_img = hash_codes(model, data.image[mine], "image", **kw)
-    d_txt = hash_codes(model, data.text[mine], "text", **kw)
+    codes = {}
+    for modality in model.modalities:
+        rows = data.image if modality == "image" else data.text
+        for which, idx in (("query", data.query_idx), ("database", mine)):
+            c = hash_codes(model, rows[idx], modality, **kw)
+            codes[modality, which] = c.to(device) if device is not None else c  # the GPU kernels under NCCL
     ql, dl = data.labels[data.query_idx], data.labels[mine]
-    if device is not None:  # rank on the training device (the GPU kernels under NCCL)
-        q_img, q_txt, d_img, d_txt = (t.to(device) for t in (q_img, q_txt, d_img, d_txt))
-    return {"topk": topk,
-            "i2t_map": float(_sharded_map(q_img, d_txt, ql, dl, topk=topk)),
-            "t2i_map": float(_sharded_map(q_txt, d_img, ql, dl, topk=topk))}
+    out = {"topk": topk}
+    for task in tasks_of(model.modalities):
+        q_side, d_side = query_and_database(task)
+        out[f"{task}_map"] = float(_sharded_map(codes[q_side, "query"], codes[d_side, "database"], ql, dl, topk=topk))
+    return out

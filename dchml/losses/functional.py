@@ -100,3 +100,43 @@ def proxy_network_loss(proxy_outputs, alpha=0.05, beta=0.1):
     target = torch.where(g > 0, torch.ones_like(g), -torch.ones_like(g)).detach()
     quantization = (g - target).pow(2).sum()
     return separation + alpha * balance + beta * quantization
+
+
+# --- PSLDH's category-network loss and CSQ's central-similarity loss --------------------------
+
+
+def category_code_loss(code_outputs, alpha=0.05, beta=0.01):
+    """PSLDH's loss of its category (label) network on the continuous category codes Ĝ (c, k)
+    (docs/spec.md §12; it differs from PHNet's L_PH):
+
+        (1/c^2) * sum_{i,j} relu((Ĝ Ĝ^T - k I)_ij)^2  +  alpha * (1/c) * ||1^T Ĝ||^2
+        + beta * (1/c) * ||sgn(Ĝ) - Ĝ||^2
+
+    The first term pushes every pair of codes to a non-positive inner product (the diagonal,
+    |ĝ_i|^2 - k <= 0, never contributes); sgn(Ĝ) is a constant target, zero mapping to -1.
+    """
+    g = code_outputs
+    if g.dim() != 2:
+        raise ValueError(f"code_outputs must be 2-D (c, k), got shape {tuple(g.shape)}")
+    c, k = g.shape
+    eye = torch.eye(c, dtype=g.dtype, device=g.device)
+    separation = torch.relu(g @ g.T - k * eye).pow(2).sum() / (c * c)
+    balance = g.sum(0).pow(2).sum() / c
+    target = torch.where(g > 0, torch.ones_like(g), -torch.ones_like(g)).detach()
+    quantization = (target - g).pow(2).sum() / c
+    return separation + alpha * balance + beta * quantization
+
+
+def central_similarity_loss(codes, centers, *, lam=1e-4, reduction="mean"):
+    """CSQ's loss (Yuan et al., CVPR 2020; docs/spec.md §12) of outputs u in (-1, 1) against each
+    item's ±1 hash centre: binary cross-entropy of (u + 1)/2 to (centre + 1)/2, averaged over the
+    k bits, plus lam * mean_b (|u_b| - 1)^2. Per row with reduction="none"; "mean" is the
+    public code's BCELoss mean over all elements plus lam times the mean quantization."""
+    check_reduction(reduction)
+    if codes.shape != centers.shape:
+        raise ValueError(f"centers must have the shape of codes {tuple(codes.shape)}, got {tuple(centers.shape)}")
+    probability = (0.5 * (codes + 1)).clamp(0.0, 1.0)
+    target = 0.5 * (centers.to(codes.dtype) + 1)
+    bce = torch.nn.functional.binary_cross_entropy(probability, target, reduction="none").mean(1)
+    quantization = (codes.abs() - 1).pow(2).mean(1)
+    return _reduce(bce + lam * quantization, reduction)

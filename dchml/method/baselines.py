@@ -1,9 +1,10 @@
-"""Reference points trained and scored beside DCHML in every run, so a report tells a useful run
+"""Reference points trained and scored beside the method in every run, so a report tells a useful run
 from a useless one:
 
 - the linear hasher: ridge regression from each modality's normalised features (the model's own
-  input normalisers) to the code each training item should have, the mean proxy code of its
-  labels, then sign. Its ridge strength is chosen on the validation slice (never the queries).
+  input normalisers) to the code each training item should have (the mean category code of its
+  labels; CSQ: the item's hash centre), then sign. Its ridge strength is chosen on the
+  validation slice (never the queries).
 - chance: the MAP of a uniformly random ranking, computed exactly (every code equal and
   tie-aware AP, i.e. the expectation over all orders), not by sampling.
 """
@@ -12,20 +13,21 @@ from __future__ import annotations
 import torch
 
 from ..retrieval.metrics import mean_average_precision
-from .models import CrossModalHashModel, sgn
+from .methods import get_method, query_and_database, tasks_of
+from .models import HashModel, sgn
 
 RIDGE_STRENGTHS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # times the mean eigenvalue of X^T X / n
 
 
-def chance_map(data, *, topk: int = 5000) -> dict:
-    """Expected MAP@topk of a random ranking of the database for the query set (both directions
-    are the same number: relevance does not depend on the modality)."""
+def chance_map(data, *, topk: int = 5000, tasks=("i2t", "t2i")) -> dict:
+    """Expected MAP@topk of a random ranking of the database for the query set (the same number
+    for every task: relevance does not depend on the modality)."""
     q, db = data.query_idx, data.retrieval_idx
     same_q = torch.ones(q.numel(), 8)
     same_d = torch.ones(db.numel(), 8)
     value = float(mean_average_precision(same_q, same_d, data.labels[q], data.labels[db], topk=topk,
                                          ties="expected"))
-    return {"i2t_map": value, "t2i_map": value}
+    return {f"{task}_map": value for task in tasks}
 
 
 class _Ridge:
@@ -53,23 +55,25 @@ class _Ridge:
         return (x.to(torch.float64) - self.x_mean) @ weights + self.t_mean
 
 
-def _features(model: CrossModalHashModel, data, modality: str, idx: torch.Tensor) -> torch.Tensor:
+def _features(model: HashModel, data, modality: str, idx: torch.Tensor) -> torch.Tensor:
     net = model.net(modality)
     x = (data.image if modality == "image" else data.text)[idx]
     with torch.no_grad():
         return net.normalizer(x.float().to(net.normalizer.mean.device)).cpu()
 
 
-def linear_hasher(model: CrossModalHashModel, data, fit_idx: torch.Tensor, val_idx: torch.Tensor, *,
-                  topk: int = 5000) -> dict:
-    """Train the linear hasher on the fitted training items with `model`'s proxies and
-    normalisers; score it on the query set. Returns MAP for both directions and the chosen ridge
-    strength, or {"skipped": reason} when an image modality is raw pixels."""
-    if data.image_is_pixels:
+def linear_hasher(model: HashModel, data, fit_idx: torch.Tensor, val_idx: torch.Tensor, *,
+                  topk: int = 5000, method: str | None = None) -> dict:
+    """Train the linear hasher on the fitted training items with `model`'s category codes and
+    normalisers; score it on the query set for every task of the model's modalities. Its targets
+    are what `method` wants an item's code to be (default: the mean category code of its labels).
+    Returns `<task>_map` for each task and the chosen ridge strength, or {"skipped": reason} when
+    an image modality is raw pixels."""
+    modalities = model.modalities
+    if "image" in modalities and model.image_net.uses_pixels:
         return {"skipped": "image pixels: a linear map of raw pixels is no meaningful baseline"}
-    proxies = model.proxies.detach().cpu().to(torch.float64)
-    labels = data.labels[fit_idx].to(torch.float64)
-    targets = (labels @ proxies) / labels.sum(1, keepdim=True)
+    chooser = get_method(method or ("dchml" if model.cross_modal else "psldh"))
+    targets = chooser.item_targets(model, data.labels[fit_idx])
     sets = {"fit": fit_idx, "val": val_idx, "query": data.query_idx, "database": data.retrieval_idx}
     features = {}  # (modality, set name) -> normalised features, computed once per run
 
@@ -78,20 +82,26 @@ def linear_hasher(model: CrossModalHashModel, data, fit_idx: torch.Tensor, val_i
             features[modality, name] = _features(model, data, modality, sets[name])
         return features[modality, name]
 
-    ridges = {m: _Ridge(feats(m, "fit"), targets) for m in ("image", "text")}
+    ridges = {m: _Ridge(feats(m, "fit"), targets) for m in modalities}
+    weights = {}  # strength -> {modality: weights}, each solved once
 
-    def scores(strength, queries, database):
-        weights = {m: ridges[m].weights(strength) for m in ridges}
-        code = lambda m, name: sgn(ridges[m].predict(weights[m], feats(m, name)).float())  # noqa: E731
+    def scores(strength, tasks, queries, database):
+        if strength not in weights:
+            weights[strength] = {m: ridges[m].weights(strength) for m in ridges}
+        code = lambda m, name: sgn(ridges[m].predict(weights[strength][m], feats(m, name)).float())  # noqa: E731
         ql, dl = data.labels[sets[queries]], data.labels[sets[database]]
         k = min(topk, sets[database].numel())
-        return (float(mean_average_precision(code("image", queries), code("text", database), ql, dl, topk=k)),
-                float(mean_average_precision(code("text", queries), code("image", database), ql, dl, topk=k)))
+        out = {}
+        for task in tasks:
+            q_side, d_side = query_and_database(task)
+            out[task] = float(mean_average_precision(code(q_side, queries), code(d_side, database), ql, dl, topk=k))
+        return out
 
     if val_idx.numel():
-        chosen = max(RIDGE_STRENGTHS, key=lambda a: sum(scores(a, "val", "fit")))
+        selecting = chooser.selection_tasks(modalities)
+        chosen = max(RIDGE_STRENGTHS, key=lambda a: sum(scores(a, selecting, "val", "fit").values()))
     else:
         chosen = 1.0
-    i2t, t2i = scores(chosen, "query", "database")
-    return {"i2t_map": i2t, "t2i_map": t2i, "ridge_strength": chosen,
+    result = {f"{task}_map": value for task, value in scores(chosen, tasks_of(modalities), "query", "database").items()}
+    return {**result, "ridge_strength": chosen,
             "chosen_on": "validation slice" if val_idx.numel() else "fixed (no validation slice)"}

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..data.images import ImageSource
-from .models import CrossModalHashModel, IHNet, THNet, sgn
+from .models import HashModel, IHNet, THNet, sgn
 
 # Images streamed from disk are encoded this many at a time whatever batch_size says: a batch of
 # decoded 224 x 224 images and its backbone activations must fit in memory.
@@ -19,19 +19,21 @@ def _resolve(model: nn.Module, batch: torch.Tensor, modality: str | None) -> nn.
         net, implied = model, "image"
     elif isinstance(model, THNet):
         net, implied = model, "text"
-    elif isinstance(model, CrossModalHashModel):
+    elif isinstance(model, HashModel):
         if modality is None:
             modality = _infer_modality(model, batch)
         return model.net(modality)
     else:
-        raise TypeError(f"model must be a CrossModalHashModel, IHNet or THNet, got {type(model).__name__}")
+        raise TypeError(f"model must be a HashModel, IHNet or THNet, got {type(model).__name__}")
     if modality not in (None, implied):
         raise ValueError(f"modality {modality!r} given for a {type(model).__name__}, which encodes {implied}")
     return net
 
 
-def _infer_modality(model: CrossModalHashModel, batch: torch.Tensor) -> str:
+def _infer_modality(model: HashModel, batch: torch.Tensor) -> str:
     spec = model.spec()
+    if len(model.modalities) == 1:
+        return model.modalities[0]
     if batch.dim() == 4:
         return "image"
     if batch.dim() == 2:

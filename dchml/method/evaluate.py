@@ -1,4 +1,4 @@
-"""Retrieval scores of a model (MAP@K both ways, optional curves) and the validation slice that
+"""Retrieval scores of a model (MAP@K for each task it serves, optional curves) and the validation slice that
 model selection scores on."""
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 from ..retrieval.metrics import mean_average_precision, pr_curve, precision_at_n
 from .config import TrainConfig
 from .encoding import hash_codes
-from .models import CrossModalHashModel
+from .methods import query_and_database, tasks_of
+from .models import HashModel
 
 
 # --- evaluation ------------------------------------------------------------------------------------
@@ -16,31 +17,42 @@ from .models import CrossModalHashModel
 PRECISION_AT_N = (1, 10, 50, 100, 200, 500, 1000, 1500, 2000, 3000, 4000, 5000)
 
 
-def evaluate(model: CrossModalHashModel, data, *, topk: int = 5000, curves: bool = False, device=None,
-             batch_size: int = 1024) -> dict:
-    """MAP@topk for I->T (image queries vs the text database) and T->I, with the ranker's metrics.
-    With curves=True also precision@N and the precision-recall curve by Hamming radius."""
+def evaluate(model: HashModel, data, *, topk: int = 5000, curves: bool = False, device=None,
+             batch_size: int = 1024, tasks=None) -> dict:
+    """MAP@topk of the query set against the database for every task the model serves (I->T and
+    T->I for a cross-modal model, with I->I and T->T; I->I or T->T for a single-modality one), with
+    the ranker's metrics. With curves=True also precision@N and the precision-recall curve by
+    Hamming radius."""
     return retrieval_scores(model, data, data.query_idx, data.retrieval_idx, topk=topk, curves=curves,
-                            device=device, batch_size=batch_size)
+                            device=device, batch_size=batch_size, tasks=tasks)
 
 
-def retrieval_scores(model: CrossModalHashModel, data, query_idx, db_idx, *, topk: int = 5000,
-                     curves: bool = False, device=None, batch_size: int = 1024) -> dict:
-    """MAP@topk of `query_idx` items ranked against `db_idx` items, both directions."""
+def retrieval_scores(model: HashModel, data, query_idx, db_idx, *, topk: int = 5000, curves: bool = False,
+                     device=None, batch_size: int = 1024, tasks=None) -> dict:
+    """MAP@topk of `query_idx` items ranked against `db_idx` items, for `tasks` (default: every
+    task of the model's modalities). Each modality's codes are computed once."""
+    tasks = tuple(tasks or tasks_of(model.modalities))
     kw = dict(batch_size=batch_size, device=device)
-    q_img = hash_codes(model, data.image[query_idx], "image", **kw)
-    q_txt = hash_codes(model, data.text[query_idx], "text", **kw)
-    d_img = hash_codes(model, data.image[db_idx], "image", **kw)
-    d_txt = hash_codes(model, data.text[db_idx], "text", **kw)
+    codes = {}
+
+    def codes_of(modality, which, idx):
+        if (modality, which) not in codes:
+            codes[modality, which] = hash_codes(model, (data.image if modality == "image" else data.text)[idx],
+                                                modality, **kw)
+        return codes[modality, which]
+
     ql, dl = data.labels[query_idx], data.labels[db_idx]
-    tasks = {"i2t": (q_img, d_txt), "t2i": (q_txt, d_img)}
+    pairs = {}
+    for task in tasks:
+        q_side, d_side = query_and_database(task)
+        pairs[task] = (codes_of(q_side, "query", query_idx), codes_of(d_side, "database", db_idx))
     out = {"topk": topk}
-    for task, (q, d) in tasks.items():
+    for task, (q, d) in pairs.items():
         out[f"{task}_map"] = float(mean_average_precision(q, d, ql, dl, topk=topk))
     if curves:
-        ns = [n for n in PRECISION_AT_N if n <= d_img.shape[0]]
+        ns = [n for n in PRECISION_AT_N if n <= len(db_idx)]
         out["curves"] = {}
-        for task, (q, d) in tasks.items():
+        for task, (q, d) in pairs.items():
             precision, recall = pr_curve(q, d, ql, dl)
             out["curves"][task] = {
                 "precision_at_n": {"n": ns, "precision": [float(v) for v in precision_at_n(q, d, ql, dl, ns)]},

@@ -5,8 +5,10 @@
   match torchvision's `alexnet` so an ImageNet state dict saved by torchvision loads as is, or
   another of dchml.method.backbones), or, for pre-extracted image features, an MLP [choice, docs/spec.md §2].
 - THNet: bag-of-words -> Linear(d, 2048) -> ReLU -> Linear(2048, k) -> tanh.
-- CrossModalHashModel: PHNet + IHNet + THNet + the frozen proxy codes G as a buffer, so the
-  proxies are saved with the model. `spec()` returns the plain dict that rebuilds the model.
+- HashModel (also exported as CrossModalHashModel): the networks of one method (both modality
+  nets for a cross-modal method, one for a single-modality one, PHNet when its category codes are
+  learned) + the frozen category codes G as a buffer, so they are saved with the model. `spec()`
+  returns the plain dict that rebuilds the model.
 """
 from __future__ import annotations
 
@@ -171,38 +173,78 @@ class THNet(nn.Module):
         return torch.tanh(self.mlp(self.normalizer(x.float())))
 
 
-class CrossModalHashModel(nn.Module):
-    """PHNet, IHNet and THNet plus the frozen proxy codes G (buffer `proxies`, (c, k) ±1)."""
+MODALITIES = ("image", "text")
 
-    def __init__(self, bits: int, n_labels: int, text_dim: int, image_dim: int | None = None, *,
+
+class HashModel(nn.Module):
+    """The hashing networks of one method plus its frozen category codes G (buffer `proxies`,
+    (c, k) ±1): DCHML's proxies, PSLDH's category codes or CSQ's hash centres.
+
+    modalities: the modalities it encodes, ("image", "text") for a cross-modal method, one of them
+    for a single-modality method; only their networks exist. category_net: whether G comes from a
+    trained category network (`phnet`: PHNet for DCHML, PSLDH's label network, the same layers);
+    CSQ's centres are constructed, not trained. `center_fill` (k,) ±1 is the fixed code that
+    breaks ties of CSQ's multi-label centres (zeros for other methods)."""
+
+    def __init__(self, bits: int, n_labels: int, text_dim: int | None = None, image_dim: int | None = None, *,
                  proxy_hidden: int = 512, image_hidden: int = 2048, text_hidden: int = 2048,
-                 image_size: int = 224, image_backbone: str = "alexnet"):
+                 image_size: int = 224, image_backbone: str = "alexnet", modalities=MODALITIES,
+                 category_net: bool = True):
         super().__init__()
-        self._spec = dict(bits=bits, n_labels=n_labels, text_dim=text_dim, image_dim=image_dim,
-                          proxy_hidden=proxy_hidden, image_hidden=image_hidden, text_hidden=text_hidden,
-                          image_size=image_size, image_backbone=image_backbone)
-        self.phnet = PHNet(n_labels, bits, hidden=proxy_hidden)
-        self.image_net = IHNet(bits, image_dim, hidden=image_hidden, image_size=image_size, backbone=image_backbone)
-        self.text_net = THNet(text_dim, bits, hidden=text_hidden)
+        modalities = tuple(m for m in MODALITIES if m in tuple(modalities))
+        if not modalities:
+            raise ValueError("a model needs at least one modality ('image' or 'text')")
+        self._spec = dict(bits=bits, n_labels=n_labels, text_dim=text_dim if "text" in modalities else None,
+                          image_dim=image_dim, proxy_hidden=proxy_hidden, image_hidden=image_hidden,
+                          text_hidden=text_hidden, image_size=image_size, image_backbone=image_backbone,
+                          modalities=list(modalities), category_net=bool(category_net))
+        if category_net:
+            self.phnet = PHNet(n_labels, bits, hidden=proxy_hidden)
+        if "image" in modalities:
+            self.image_net = IHNet(bits, image_dim, hidden=image_hidden, image_size=image_size,
+                                   backbone=image_backbone)
+        if "text" in modalities:
+            if text_dim is None:
+                raise ValueError("a model with a text network needs text_dim")
+            self.text_net = THNet(text_dim, bits, hidden=text_hidden)
         self.register_buffer("proxies", torch.zeros(n_labels, bits))
+        self.register_buffer("center_fill", torch.zeros(bits))
 
     @property
     def bits(self) -> int:
         return self._spec["bits"]
 
+    @property
+    def modalities(self) -> tuple:
+        return tuple(self._spec["modalities"])
+
+    @property
+    def cross_modal(self) -> bool:
+        return len(self.modalities) == 2
+
     def spec(self) -> dict:
-        """Plain dict (ints and None) that `CrossModalHashModel(**spec)` rebuilds the model from."""
-        return dict(self._spec)
+        """Plain dict (ints, strings, lists and None) that `HashModel(**spec)` rebuilds the model from."""
+        return {**self._spec, "modalities": list(self._spec["modalities"])}
 
     def net(self, modality: str) -> nn.Module:
-        if modality == "image":
-            return self.image_net
-        if modality == "text":
-            return self.text_net
-        raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
+        if modality not in self.modalities:
+            raise ValueError(f"this model encodes {' and '.join(self.modalities)} only, not {modality}")
+        return self.image_net if modality == "image" else self.text_net
 
     def forward(self, x: torch.Tensor, modality: str) -> torch.Tensor:
         return self.net(modality)(x)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        # Models saved before center_fill existed hold every other tensor: its zeros are right for them.
+        if "center_fill" not in state_dict and "proxies" in state_dict:
+            state_dict = {**state_dict, "center_fill": self.center_fill.detach().clone()}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+# The cross-modal name the package has always exported; a HashModel with both modalities.
+CrossModalHashModel = HashModel
 
 
 def _check_positive(**values) -> None:

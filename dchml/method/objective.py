@@ -20,7 +20,7 @@ import torch
 
 from ..losses.functional import margin_dynamic_softmax, pairwise_proxy_loss
 
-METHODS = ("dchml", "dchml_q", "dchml_p")
+DCHML_METHODS = ("dchml", "dchml_q", "dchml_p")  # the methods eq. 16 weighs (dchml.method.methods has all)
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class LossWeights:
 
     @classmethod
     def for_method(cls, method: str, *, eta: float, mu: float, lam: float, gamma: float) -> "LossWeights":
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if method not in DCHML_METHODS:
+            raise ValueError(f"method must be one of {', '.join(DCHML_METHODS)}, got {method!r}")
         return cls(method=method, eta=eta, mu=mu, lam=lam, gamma=0.0 if method == "dchml_q" else gamma)
 
 

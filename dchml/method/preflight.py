@@ -13,7 +13,8 @@ import shutil
 
 import torch
 
-from .models import CrossModalHashModel
+from .models import HashModel
+from .train import model_kwargs
 
 _FLOAT = 4  # bytes: every tensor of a run is float32
 _ALEXNET_BYTES_PER_ITEM = 8 << 20  # activations, saved for backward, of one 224 x 224 item (rough)
@@ -26,12 +27,10 @@ class ResourceError(ValueError):
 
 def _parameter_counts(data, cfg) -> dict:
     with torch.device("meta"):
-        model = CrossModalHashModel(cfg.bits, data.n_labels, data.text_dim,
-                                    None if data.image_is_pixels else data.image_dim,
-                                    proxy_hidden=cfg.proxy_hidden, image_hidden=cfg.image_hidden,
-                                    text_hidden=cfg.text_hidden, image_size=cfg.image_size)
+        model = HashModel(**model_kwargs(data, cfg))
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    return {"nets": count(model.image_net) + count(model.text_net), "phnet": count(model.phnet),
+    return {"nets": sum(count(model.net(m)) for m in model.modalities),
+            "phnet": count(model.phnet) if hasattr(model, "phnet") else 0,
             "state": sum(t.numel() for t in model.state_dict().values())}
 
 
@@ -62,11 +61,13 @@ def training_parts(data, cfg) -> dict:
     params = _parameter_counts(data, cfg)
     n, k, c = _n_train(data), cfg.bits, data.n_labels
     batch = min(cfg.batch_size, n)
-    if data.image_is_pixels:
+    image_batch = text_batch = 0
+    if data.image is not None and data.image_is_pixels:
         image_batch = batch * _ALEXNET_BYTES_PER_ITEM * (cfg.image_size / 224) ** 2
-    else:
+    elif data.image is not None:
         image_batch = batch * (data.image_dim + 2 * cfg.image_hidden + 2 * k) * _FLOAT * 2
-    text_batch = batch * (data.text_dim + 2 * cfg.text_hidden + 2 * k) * _FLOAT * 2
+    if data.text is not None:
+        text_batch = batch * (data.text_dim + 2 * cfg.text_hidden + 2 * k) * _FLOAT * 2
     n_eval = int(data.query_idx.numel() + data.retrieval_idx.numel())
     return {
         "network weights, gradients and optimiser state":

@@ -1,5 +1,9 @@
-"""Algorithm 1 of docs/spec.md §5: PHNet first, then alternating image / text passes and the C
-update, with model selection on a validation slice, per-epoch atomic checkpoints and exact resume.
+"""The one training loop of every method: Algorithm 1 of docs/spec.md §5 for DCHML (PHNet first,
+then alternating image / text passes and the C update) and its single-modality form for PSLDH and
+CSQ (category codes first, then one pass per epoch, §12), with model selection on a validation
+slice, per-epoch atomic checkpoints and exact resume. What differs between methods comes from the
+method object (dchml.method.methods): the model's modalities, step 1, a batch's loss, the logged
+objective and what follows the passes.
 
 One loop (`run_epochs`) drives every way of training; what differs between one process and
 several is a `Passes` object: how one modality's pass runs over the training positions, how a
@@ -34,15 +38,14 @@ from .backbones import find_weights, load_backbone_weights
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import PAPER_RECIPE, RECIPES, TrainConfig, resolve_device  # noqa: F401  (also dchml.train's names)
 from .evaluate import evaluate, retrieval_scores, validation_split  # noqa: F401  (also dchml.train.evaluate)
-from .models import CrossModalHashModel, sgn
-from .objective import full_objective
-from .passes import PassInputs, learning_rate, make_optimizer, train_pass, update_codes
+from .methods import get_method
+from .models import HashModel, sgn
+from .passes import PassInputs, learning_rate, make_optimizer, train_pass
 from .precision import MixedPrecision
-from .proxies import train_proxies
 
 @dataclass
 class TrainResult:
-    model: CrossModalHashModel
+    model: HashModel
     history: list = field(default_factory=list)
     proxy_diagnostics: dict = field(default_factory=dict)
     state: dict = field(default_factory=dict)  # the last checkpoint dict (tensors on the CPU)
@@ -52,18 +55,42 @@ class TrainResult:
 # --- Algorithm 1 -----------------------------------------------------------------------------------
 
 
-def build_model(data, cfg: TrainConfig, log=None) -> CrossModalHashModel:
-    image_dim = None if data.image_is_pixels else data.image_dim
-    if image_dim is not None:
-        for name, default in (("image_weights", None), ("image_backbone", "alexnet"), ("augment", False)):
+def model_kwargs(data, cfg: TrainConfig) -> dict:
+    """The HashModel arguments of a run of `cfg` on `data` (also used to size it before training)."""
+    method = get_method(cfg.method)
+    modalities = method.modalities(cfg, data)
+    pixels = "image" in modalities and data.image_is_pixels
+    return dict(bits=cfg.bits, n_labels=data.n_labels, text_dim=data.text_dim if "text" in modalities else None,
+                image_dim=data.image_dim if "image" in modalities and not pixels else None,
+                proxy_hidden=cfg.proxy_hidden, image_hidden=cfg.image_hidden, text_hidden=cfg.text_hidden,
+                image_size=cfg.image_size, image_backbone=cfg.image_backbone, modalities=modalities,
+                category_net=method.category_net)
+
+
+def resolve_modality(data, cfg: TrainConfig) -> TrainConfig:
+    """cfg with the modality a single-modality method trains on this data (the image side when
+    the data has both and none was asked for)."""
+    method = get_method(cfg.method)
+    if method.cross_modal:
+        method.modalities(cfg, data)  # refuses data without both modalities
+        return cfg
+    return dataclasses.replace(cfg, modality=method.modalities(cfg, data)[0])
+
+
+def build_model(data, cfg: TrainConfig, log=None) -> HashModel:
+    kwargs = model_kwargs(data, cfg)
+    pixels = "image" in kwargs["modalities"] and kwargs["image_dim"] is None
+    if not pixels:
+        default_backbone = get_method(cfg.method).default_backbone
+        for name, default in (("image_weights", None), ("image_backbone", default_backbone), ("augment", False)):
             if getattr(cfg, name) != default:
-                raise ValueError(f"{name} is only for pixel images; this data set has {image_dim}-d image features")
+                raise ValueError(f"{name} is only for pixel images; this data set has "
+                                 + (f"{data.image_dim}-d image features" if "image" in kwargs["modalities"]
+                                    else "no images"))
     elif cfg.augment and not isinstance(data.image, ImageSource):
         raise ValueError("augment applies to images streamed from files; these pixels are in memory")
-    model = CrossModalHashModel(cfg.bits, data.n_labels, data.text_dim, image_dim, proxy_hidden=cfg.proxy_hidden,
-                                image_hidden=cfg.image_hidden, text_hidden=cfg.text_hidden,
-                                image_size=cfg.image_size, image_backbone=cfg.image_backbone)
-    if image_dim is None:
+    model = HashModel(**kwargs)
+    if pixels:
         weights = find_weights(cfg.image_backbone, cfg.image_weights)
         if weights:
             load_backbone_weights(cfg.image_backbone, model.image_net.backbone, weights)
@@ -80,11 +107,17 @@ def training_images(data, cfg: TrainConfig):
     return data.image
 
 
-def fit_normalizers(model: CrossModalHashModel, data, fit_idx: torch.Tensor, cfg: TrainConfig) -> None:
+def fit_normalizers(model: HashModel, data, fit_idx: torch.Tensor, cfg: TrainConfig) -> None:
     """Fit the input normalisers of the feature nets on the fitted training items only."""
-    if not data.image_is_pixels:
+    if "image" in model.modalities and not model.image_net.uses_pixels:
         model.image_net.normalizer.fit(data.image[fit_idx], cfg.image_norm, clip=cfg.norm_clip)
-    model.text_net.normalizer.fit(data.text[fit_idx], cfg.text_norm, clip=cfg.norm_clip)
+    if "text" in model.modalities:
+        model.text_net.normalizer.fit(data.text[fit_idx], cfg.text_norm, clip=cfg.norm_clip)
+
+
+def pass_inputs(data, cfg: TrainConfig, modality: str):
+    """The input rows of one modality's training passes."""
+    return training_images(data, cfg) if modality == "image" else data.text
 
 
 def progress_bar(total: int, desc: str, enabled: bool):
@@ -104,12 +137,10 @@ class RunState:
     """What Algorithm 1 carries from one epoch to the next, fresh or restored from a checkpoint."""
 
     cfg: TrainConfig
-    model: CrossModalHashModel
-    opt_image: torch.optim.Optimizer
-    opt_text: torch.optim.Optimizer
-    codes_c: torch.Tensor
-    stored_image: torch.Tensor
-    stored_text: torch.Tensor
+    model: HashModel
+    optimizers: dict              # modality -> its network's optimiser
+    codes_c: torch.Tensor | None  # DCHML's shared targets C (None for single-modality methods)
+    stored: dict                  # modality -> its stored outputs B̂ (n_fit, k)
     generator: torch.Generator
     train_idx: torch.Tensor
     fit_idx: torch.Tensor
@@ -179,8 +210,9 @@ def train(data, config: TrainConfig | None = None, *, checkpoint_path: str | Non
 
 
 def start_run(data, cfg: TrainConfig, device, checkpoint_path, resume: bool, log) -> RunState:
-    """Step 1 of Algorithm 1, the normalisers, the validation slice and the initial C and stored
-    outputs, or all of it from a checkpoint. Every rank of a distributed run calls it identically."""
+    """Step 1 (the category codes), the normalisers, the validation slice and the initial C and
+    stored outputs, or all of it from a checkpoint. Every rank of a distributed run calls it
+    identically."""
     train_idx = data.train_idx.to(torch.int64)
     generator = torch.Generator()
     if resume:
@@ -192,37 +224,41 @@ def start_run(data, cfg: TrainConfig, device, checkpoint_path, resume: bool, log
                                   f"{state.get('version')}): it can be evaluated and encoded with, not resumed")
         fit_idx, val_idx = state["split"]["fit_idx"], state["split"]["val_idx"]
         model = model_from_checkpoint(state, weights="last").to(device)
-        opt_image, opt_text = make_optimizer(model.image_net, cfg), make_optimizer(model.text_net, cfg)
-        opt_image.load_state_dict(state["optim_image"])
-        opt_text.load_state_dict(state["optim_text"])
+        optimizers = {}
+        for m in model.modalities:
+            optimizers[m] = make_optimizer(model.net(m), cfg)
+            optimizers[m].load_state_dict(state[f"optim_{m}"])
         generator.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         sel = state["selection"]
         best = {"epoch": sel["epoch"], "score": sel["score"], "model": state["model"]} if sel["epoch"] else {}
-        return RunState(cfg, model, opt_image, opt_text, state["codes_c"].to(device),
-                        state["stored_image"].to(device), state["stored_text"].to(device), generator,
-                        train_idx, fit_idx, val_idx, data.labels[fit_idx].to(device, torch.float32),
+        codes_c = state["codes_c"].to(device) if state.get("codes_c") is not None else None
+        return RunState(cfg, model, optimizers, codes_c, {m: state[f"stored_{m}"].to(device) for m in model.modalities},
+                        generator, train_idx, fit_idx, val_idx, data.labels[fit_idx].to(device, torch.float32),
                         list(state["history"]), dict(state["phnet"]), int(state["epoch"]), best,
                         {k: v for k, v in state["data"].items() if k not in ("name", "n", "train_idx")},
                         int(sel["stale"]), bool(sel["stopped_early"]))
+    cfg = resolve_modality(data, cfg)
+    method = get_method(cfg.method)
     torch.manual_seed(cfg.seed)
     generator.manual_seed(cfg.seed)
     fit_idx, val_idx = validation_split(train_idx, cfg)
     model = build_model(data, cfg, log).to(device)
     fit_normalizers(model, data, fit_idx, cfg)
-    diag = train_proxies(model, cfg, log)
-    opt_image, opt_text = make_optimizer(model.image_net, cfg), make_optimizer(model.text_net, cfg)
-    codes_c = sgn(torch.randn(fit_idx.numel(), cfg.bits, generator=generator)).to(device)
+    diag = method.make_category_codes(model, cfg, log)
+    optimizers = {m: make_optimizer(model.net(m), cfg) for m in model.modalities}
+    codes_c = None
+    if method.cross_modal:
+        codes_c = sgn(torch.randn(fit_idx.numel(), cfg.bits, generator=generator)).to(device)
     # Stored outputs start as the untrained nets' outputs, so l_I has a real partner from step 1.
     from .encoding import continuous_codes
 
-    stored_image = continuous_codes(model, data.image[fit_idx], "image", device=device).to(device)
-    stored_text = continuous_codes(model, data.text[fit_idx], "text", device=device).to(device)
-    return RunState(cfg, model, opt_image, opt_text, codes_c, stored_image, stored_text, generator, train_idx,
-                    fit_idx, val_idx, data.labels[fit_idx].to(device, torch.float32), [], diag, 0, {},
-                    identity(data, train_idx))
+    stored = {m: continuous_codes(model, (data.image if m == "image" else data.text)[fit_idx], m,
+                                  device=device).to(device) for m in model.modalities}
+    return RunState(cfg, model, optimizers, codes_c, stored, generator, train_idx, fit_idx, val_idx,
+                    data.labels[fit_idx].to(device, torch.float32), [], diag, 0, {}, identity(data, train_idx))
 
 
 def run_epochs(data, run: RunState, device, passes, *, checkpoint_path=None, progress=False, log=None,
@@ -234,37 +270,36 @@ def run_epochs(data, run: RunState, device, passes, *, checkpoint_path=None, pro
     if resumed:
         log(f"resuming {cfg.method} from {checkpoint_path} after epoch {run.epoch} of {cfg.epochs}")
     passes.prepare(run, log)
-    weights = cfg.loss_weights()
+    method = get_method(cfg.method)
     n_fit = run.fit_idx.numel()
     steps = math.ceil(n_fit / cfg.batch_size)
     precision = MixedPrecision(cfg.precision, device)
-    state = {}
+    state = checkpoint_state(run, data, device) if run.epoch else {}
+    modalities = run.model.modalities
     while run.epoch < cfg.epochs and not run.stopped_early:
         epoch = run.epoch + 1
         began = time.perf_counter()
-        bar = progress_bar(2 * steps, f"{cfg.method} epoch {epoch}/{cfg.epochs}{passes.label}", progress)
+        bar = progress_bar(len(modalities) * steps, f"{cfg.method} epoch {epoch}/{cfg.epochs}{passes.label}", progress)
         stats = {}
         try:
-            # 2a: image net, text side from the stored text outputs; 2b: the reverse.
-            for modality, stored_self, stored_other, optimizer, inputs in (
-                    ("image", run.stored_image, run.stored_text, run.opt_image, training_images(data, cfg)),
-                    ("text", run.stored_text, run.stored_image, run.opt_text, data.text)):
+            # DCHML: 2a the image net (text side from the stored text outputs), 2b the reverse;
+            # a single-modality method: its one pass.
+            for modality in modalities:
                 order = torch.randperm(n_fit, generator=run.generator)
                 stats[modality] = passes.run_pass(PassInputs(
-                    modality, passes.net(run, modality), optimizer, inputs, run.fit_idx, order, stored_self,
-                    stored_other, run.codes_c, run.labels, run.model.proxies, weights, cfg.batch_size, device,
-                    lambda step, e=epoch: learning_rate(cfg, e, step, steps), bar, precision))
+                    modality, passes.net(run, modality), run.optimizers[modality], pass_inputs(data, cfg, modality),
+                    run.fit_idx, order, run.stored[modality], method.pass_loss(run, modality), cfg.batch_size,
+                    device, lambda step, e=epoch: learning_rate(cfg, e, step, steps), bar, precision,
+                    method.terms))
         finally:
             if bar is not None:
                 bar.close()
-        run.codes_c = update_codes(run.stored_image, run.stored_text)  # 2c
+        method.after_passes(run)  # DCHML: 2c
         run.epoch = epoch
         record = {"epoch": epoch, "seconds": passes.epoch_seconds(time.perf_counter() - began),
-                  "loss_image": stats["image"]["loss"], "loss_text": stats["text"]["loss"],
-                  "lr": learning_rate(cfg, epoch, steps, steps),
-                  **full_objective(run.stored_image, run.stored_text, run.codes_c, run.model.proxies, run.labels,
-                                   weights),
-                  "val_i2t_map": None, "val_t2i_map": None}
+                  **{f"loss_{m}": stats[m]["loss"] for m in modalities},
+                  "lr": learning_rate(cfg, epoch, steps, steps), **method.objective(run),
+                  **{f"val_{task}_map": None for task in method.selection_tasks(modalities)}}
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             _validate(data, run, record, device, passes)
         run.history.append(record)
@@ -291,10 +326,12 @@ def _validate(data, run: RunState, record: dict, device, passes) -> None:
     if run.val_idx.numel() == 0:
         return
     cfg = run.cfg
+    tasks = get_method(cfg.method).selection_tasks(run.model.modalities)
     scores = retrieval_scores(run.model, data, run.val_idx, run.fit_idx, topk=min(cfg.topk, run.fit_idx.numel()),
-                              device=device)
-    record["val_i2t_map"], record["val_t2i_map"] = scores["i2t_map"], scores["t2i_map"]
-    score = (scores["i2t_map"] + scores["t2i_map"]) / 2
+                              device=device, tasks=tasks)
+    for task in tasks:
+        record[f"val_{task}_map"] = scores[f"{task}_map"]
+    score = sum(scores[f"{task}_map"] for task in tasks) / len(tasks)
     better = passes.agree(not run.best or score > run.best["score"])
     if better:
         run.best = {"epoch": run.epoch, "score": score,
@@ -325,10 +362,15 @@ def selection_summary(run: RunState) -> dict:
 
 
 def epoch_line(cfg, record) -> str:
+    from .methods import TASK_NAMES
+
+    passes = ", ".join(f"{key[5:]} pass {value:.4f}" for key, value in record.items() if key.startswith("loss_"))
     line = (f"{cfg.method} epoch {record['epoch']}/{cfg.epochs}: objective {record['objective']:.4f} "
-            f"(image pass {record['loss_image']:.4f}, text pass {record['loss_text']:.4f}), {record['seconds']:.1f}s")
-    if record["val_i2t_map"] is not None:
-        line += f", validation MAP I->T {record['val_i2t_map']:.4f} T->I {record['val_t2i_map']:.4f}"
+            f"({passes}), {record['seconds']:.1f}s")
+    validated = [(TASK_NAMES[key[4:-4]], value) for key, value in record.items()
+                 if key.startswith("val_") and key.endswith("_map") and value is not None]
+    if validated:
+        line += ", validation MAP " + " ".join(f"{name} {value:.4f}" for name, value in validated)
     return line
 
 
@@ -346,11 +388,9 @@ def checkpoint_state(run: RunState, data, device) -> dict:
         "config": run.cfg.to_dict(),
         "model_spec": run.model.spec(),
         "model": run.best["model"] if keep_best else latest,
-        "optim_image": _to_cpu(run.opt_image.state_dict()),
-        "optim_text": _to_cpu(run.opt_text.state_dict()),
-        "codes_c": run.codes_c.to(cpu).clone(),
-        "stored_image": run.stored_image.to(cpu).clone(),
-        "stored_text": run.stored_text.to(cpu).clone(),
+        **{f"optim_{m}": _to_cpu(opt.state_dict()) for m, opt in run.optimizers.items()},
+        **({"codes_c": run.codes_c.to(cpu).clone()} if run.codes_c is not None else {}),
+        **{f"stored_{m}": stored.to(cpu).clone() for m, stored in run.stored.items()},
         "rng": rng,
         "history": [dict(r) for r in run.history],
         "phnet": dict(run.diag),
