@@ -41,13 +41,16 @@ def test_resnet50_loads_a_torchvision_state_dict_from_the_cache(tmp_path, monkey
 
 
 @needs_torchvision
-def test_vgg16_keeps_fc7_and_torchvision_names():
-    with torch.device("meta"):  # the structure only: 138M parameters are not allocated
-        net = build_backbone("vgg16")
+@pytest.mark.parametrize("name, convs", [("vgg11", 8), ("vgg16", 13)])
+def test_vgg_keeps_fc7_and_torchvision_names(name, convs):
+    with torch.device("meta"):  # the structure only: 133M / 138M parameters are not allocated
+        net = build_backbone(name)
         out = net(torch.empty(2, 3, 64, 64))
-    assert out.shape == (2, get_spec("vgg16").out_dim) == (2, 4096)
+    assert out.shape == (2, get_spec(name).out_dim) == (2, 4096)
     keys = set(net.state_dict())
     assert "classifier.3.weight" in keys and "classifier.6.weight" not in keys
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.features) == convs  # VGG-11 is PSLDH's network
+    assert get_spec(name).torchvision_files[0].startswith(name + "-")
 
 
 def test_weight_files_are_checked(tmp_path):
@@ -61,7 +64,7 @@ def test_weight_files_are_checked(tmp_path):
     torch.save({"module.features.0.weight": torch.zeros(64, 3, 11, 11)}, tmp_path / "part.pth")
     with pytest.raises(ValueError, match="is not a AlexNet state dict: missing keys"):
         load_backbone_weights("alexnet", backbone, str(tmp_path / "part.pth"))
-    with pytest.raises(ValueError, match="image backbone must be one of alexnet, vgg16"):
+    with pytest.raises(ValueError, match="image backbone must be one of alexnet, vgg11, vgg16"):
         get_spec("vit-h")
 
 
@@ -133,7 +136,7 @@ def test_clip_image_and_text_towers_with_random_weights(tmp_path):
 
 
 def test_every_backbone_is_listed_with_its_normalisation():
-    assert set(BACKBONES) == {"alexnet", "vgg16", "resnet50", "clip-vit-b-32", "clip-vit-b-32-openai"}
+    assert set(BACKBONES) == {"alexnet", "vgg11", "vgg16", "resnet50", "clip-vit-b-32", "clip-vit-b-32-openai"}
     net = IHNet(8, image_size=64)
     assert torch.equal(net.mean.flatten(), torch.tensor(get_spec("alexnet").mean))
     with pytest.raises(ValueError, match="image_size must be >= 63 for the AlexNet backbone"):

@@ -102,9 +102,8 @@ def load_cifar_arrays(path) -> dict:
                             f"{META} names {len(names)} classes")
         onehot = np.zeros((len(values), len(names)), dtype=np.float32)
         onehot[np.arange(len(values)), values] = 1.0
-    else:
-        (onehot,), classes = one_hot([values], ["labels"], folder)
-        names = [str(c) for c in classes]
+    else:  # no batches.meta: the classes are the class numbers found
+        (onehot,), _ = one_hot([values], ["labels"], folder)
     return {"image": np.concatenate(images), "labels": onehot, "class_names": names}
 
 

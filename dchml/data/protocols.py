@@ -115,7 +115,8 @@ def draw_split(protocol: Protocol, labels, seed: int, name: str, class_names=Non
         k = int(short[0])
         raise DataError(f"{name}: {protocol.name} needs {q + t} items of each of {c} classes ({q} queries + {t} "
                         f"training); class {_class(k, class_names)} has {int(counts[k])}"
-                        + (f" ({len(short)} classes fall short)" if len(short) > 1 else ""))
+                        + ("" if len(short) == 1 else " (every class falls short)" if len(short) == c
+                           else f" ({len(short)} classes fall short)"))
     rng = np.random.default_rng(seed)
     chosen = np.zeros(n, dtype=bool)
     parts = {}

@@ -91,7 +91,7 @@ def load_arrays_pickle(path, *, what: str = "pickle") -> object:
                         "was run") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
             MemoryError, OverflowError, UnicodeDecodeError) as e:
-        kind = "truncated" if isinstance(e, EOFError) else "corrupt"
+        kind = "truncated" if isinstance(e, EOFError) or "truncated" in str(e) else "corrupt"
         raise DataError(f"{path}: {kind} {what} ({type(e).__name__}: {e})") from None
     _check_plain(value, path)
     return value

@@ -1,6 +1,7 @@
 """Image (and CLIP text) backbones: what each one is, how it is built, where its weights come from.
 
 - `alexnet`: the paper's conv1..fc7 (models.AlexNetBackbone, torchvision's module names), 4096-d;
+- `vgg11`: torchvision VGG-11 (PSLDH's network) without its ImageNet classifier layer, fc7, 4096-d;
 - `vgg16`: torchvision VGG-16 without its ImageNet classifier layer, fc7, 4096-d;
 - `resnet50`: torchvision ResNet-50 without `fc`, the pooled 2048-d vector;
 - `clip-vit-b-32` / `clip-vit-b-32-openai`: CLIP ViT-B/32 image tower through open_clip (an
@@ -52,6 +53,8 @@ class BackboneSpec:
 BACKBONES = {
     "alexnet": BackboneSpec("alexnet", "AlexNet", 4096, IMAGENET_MEAN, IMAGENET_STD, 63,
                             head_keys=("classifier.6.",), torchvision_files=("alexnet-owt-7be5be79.pth",)),
+    "vgg11": BackboneSpec("vgg11", "VGG-11", 4096, IMAGENET_MEAN, IMAGENET_STD, 32, head_keys=("classifier.6.",),
+                          torchvision_files=("vgg11-8a719046.pth",), needs="torchvision"),
     "vgg16": BackboneSpec("vgg16", "VGG-16", 4096, IMAGENET_MEAN, IMAGENET_STD, 32, head_keys=("classifier.6.",),
                           torchvision_files=("vgg16-397923af.pth",), needs="torchvision"),
     "resnet50": BackboneSpec("resnet50", "ResNet-50", 2048, IMAGENET_MEAN, IMAGENET_STD, 32, head_keys=("fc.",),
@@ -97,10 +100,10 @@ def build_backbone(name: str, image_size: int = 224) -> nn.Module:
     _require(spec)
     if name == "alexnet":
         return AlexNetBackbone()
-    if name == "vgg16":
+    if name in ("vgg11", "vgg16"):
         import torchvision
 
-        net = torchvision.models.vgg16(weights=None)
+        net = getattr(torchvision.models, name)(weights=None)
         net.classifier = nn.Sequential(*list(net.classifier)[:-1])  # keep fc6, fc7 (and their names)
         return net
     if name == "resnet50":
