@@ -125,6 +125,8 @@ def test_list_files_load_stream_and_deduplicate(tmp_path):
     from PIL import Image
 
     folder = make_list_folder(tmp_path / "lists", images=tmp_path / "pics")
+    first = (folder / "test.txt").read_text().splitlines()[0].split()
+    _rewrite(folder / "test.txt", 1, f"{first[0]}\t" + "  ".join(first[1:]) + " \n")  # any whitespace separates
     with pytest.raises(DataError, match=r"test.txt: line 1: image file .*lists/img/0.jpg not found \(and 11 more"):
         load_dataset(str(folder), image_size=16)  # the images are elsewhere: name the root
     d = load_dataset(str(folder / "test.txt"), image_size=16, image_root=str(tmp_path / "pics"))
@@ -192,7 +194,7 @@ def cifar(tmp_path_factory):
 
 
 def test_cifar_folder_loads_under_cifar10_1_by_default(cifar):
-    assert default_protocol(str(cifar)) == "cifar10-1" and default_protocol(str(cifar / "cifar-10-batches-py")) == "cifar10-1"
+    assert default_protocol(str(cifar)) == default_protocol(str(cifar / "cifar-10-batches-py")) == "cifar10-1"
     d = load_dataset(str(cifar))
     assert d.modalities == ("image",) and d.image.shape == (6200, 3, 32, 32) and d.image.dtype == torch.uint8
     assert d.class_names == CIFAR_CLASSES and d.protocol == {"name": "cifar10-1", "topk": 54000}

@@ -109,7 +109,8 @@ class CrossModalData:
         if self.image is None:
             img = "none"
         else:
-            img = "pixels " + "x".join(map(str, self.image.shape[1:])) if self.image_is_pixels else f"{self.image_dim}-d features"
+            img = ("pixels " + "x".join(map(str, self.image.shape[1:])) if self.image_is_pixels
+                   else f"{self.image_dim}-d features")
         txt = "none" if self.text is None else f"{self.text_dim}-d"
         proto = "" if self.protocol is None else f", protocol={self.protocol['name']}"
         return (f"CrossModalData(name={self.name!r}, n={self.n}, image={img}, text={txt}, "

@@ -1,7 +1,7 @@
 """The built-in synthetic cross-modal data set (the default of `dchml demo`): multi-label items
 with label co-occurrence, dense image features and sparse bag-of-words text, both generated from
-the labels with noise (or one of them, for single-modality data). Deterministic from a seed (numpy default_rng, never global state).
-The generative model is documented in docs/data.md; keep the two in step."""
+the labels with noise (or one of them, for single-modality data). Deterministic from a seed
+(numpy default_rng, never global state). The generative model is documented in docs/data.md; keep the two in step."""
 from __future__ import annotations
 
 import numpy as np
