@@ -41,13 +41,16 @@ def test_resnet50_loads_a_torchvision_state_dict_from_the_cache(tmp_path, monkey
 
 
 @needs_torchvision
-def test_vgg16_keeps_fc7_and_torchvision_names():
-    with torch.device("meta"):  # the structure only: 138M parameters are not allocated
-        net = build_backbone("vgg16")
+@pytest.mark.parametrize("name, convs", [("vgg11", 8), ("vgg16", 13)])
+def test_vgg_keeps_fc7_and_torchvision_names(name, convs):
+    with torch.device("meta"):  # the structure only: 133M / 138M parameters are not allocated
+        net = build_backbone(name)
         out = net(torch.empty(2, 3, 64, 64))
-    assert out.shape == (2, get_spec("vgg16").out_dim) == (2, 4096)
+    assert out.shape == (2, get_spec(name).out_dim) == (2, 4096)
     keys = set(net.state_dict())
     assert "classifier.3.weight" in keys and "classifier.6.weight" not in keys
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.features) == convs  # VGG-11 is PSLDH's network
+    assert get_spec(name).torchvision_files[0].startswith(name + "-")
 
 
 def test_weight_files_are_checked(tmp_path):

@@ -141,7 +141,7 @@ def _nan_image(f):
     (_nan_image, "NaN or Inf .*row 7"),
     (lambda f: f.update(query_idx=torch.tensor([0, 600])), "out of range"),
     (lambda f: f.update(query_idx=f["retrieval_idx"][:3]), "overlap"),
-    (lambda f: f.update(train_idx=f["query_idx"][:3]), "subset of retrieval_idx"),
+    (lambda f: f.update(train_idx=f["query_idx"][:3]), "train_idx and query_idx overlap .*never trained on"),
     (lambda f: f.update(query_idx=f["query_idx"].to(torch.int32)), "int64"),
     (lambda f: f.update(image=f["image"][:, :, None]), "image must be"),
     (lambda f: f.update(labels=f["labels"].double()), "float32"),
@@ -489,7 +489,7 @@ def test_textlist_bad_folders(tiny, tmp_path, break_it, match):
 # load_dataset itself
 
 def test_load_dataset_arguments(tiny, tmp_path):
-    with pytest.raises(DataError, match="format must be one of auto, mat, txt, npz, indexmat, got 'csv'"):
+    with pytest.raises(DataError, match="format must be one of auto, mat, txt, npz, indexmat, list, cifar, got 'csv'"):
         load_dataset("synthetic", format="csv")
     with pytest.raises(DataError, match="missing.mat: file not found"):
         load_dataset(str(tmp_path / "missing.mat"))

@@ -71,12 +71,19 @@ def _fraction(text):
 
 
 def _add_data_args(p, default_help=None, required=False):
+    from ..data import FORMATS, PROTOCOLS
+
     p.add_argument("--data", default=None, required=required,
                    help="'synthetic' (built-in set) or a path: .mat (v5 / v7.3), .npz, a text-list folder, "
-                        "or an index.mat / caption.mat / label.mat folder"
+                        "an index.mat / caption.mat / label.mat folder, list files (test.txt, database.txt, "
+                        "train.txt) or a CIFAR-10 python folder"
                         + (f" (default: {default_help})" if default_help else ""))
-    p.add_argument("--format", default="auto", choices=["auto", "mat", "txt", "npz", "indexmat"],
-                   help="data format (default: auto)")
+    p.add_argument("--format", default="auto", choices=list(FORMATS), help="data format (default: auto)")
+    p.add_argument("--protocol", default=None, metavar="NAME",
+                   help=f"a named split and MAP@K protocol: {', '.join(PROTOCOLS)} (default: cifar10-1 for a "
+                        "CIFAR-10 folder, else the file's own split or dchml's split rule)")
+    p.add_argument("--image-root", default=None, metavar="DIR",
+                   help="list files: the folder their image paths are relative to (default: the lists' folder)")
     p.add_argument("--drop-unlabeled", action="store_true",
                    help="drop items without any label (the paper's protocol) instead of refusing the file")
     _add_image_data_args(p)
@@ -311,14 +318,16 @@ def load_data(args, seed, recorded=None, image_size=224):
             print(f"using the checkpoint's data: {path} ({recorded.get('format')}, seed {seed}"
                   f"{', drop unlabeled' if recorded.get('drop_unlabeled') else ''}); --data overrides",
                   file=sys.stderr, flush=True)
-            return load_recorded({**recorded, "seed": seed})
+            protocol = getattr(args, "protocol", None)
+            return load_recorded({**recorded, "seed": seed, **({"protocol": protocol} if protocol else {})})
         source = "synthetic" if args.data is None else args.data
         if source != "synthetic" and not os.path.exists(source):
             raise UsageError(f"--data {source}: no such file or directory")
         return load_dataset(source, args.format, seed=seed, drop_unlabeled=args.drop_unlabeled,
                             image_size=image_size, image_workers=args.workers,
                             skip_bad_images=args.skip_bad_images, vocab_size=args.vocab_size,
-                            text_weighting=args.text_weighting)
+                            text_weighting=args.text_weighting, protocol=getattr(args, "protocol", None),
+                            image_root=getattr(args, "image_root", None))
     except UnlabeledItemsError as exc:
         raise exc.with_option("--drop-unlabeled") from None
 

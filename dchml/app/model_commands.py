@@ -169,8 +169,9 @@ def cmd_features(args, argv):
         raise UsageError(f"--image-weights {args.image_weights}: no such file")
     data = load_data(args, args.seed, image_size=args.image_size)
     if not data.image_is_pixels:
-        raise UsageError(f"--data {args.data} holds {data.image_dim}-d image features already; "
-                         "`dchml features` needs image files or pixels")
+        raise UsageError(f"--data {args.data} " + ("has no images" if data.image is None else
+                                                   f"holds {data.image_dim}-d image features already")
+                         + "; `dchml features` needs image files or pixels")
     partial = args.out + ".partial"
     try:
         summary = extract_features(data, args.out, image_backbone=args.image_backbone, image_weights=args.image_weights,
@@ -183,8 +184,9 @@ def cmd_features(args, argv):
               "to continue", file=sys.stderr)
         raise SystemExit(130) from None
     skipped = len(summary["encoders"]["image"]["skipped"])
+    text = "no text" if summary["text_dim"] is None else f"{summary['text_dim']}-d text"
     print(f"wrote {summary['n']} items ({summary['image_dim']}-d {args.image_backbone} image features, "
-          f"{summary['text_dim']}-d text) to {args.out}" + (f"; {skipped} unreadable images skipped" if skipped else ""))
+          f"{text}) to {args.out}" + (f"; {skipped} unreadable images skipped" if skipped else ""))
 
 
 def cmd_search(args, argv):

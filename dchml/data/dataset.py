@@ -9,6 +9,9 @@ import numpy as np
 import torch
 
 
+MODALITIES = ("image", "text")
+
+
 class DataError(ValueError):
     """A data file or array is missing, corrupt or inconsistent (the message says which and why)."""
 
@@ -28,15 +31,19 @@ class UnlabeledItemsError(DataError):
 
 @dataclass(frozen=True)
 class CrossModalData:
-    """Paired image/text items with multi-hot labels and the query/retrieval/train split.
+    """Items with one or two modalities (image, text), multi-hot labels and the
+    query/retrieval/train split. Cross-modal data has both modalities; single-modality data (image
+    retrieval: CIFAR-10, ImageNet-100, ...) has one, the other is None.
 
     image:         (n, d_img) float32 features, or (n, 3, H, W) uint8 pixels, in memory or
-                   streamed from disk (an images.ImageSource, decoded batch by batch)
-    text:          (n, d_txt) float32 bag-of-words (dense)
-    labels:        (n, c) float32 in {0, 1}; every row has at least one label
+                   streamed from disk (an images.ImageSource, decoded batch by batch), or None
+    text:          (n, d_txt) float32 bag-of-words (dense), or None
+    labels:        (n, c) float32 in {0, 1}; every row has at least one label (single-label
+                   sources are one-hot)
     query_idx:     int64, 0-based, disjoint from retrieval_idx
     retrieval_idx: int64, 0-based: the database searched by the queries
-    train_idx:     int64, 0-based, a subset of retrieval_idx (docs/spec.md §8)
+    train_idx:     int64, 0-based, disjoint from query_idx (queries are never trained on); often,
+                   but not necessarily, a subset of retrieval_idx (docs/spec.md §8)
     name:          where the data came from ("synthetic", or the file name)
     source:        load_dataset's arguments (path as given and absolute, format, seed, ...), so
                    the same data can be loaded again; None for data built in memory
@@ -49,8 +56,8 @@ class CrossModalData:
     Construction validates everything (raises DataError), so any instance is consistent.
     """
 
-    image: torch.Tensor
-    text: torch.Tensor
+    image: torch.Tensor | None
+    text: torch.Tensor | None
     labels: torch.Tensor
     query_idx: torch.Tensor
     retrieval_idx: torch.Tensor
@@ -59,6 +66,8 @@ class CrossModalData:
     source: dict | None = field(default=None, compare=False, repr=False)
     encoders: dict | None = None
     captions: tuple | None = None
+    protocol: dict | None = field(default=None, compare=False)
+    class_names: tuple | None = field(default=None, compare=False)
 
     def __post_init__(self):
         validate(self)
@@ -72,22 +81,41 @@ class CrossModalData:
         return int(self.labels.shape[1])
 
     @property
+    def modalities(self) -> tuple:
+        """The modalities present, in the order ("image", "text")."""
+        return tuple(m for m in MODALITIES if getattr(self, m) is not None)
+
+    @property
+    def has_image(self) -> bool:
+        return self.image is not None
+
+    @property
+    def has_text(self) -> bool:
+        return self.text is not None
+
+    @property
     def image_is_pixels(self) -> bool:
-        return self.image.dim() == 4
+        return self.image is not None and self.image.dim() == 4
 
     @property
     def image_dim(self) -> int | None:
-        return None if self.image_is_pixels else int(self.image.shape[1])
+        return None if self.image is None or self.image_is_pixels else int(self.image.shape[1])
 
     @property
-    def text_dim(self) -> int:
-        return int(self.text.shape[1])
+    def text_dim(self) -> int | None:
+        return None if self.text is None else int(self.text.shape[1])
 
     def __repr__(self) -> str:
-        img = "pixels " + "x".join(map(str, self.image.shape[1:])) if self.image_is_pixels else f"{self.image_dim}-d features"
-        return (f"CrossModalData(name={self.name!r}, n={self.n}, image={img}, text={self.text_dim}-d, "
+        if self.image is None:
+            img = "none"
+        else:
+            img = ("pixels " + "x".join(map(str, self.image.shape[1:])) if self.image_is_pixels
+                   else f"{self.image_dim}-d features")
+        txt = "none" if self.text is None else f"{self.text_dim}-d"
+        proto = "" if self.protocol is None else f", protocol={self.protocol['name']}"
+        return (f"CrossModalData(name={self.name!r}, n={self.n}, image={img}, text={txt}, "
                 f"labels={self.n_labels}, query={len(self.query_idx)}, retrieval={len(self.retrieval_idx)}, "
-                f"train={len(self.train_idx)})")
+                f"train={len(self.train_idx)}{proto})")
 
 
 def _fail(name: str, msg: str):
@@ -99,11 +127,14 @@ def validate(d: CrossModalData) -> None:
     src = d.name
     from .images import ImageSource
 
-    streamed = isinstance(d.image, ImageSource)
-    for field in ("text", "labels", "query_idx", "retrieval_idx", "train_idx") + (() if streamed else ("image",)):
+    img, txt, lab = d.image, d.text, d.labels
+    if img is None and txt is None:
+        _fail(src, "needs an image or a text modality (or both); both are None")
+    streamed = isinstance(img, ImageSource)
+    present = [f for f, v in (("image", img), ("text", txt)) if v is not None and not (f == "image" and streamed)]
+    for field in present + ["labels", "query_idx", "retrieval_idx", "train_idx"]:
         if not isinstance(getattr(d, field), torch.Tensor):
             _fail(src, f"{field} must be a torch.Tensor, got {type(getattr(d, field)).__name__}")
-    img, txt, lab = d.image, d.text, d.labels
     if lab.dim() != 2 or lab.shape[1] < 1:
         _fail(src, f"labels must be 2-D (n, c) with c >= 1, got shape {tuple(lab.shape)}")
     if lab.dtype != torch.float32:
@@ -111,8 +142,8 @@ def validate(d: CrossModalData) -> None:
     n = lab.shape[0]
     if n < 2:
         _fail(src, f"need at least 2 items (one query, one database item), got {n}")
-    if streamed:
-        pass  # the source decodes to uint8 (3, H, W); bad files are reported by name when read
+    if img is None or streamed:
+        pass  # a source decodes to uint8 (3, H, W); bad files are reported by name when read
     elif img.dim() == 4:
         if img.dtype != torch.uint8 or img.shape[1] != 3:
             _fail(src, f"image pixels must be uint8 (n, 3, H, W), got {img.dtype} {tuple(img.shape)}")
@@ -123,14 +154,22 @@ def validate(d: CrossModalData) -> None:
             _fail(src, f"image features contain NaN or Inf (first bad row {_first_bad_row(img)})")
     else:
         _fail(src, f"image must be (n, d) features or (n, 3, H, W) pixels, got shape {tuple(img.shape)}")
-    if txt.dim() != 2 or txt.dtype != torch.float32:
-        _fail(src, f"text must be 2-D (n, d) float32 bag-of-words, got {txt.dtype} shape {tuple(txt.shape)}")
-    if not torch.isfinite(txt).all():
-        _fail(src, f"text contains NaN or Inf (first bad row {_first_bad_row(txt)})")
-    if img.shape[0] != n or txt.shape[0] != n:
-        _fail(src, f"row counts disagree: image has {img.shape[0]}, text has {txt.shape[0]}, labels have {n}")
+    if txt is not None:
+        if txt.dim() != 2 or txt.dtype != torch.float32:
+            _fail(src, f"text must be 2-D (n, d) float32 bag-of-words, got {txt.dtype} shape {tuple(txt.shape)}")
+        if not torch.isfinite(txt).all():
+            _fail(src, f"text contains NaN or Inf (first bad row {_first_bad_row(txt)})")
+    rows = {f: v.shape[0] for f, v in (("image", img), ("text", txt)) if v is not None}
+    if any(r != n for r in rows.values()):
+        _fail(src, "row counts disagree: " + ", ".join(f"{f} has {r}" for f, r in rows.items()) + f", labels have {n}")
     if d.captions is not None and (len(d.captions) != n or not all(isinstance(c, str) for c in d.captions)):
         _fail(src, f"captions must be {n} strings, got {len(d.captions)} items")
+    if d.class_names is not None and (len(d.class_names) != lab.shape[1]
+                                      or not all(isinstance(c, str) for c in d.class_names)):
+        _fail(src, f"class_names must be {lab.shape[1]} strings (one per label column), got {len(d.class_names)}")
+    if d.protocol is not None and not (isinstance(d.protocol, dict) and isinstance(d.protocol.get("name"), str)
+                                       and isinstance(d.protocol.get("topk"), int)):
+        _fail(src, f"protocol must be a dict with a name and an integer topk, got {d.protocol!r}")
     if not ((lab == 0) | (lab == 1)).all():
         bad = (~((lab == 0) | (lab == 1))).nonzero()[0].tolist()
         _fail(src, f"labels must be 0/1, found {lab[bad[0], bad[1]].item()} at row {bad[0]}, column {bad[1]}")
@@ -154,37 +193,44 @@ def validate(d: CrossModalData) -> None:
     both = (seen["query_idx"] & seen["retrieval_idx"]).nonzero().flatten()
     if len(both):
         _fail(src, f"query_idx and retrieval_idx overlap in {len(both)} items (first: {both[0].item()})")
-    outside = (seen["train_idx"] & ~seen["retrieval_idx"]).nonzero().flatten()
-    if len(outside):
-        _fail(src, f"train_idx must be a subset of retrieval_idx; {len(outside)} are not (first: {outside[0].item()})")
+    # Training items need not be in the database (the cifar10 protocol trains outside it), but a
+    # query is never trained on.
+    trained = (seen["train_idx"] & seen["query_idx"]).nonzero().flatten()
+    if len(trained):
+        _fail(src, f"train_idx and query_idx overlap in {len(trained)} items (first: {trained[0].item()}); "
+                   "queries are never trained on")
 
 
 def _first_bad_row(x: torch.Tensor) -> int:
     return int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero()[0].item())
 
 
-def from_arrays(image, text, labels, *, query_idx, retrieval_idx, train_idx, name: str,
+def from_arrays(image=None, text=None, labels=None, *, query_idx, retrieval_idx, train_idx, name: str,
                 drop_unlabeled: bool = False, source: dict | None = None, encoders: dict | None = None,
-                captions=None) -> CrossModalData:
+                captions=None, protocol: dict | None = None, class_names=None) -> CrossModalData:
     """Build a validated CrossModalData from array-likes (numpy or torch, any numeric dtype).
 
-    Conversions: features and BoW to float32, pixels stay uint8, labels to float32, indices to
-    int64. With drop_unlabeled=True, rows without any label are removed first and the indices are
-    remapped (indices pointing at dropped rows are dropped too). An images.ImageSource stays lazy.
-    captions: the raw text of each item, or None.
+    image or text may be None (single-modality data), not both. Conversions: features and BoW to
+    float32, pixels stay uint8, labels to float32, indices to int64. With drop_unlabeled=True,
+    rows without any label are removed first and the indices are remapped (indices pointing at
+    dropped rows are dropped too). An images.ImageSource stays lazy. captions: the raw text of
+    each item, or None. class_names: one name per label column, or None.
     """
     from .images import ImageSource
 
+    if labels is None:
+        _fail(name, "labels are required")
+    if image is None and text is None:
+        _fail(name, "needs an image or a text modality (or both); both are None")
     streamed = isinstance(image, ImageSource)
-    if not streamed:
+    if image is not None and not streamed:
         image = _as_tensor(image, "image", name)
-    if streamed or image.dim() == 4 and image.dtype == torch.uint8:
-        pass
-    elif image.dim() == 4:
-        _fail(name, f"image pixels must be uint8 (n, 3, H, W), got {image.dtype}")
-    else:
-        image = image.to(torch.float32)
-    text = _as_tensor(text, "text", name).to(torch.float32)
+        if image.dim() == 4 and image.dtype != torch.uint8:
+            _fail(name, f"image pixels must be uint8 (n, 3, H, W), got {image.dtype}")
+        if image.dim() != 4:
+            image = image.to(torch.float32)
+    if text is not None:
+        text = _as_tensor(text, "text", name).to(torch.float32)
     labels = _as_tensor(labels, "labels", name).to(torch.float32)
     idx = {k: _as_tensor(v, k, name) for k, v in
            (("query_idx", query_idx), ("retrieval_idx", retrieval_idx), ("train_idx", train_idx))}
@@ -192,7 +238,8 @@ def from_arrays(image, text, labels, *, query_idx, retrieval_idx, train_idx, nam
         if v.is_floating_point() and not torch.equal(v, v.round()):
             _fail(name, f"{k} must hold integers, got non-integer values")
         idx[k] = v.to(torch.int64).reshape(-1)
-    if drop_unlabeled and labels.dim() == 2 and image.shape[0] == labels.shape[0] == text.shape[0]:
+    rows = [a.shape[0] for a in (image, text) if a is not None]
+    if drop_unlabeled and labels.dim() == 2 and all(r == labels.shape[0] for r in rows):
         n = labels.shape[0]
         keep = labels.sum(1) != 0
         in_range = all(len(v) == 0 or (v.min() >= 0 and v.max() < n) for v in idx.values())
@@ -200,12 +247,17 @@ def from_arrays(image, text, labels, *, query_idx, retrieval_idx, train_idx, nam
         if not keep.all() and in_range:
             new_pos = torch.cumsum(keep.to(torch.int64), 0) - 1
             idx = {k: new_pos[v[keep[v]]] for k, v in idx.items()}
-            image, text, labels = image[keep], text[keep], labels[keep]
+            image = None if image is None else image[keep]
+            text = None if text is None else text[keep]
+            labels = labels[keep]
             if captions is not None:
                 captions = [c for c, k in zip(captions, keep.tolist()) if k]
-    return CrossModalData(image=image if streamed else image.contiguous(), text=text.contiguous(),
+    if image is not None and not streamed:
+        image = image.contiguous()
+    return CrossModalData(image=image, text=None if text is None else text.contiguous(),
                           labels=labels.contiguous(), name=name, source=source, encoders=encoders,
-                          captions=None if captions is None else tuple(captions),
+                          captions=None if captions is None else tuple(captions), protocol=protocol,
+                          class_names=None if class_names is None else tuple(class_names),
                           **{k: v.contiguous() for k, v in idx.items()})
 
 

@@ -14,7 +14,8 @@
   on: by index when the content fingerprint matches, otherwise by row hash.
 
 Images streamed from disk (an ImageSource) are identified by each item's file name and size (or
-HDF5 array and position) instead of their pixels, which are never all in memory.
+HDF5 array and position) instead of their pixels, which are never all in memory. A missing
+modality (single-modality data) is hashed as absent; row hashes then cover the present one.
 
 Fingerprints are cached on the data object, keyed by each tensor's storage and version counter,
 so an in-place change of the arrays is noticed.
@@ -39,6 +40,9 @@ def _hash_tensors(data, names) -> str:
     h = hashlib.sha256()
     for name in names:
         value = getattr(data, name)
+        if value is None:  # a modality single-modality data does not have
+            h.update(f"{name}:absent\n".encode())
+            continue
         if not _is_tensor(value):  # images streamed from disk
             h.update(f"{name}:streamed:{len(value)}\n".encode())
             for key in value.item_keys():
@@ -54,8 +58,8 @@ def _hash_tensors(data, names) -> str:
 
 def _cached(data, key, compute):
     """compute() once per (data object, key, tensors' storage and version)."""
-    stamp = tuple((t.data_ptr(), t._version, tuple(t.shape)) if _is_tensor(t) else (id(t), len(t))
-                  for t in (getattr(data, n) for n in _CONTENT + _SPLIT))
+    stamp = tuple((t.data_ptr(), t._version, tuple(t.shape)) if _is_tensor(t) else
+                  None if t is None else (id(t), len(t)) for t in (getattr(data, n) for n in _CONTENT + _SPLIT))
     cache = data.__dict__.setdefault("_identity_cache", {})  # frozen dataclass: plain dict access
     hit = cache.get(key)
     if hit is not None and hit[0] == stamp:
@@ -72,19 +76,23 @@ def data_fingerprint(data) -> dict:
 
 
 def row_hashes(data, rows) -> torch.Tensor:
-    """int64 (len(rows),): a 64-bit hash of each listed item's image and text bytes."""
+    """int64 (len(rows),): a 64-bit hash of each listed item's image and text bytes (of the
+    modalities the data has)."""
     rows = torch.as_tensor(rows, dtype=torch.int64).reshape(-1)
-    if _is_tensor(data.image):
+    if data.image is None:
+        image_bytes = lambda r: b""  # noqa: E731
+    elif _is_tensor(data.image):
         image = data.image.detach().cpu().contiguous().numpy()
         image_bytes = lambda r: image[r].tobytes()  # noqa: E731
     else:
         keys = dict(zip(rows.tolist(), data.image.item_keys(rows.numpy())))
         image_bytes = keys.__getitem__
-    text = data.text.detach().cpu().contiguous().numpy()
+    text = None if data.text is None else data.text.detach().cpu().contiguous().numpy()
     out = np.empty(rows.numel(), dtype=np.int64)
     for i, r in enumerate(rows.tolist()):
         h = hashlib.blake2b(image_bytes(r), digest_size=8)
-        h.update(text[r].tobytes())
+        if text is not None:
+            h.update(text[r].tobytes())
         out[i] = int.from_bytes(h.digest(), "little", signed=True)
     return torch.from_numpy(out)
 

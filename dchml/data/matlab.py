@@ -3,13 +3,18 @@ that public cross-modal hashing data sets use. Two layouts are recognised (names
 case-insensitively; the first name found wins):
 
   "all" layout, one array per modality over all items, optional split indices (1-based):
-      image : IAll, XAll, images, image, imgs, img, I_all, X_all, img_feats, image_feats, features
+      image : IAll, XAll, images, image, imgs, img, I_all, X_all, img_feats, image_feats, features,
+              X, feat, feats, fea, data
       text  : YAll, TAll, tags, texts, text, txt, Y_all, T_all, bow, BoW
-      labels: LAll, labels, label, L_all, lab
+      labels: LAll, labels, label, L_all, lab, gnd, L, Y
+      At least one modality: a file with image (or text) features only is single-modality data.
+      Labels are a 0/1 matrix or a vector of class numbers (one-hot, labels.py).
       split : indexQuery/indexTest/query_idx, indexDatabase/indexRetrieval/retrieval_idx,
               indexTrain/train_idx, at the top level or inside a struct named `param`
   "split" layout, one array per modality and subset (DADH / DJSRH style files):
       I_te / T_te / L_te (queries), I_db / T_db / L_db (database), I_tr / T_tr / L_tr (training)
+  single-modality train/test layout (SDH / KSH style: traindata, traingnd, testdata, testgnd,
+      and the like): mat_subsets.py
 
 A directory of .mat files (DCMH's MIRFlickr-25K copy keeps IAll, YAll and LAll in separate files)
 is read as one file holding all their variables.
@@ -29,11 +34,12 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import DataError
+from .labels import as_multi_hot
 
 IMAGE_NAMES = ("IAll", "XAll", "images", "image", "imgs", "img", "I_all", "X_all", "img_feats",
-               "image_feats", "features")
+               "image_feats", "features", "X", "feat", "feats", "fea", "data")
 TEXT_NAMES = ("YAll", "TAll", "tags", "texts", "text", "txt", "Y_all", "T_all", "bow")
-LABEL_NAMES = ("LAll", "labels", "label", "L_all", "lab")
+LABEL_NAMES = ("LAll", "labels", "label", "L_all", "lab", "gnd", "L", "Y")
 QUERY_NAMES = ("indexQuery", "indexTest", "query_idx", "test_idx")
 DB_NAMES = ("indexDatabase", "indexRetrieval", "retrieval_idx", "database_idx", "db_idx")
 TRAIN_NAMES = ("indexTrain", "train_idx")
@@ -159,7 +165,8 @@ def _v73_sparse(group) -> np.ndarray:
     return scipy.sparse.csc_matrix((data, ir, jc), shape=(n_rows, len(jc) - 1)).toarray()
 
 
-def _find(vars_: dict, names, *, prefixes=("", "param.")) -> tuple[str, np.ndarray] | None:
+def find_variable(vars_: dict, names, *, prefixes=("", "param.")) -> tuple[str, np.ndarray] | None:
+    """(name, array) of the first of `names` (case-insensitive, at the top level or in `param`)."""
     lower = {k.lower(): k for k in vars_}
     for p in prefixes:
         for nm in names:
@@ -175,22 +182,30 @@ def load_mat_arrays(path, *, stream_images: bool = False, image_workers: int = 2
     stream_images: a v7.3 pixel array becomes an ImageSource read on demand by `image_workers`."""
     path = Path(os.fspath(path))
     vars_ = read_mat_variables(path, lazy_pixels=stream_images)
-    if all(_find(vars_, (f"{m}_{s}",)) for m in "ITL" for s, _ in SPLIT_SUBSETS[:2]):
+    if all(find_variable(vars_, (f"{m}_{s}",)) for m in "ITL" for s, _ in SPLIT_SUBSETS[:2]):
         # Subsets are concatenated: read them (this layout ships features, rarely pixels).
         return _split_layout(path, {k: v.read() if isinstance(v, LazyPixels) else v for k, v in vars_.items()})
+    from .mat_subsets import find_subsets, load_subsets
+
+    if find_subsets(vars_) is not None:
+        return load_subsets(path, {k: v.read() if isinstance(v, LazyPixels) else v for k, v in vars_.items()})
     found = {}
     for role, names in (("image", IMAGE_NAMES), ("text", TEXT_NAMES), ("labels", LABEL_NAMES)):
-        hit = _find(vars_, names)
-        if hit is None:
-            raise DataError(f"{path}: no {role} array found; expected one of {', '.join(names)} "
-                            f"(or the split layout I_te/T_te/L_te, I_db/T_db/L_db); file has: "
-                            f"{', '.join(sorted(vars_)) or 'no numeric arrays'}")
-        found[role] = hit
-    arrays = _orient(path, {role: arr for role, (_, arr) in found.items()},
-                     {role: key for role, (key, _) in found.items()}, image_workers)
+        hit = find_variable(vars_, names)
+        if hit is not None:
+            found[role] = hit
+    if "labels" not in found or not ({"image", "text"} & set(found)):
+        role, names = ("labels", LABEL_NAMES) if "labels" not in found else ("image or text", IMAGE_NAMES + TEXT_NAMES)
+        raise DataError(f"{path}: no {role} array found; expected one of {', '.join(names)} "
+                        f"(or the split layout I_te/T_te/L_te, I_db/T_db/L_db, or traindata/traingnd, "
+                        f"testdata/testgnd); file has: {', '.join(sorted(vars_)) or 'no numeric arrays'}")
+    key, labels = found["labels"]
+    found["labels"] = key, as_multi_hot(labels, key, path)
+    arrays = orient_arrays(path, {role: arr for role, (_, arr) in found.items()},
+                           {role: key for role, (key, _) in found.items()}, image_workers)
     n = arrays["labels"].shape[0]
     for role, names in (("query_idx", QUERY_NAMES), ("retrieval_idx", DB_NAMES), ("train_idx", TRAIN_NAMES)):
-        hit = _find(vars_, names)
+        hit = find_variable(vars_, names)
         if hit is not None:
             arrays[role] = _one_based(path, hit[0], hit[1], n)
     return arrays
@@ -209,10 +224,10 @@ def _one_based(path, key, arr, n) -> np.ndarray:
 def _split_layout(path, vars_) -> dict:
     parts = {}
     for s, subset in SPLIT_SUBSETS:
-        if subset == "train" and not all(_find(vars_, (f"{m}_{s}",)) for m in "ITL"):
+        if subset == "train" and not all(find_variable(vars_, (f"{m}_{s}",)) for m in "ITL"):
             continue
-        keys = {role: _find(vars_, (f"{m}_{s}",)) for role, m in (("image", "I"), ("text", "T"), ("labels", "L"))}
-        parts[subset] = _orient(path, {r: a for r, (_, a) in keys.items()}, {r: k for r, (k, _) in keys.items()})
+        keys = {role: find_variable(vars_, (f"{m}_{s}",)) for role, m in (("image", "I"), ("text", "T"), ("labels", "L"))}
+        parts[subset] = orient_arrays(path, {r: a for r, (_, a) in keys.items()}, {r: k for r, (k, _) in keys.items()})
     q, db = parts["query"], parts["retrieval"]
     for role in ("image", "text", "labels"):
         if q[role].shape[1:] != db[role].shape[1:]:
@@ -229,8 +244,8 @@ def _split_layout(path, vars_) -> dict:
 
 def _match_train(path, out, tr, nq, ndb) -> dict:
     """Training items of split-layout files are copies of database items; find them by exact row
-    equality. Items not found in the database are appended to it (train must be a subset of the
-    database, docs/spec.md §8)."""
+    equality. Items not found in the database are appended to it (the paper's protocol trains on
+    database items, docs/spec.md §8)."""
     for role in ("image", "text", "labels"):
         if tr[role].shape[1:] != out[role].shape[1:]:
             raise DataError(f"{path}: {role} of the training set {tr[role].shape} and of the database "
@@ -258,22 +273,23 @@ def _match_train(path, out, tr, nq, ndb) -> dict:
     return res
 
 
-def _orient(path, arrays: dict, keys: dict, image_workers: int = 2) -> dict:
-    """Put the item axis first. n = the size that image (first/last axis), text and labels share."""
+def orient_arrays(path, arrays: dict, keys: dict, image_workers: int = 2) -> dict:
+    """Put the item axis first. n = the size that the arrays (first or last axis) share; `arrays`
+    holds labels and one or both modalities, `keys` their variable names (for messages)."""
     def ends(a):
         if a.ndim == 1:
             return {a.shape[0]}
         return {a.shape[0], a.shape[-1]} if a.ndim >= 2 else set()
+    arrays = {role: a.reshape(-1, 1) if role == "labels" and a.ndim == 1 else a for role, a in arrays.items()}
     for role, a in arrays.items():
         if a.ndim not in ((2, 4) if role == "image" else (2,)):
             raise DataError(f"{path}: {keys[role]} ({role}) must be "
                             f"{'2-D (n, d) features or 4-D pixels' if role == 'image' else '2-D (n, d)'}, "
                             f"got shape {a.shape}")
-    common = ends(arrays["image"]) & ends(arrays["text"]) & ends(arrays["labels"])
+    common = set.intersection(*(ends(a) for a in arrays.values()))
     if not common:
-        raise DataError(f"{path}: row counts disagree: {keys['image']} {arrays['image'].shape}, "
-                        f"{keys['text']} {arrays['text'].shape}, {keys['labels']} {arrays['labels'].shape} "
-                        "share no item-axis size")
+        raise DataError(f"{path}: row counts disagree: "
+                        + ", ".join(f"{keys[r]} {a.shape}" for r, a in arrays.items()) + " share no item-axis size")
     # Prefer MATLAB's orientation (items first) when several sizes would fit.
     n = arrays["labels"].shape[0] if arrays["labels"].shape[0] in common else max(common)
     out = {}

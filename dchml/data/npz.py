@@ -1,8 +1,8 @@
 """dchml's own data file: a NumPy .npz archive (read with allow_pickle=False) holding
 
-  image          (n, d) float features, or (n, 3, H, W) uint8 pixels
-  text           (n, d_t) bag-of-words
-  labels         (n, c) in {0, 1}
+  image          (n, d) float features, or (n, 3, H, W) uint8 pixels  } at least one of
+  text           (n, d_t) bag-of-words                                } the two modalities
+  labels         (n, c) in {0, 1}, or (n,) class numbers (made one-hot, labels.py)
   query_idx      optional, 0-based \
   retrieval_idx  optional, 0-based  } none of them, query_idx + retrieval_idx, or all three
   train_idx      optional, 0-based /
@@ -23,8 +23,10 @@ import torch
 
 from ..io.atomic import write_atomic
 from .dataset import CrossModalData, DataError
+from .labels import as_multi_hot
 
-REQUIRED = ("image", "text", "labels")
+MODALITIES = ("image", "text")
+REQUIRED = ("labels",)
 OPTIONAL = ("query_idx", "retrieval_idx", "train_idx")
 METADATA = ("encoders",)
 
@@ -38,14 +40,16 @@ def load_npz_arrays(path) -> dict:
             if not isinstance(z, np.lib.npyio.NpzFile):
                 raise DataError(f"{path}: a single .npy array, not an .npz archive")
             keys = set(z.files)
-            unknown = keys - set(REQUIRED) - set(OPTIONAL) - set(METADATA)
+            unknown = keys - set(MODALITIES) - set(REQUIRED) - set(OPTIONAL) - set(METADATA)
             if unknown:
                 raise DataError(f"{path}: unknown arrays {sorted(unknown)}; allowed: "
-                                f"{', '.join(REQUIRED + OPTIONAL + METADATA)}")
+                                f"{', '.join(MODALITIES + REQUIRED + OPTIONAL + METADATA)}")
             missing = [k for k in REQUIRED if k not in keys]
+            if not keys & set(MODALITIES):
+                missing.append(" or ".join(MODALITIES))
             if missing:
                 raise DataError(f"{path}: missing array(s) {missing}; has {sorted(keys)}")
-            out = {k: z[k] for k in REQUIRED + OPTIONAL if k in keys}
+            out = {k: z[k] for k in MODALITIES + REQUIRED + OPTIONAL if k in keys}
             if "encoders" in keys:
                 out["encoders"] = decode_encoders(z["encoders"], path)
     except DataError:
@@ -54,6 +58,7 @@ def load_npz_arrays(path) -> dict:
         raise DataError(f"{path}: unreadable .npz ({e})") from e
     except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
         raise DataError(f"{path}: corrupt or truncated .npz file ({type(e).__name__}: {e})") from e
+    out["labels"] = as_multi_hot(out["labels"], "labels", path)
     has = [k for k in OPTIONAL if k in out]
     if has and has not in (["query_idx", "retrieval_idx"], list(OPTIONAL)):
         raise DataError(f"{path}: give no index arrays, query_idx + retrieval_idx, or all three; got {has}")
@@ -82,14 +87,14 @@ def decode_encoders(array, path) -> dict:
 
 
 def save_npz(data: CrossModalData, path) -> None:
-    """Write `data` (arrays and split) to `path` in dchml's .npz format, atomically: a temporary
+    """Write `data` (its modalities, labels and split) to `path` in dchml's .npz format, atomically: a temporary
     file in the same folder, then os.replace, so a crash never leaves a half-written file."""
     if not isinstance(data, CrossModalData):
         raise TypeError(f"data must be a CrossModalData, got {type(data).__name__}")
-    if not isinstance(data.image, torch.Tensor):
+    if data.image is not None and not isinstance(data.image, torch.Tensor):
         raise DataError(f"{data.name}: images streamed from disk are not written into an .npz; "
                         "extract features first (`dchml features`)")
-    arrays = {k: getattr(data, k).numpy() for k in REQUIRED + OPTIONAL}
+    arrays = {k: getattr(data, k).numpy() for k in MODALITIES + REQUIRED + OPTIONAL if getattr(data, k) is not None}
     if data.encoders:
         arrays["encoders"] = encoders_array(data.encoders)
     # a file object: numpy does not append ".npz"

@@ -1,7 +1,7 @@
 """The built-in synthetic cross-modal data set (the default of `dchml demo`): multi-label items
 with label co-occurrence, dense image features and sparse bag-of-words text, both generated from
-the labels with noise. Deterministic from a seed (numpy default_rng, never global state).
-The generative model is documented in docs/data.md; keep the two in step."""
+the labels with noise (or one of them, for single-modality data). Deterministic from a seed
+(numpy default_rng, never global state). The generative model is documented in docs/data.md; keep the two in step."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +18,7 @@ def make_synthetic(n: int = 12_000, n_labels: int = 21, image_dim: int = 512, te
                    label_noise: float = 0.25,
                    nuisance_scale: float = 1.5, words_per_item: tuple[int, int] = (20, 40),
                    words_per_label: int = 40, text_background: float = 0.6, text_counts: bool = False,
-                   name: str = "synthetic") -> CrossModalData:
+                   modalities: tuple = ("image", "text"), name: str = "synthetic") -> CrossModalData:
     """A synthetic NUS-WIDE-shaped cross-modal data set; see docs/data.md for the model.
 
     Labels: items belong to one of `n_topics` latent topics (default max(2, n_labels // 4)); each
@@ -48,24 +48,29 @@ def make_synthetic(n: int = 12_000, n_labels: int = 21, image_dim: int = 512, te
     if image_noise < 0 or nuisance_scale < 0 or mean_extra_labels < 0 or max_labels < 1:
         raise DataError("synthetic: image_noise, nuisance_scale and mean_extra_labels must be >= 0, "
                         f"max_labels >= 1; got {image_noise}, {nuisance_scale}, {mean_extra_labels}, {max_labels}")
+    wanted = tuple(modalities) if isinstance(modalities, (tuple, list)) else (modalities,)
+    if not wanted or not set(wanted) <= {"image", "text"} or len(set(wanted)) != len(wanted):
+        raise DataError(f"synthetic: modalities must be one or both of 'image', 'text', got {modalities!r}")
     # Independent streams per part so that changing, e.g., the text knobs leaves labels unchanged.
     root = np.random.SeedSequence(seed)
     r_lab, r_img, r_txt, r_split = (np.random.default_rng(s) for s in root.spawn(4))
 
     labels = topic_labels(r_lab, n, n_labels, n_topics or max(2, n_labels // 4), label_power,
                      mean_extra_labels, min(max_labels, n_labels))
-    image = image_features(r_img, corrupt_labels(r_img, labels, label_noise), image_dim, latent_dim, image_noise,
-                   nuisance_scale)
-    text = text_features(r_txt, corrupt_labels(r_txt, labels, label_noise), text_dim, lo, hi, words_per_label,
-                 text_background, text_counts)
+    image = text = None
+    if "image" in wanted:
+        image = torch.from_numpy(image_features(r_img, corrupt_labels(r_img, labels, label_noise), image_dim,
+                                                latent_dim, image_noise, nuisance_scale))
+    if "text" in wanted:
+        text = torch.from_numpy(text_features(r_txt, corrupt_labels(r_txt, labels, label_noise), text_dim, lo, hi,
+                                              words_per_label, text_background, text_counts))
     split_seed = int(r_split.integers(2**63 - 1))
     if n_train is None:
         n_query_used = default_split_sizes(n)[0] if n_query is None else n_query
         n_train = max(1, (n - n_query_used) // 2)
     q, r, t = paper_split(n, seed=split_seed, n_query=n_query, n_train=n_train)
-    return CrossModalData(image=torch.from_numpy(image), text=torch.from_numpy(text),
-                          labels=torch.from_numpy(labels), query_idx=q, retrieval_idx=r, train_idx=t,
-                          name=name)
+    return CrossModalData(image=image, text=text, labels=torch.from_numpy(labels), query_idx=q, retrieval_idx=r,
+                          train_idx=t, name=name)
 
 
 def topic_labels(rng, n, c, n_topics, power, mean_extra, max_labels) -> np.ndarray:

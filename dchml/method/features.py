@@ -80,7 +80,8 @@ def _fingerprint(data: CrossModalData) -> str:
     else:
         h.update(np.ascontiguousarray(image.numpy()))
     for t in (data.labels, data.query_idx, data.retrieval_idx, data.train_idx, data.text):
-        h.update(np.ascontiguousarray(t.numpy()))  # hashed in place: no copy of the text rows
+        if t is not None:  # image-only data has no text rows
+            h.update(np.ascontiguousarray(t.numpy()))  # hashed in place: no copy of the text rows
     return h.hexdigest()
 
 
@@ -96,7 +97,8 @@ def extract_features(data: CrossModalData, out: str, *, image_backbone: str = "a
     DataError, or the backbone errors (ValueError) with a message naming the problem.
     """
     if not data.image_is_pixels:
-        raise FeaturesError(f"{data.name} already holds {data.image_dim}-d image features, not images")
+        raise FeaturesError(f"{data.name} has no images" if data.image is None else
+                            f"{data.name} already holds {data.image_dim}-d image features, not images")
     if text_backbone not in TEXT_BACKBONES:
         raise FeaturesError(f"text backbone must be one of {', '.join(TEXT_BACKBONES)}, got {text_backbone!r}")
     if text_backbone == "clip" and data.captions is None:
@@ -240,7 +242,7 @@ def _write_npz(out: Path, partial: Path, data: CrossModalData, n_chunks: int, en
     arrays = {"labels": data.labels.numpy(), "query_idx": data.query_idx.numpy(),
               "retrieval_idx": data.retrieval_idx.numpy(), "train_idx": data.train_idx.numpy(),
               "encoders": encoders_array(encoders)}
-    if not text_from_chunks:
+    if not text_from_chunks and data.text is not None:  # image-only data: an .npz without text
         arrays["text"] = data.text.numpy()
     dims = {}
 
