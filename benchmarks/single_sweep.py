@@ -1,0 +1,199 @@
+"""Sweep single-modality settings (PSLDH's, CSQ's and the peers' of benchmarks/peers_single.py)
+over the generated panel (benchmarks/panel_single.py), one JSON line per run: MAP@5000 of the
+within-modality task, the kept epoch, the category codes' Hamming distances, and optionally the
+shallow hashers (linear and kernel) and chance.
+
+    python benchmarks/single_sweep.py --sets all --settings "psldh;csq;dpsh;hashnet;dsh" --bits 64 \
+        --seeds 0,1 --shallow
+    python benchmarks/single_sweep.py --sets tags --settings "g0.5=method:psldh,gamma:0.5" --bits 64
+    python benchmarks/single_sweep.py --summarize bench_out/single_sweep-*/runs.jsonl
+
+A setting is a method name (its defaults: dchml's shared recipe and the method's parameters), a
+method name with ":paper" (its paper recipe), or `label=field:value,...` (TrainConfig fields;
+`method:` picks the method, default psldh). Runs are single-threaded (--threads).
+
+Where results go: a new folder ./bench_out/single_sweep-<UTC time>/ by default, --out DIR, or
+--record (benchmarks/results/panel_single.jsonl, the recorded rows); runs.jsonl is appended to.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from harness import command_line, git_commit  # noqa: E402
+from panel_single import PANEL_SINGLE, make_single_set  # noqa: E402
+from peers_single import kernel_hasher, register_peers  # noqa: E402
+
+from dchml.app.experiment import describe_device  # noqa: E402
+from dchml.method.baselines import chance_map, linear_hasher  # noqa: E402
+from dchml.method.config import recipe_settings  # noqa: E402
+from dchml.method.methods import tasks_of  # noqa: E402
+from dchml.train import TrainConfig, evaluate, train  # noqa: E402
+
+RESULTS = os.path.join(HERE, "results")
+RECORDED = "panel_single.jsonl"
+
+
+def output_file(args) -> str:
+    """Where this run's rows go: the recorded file with --record, DIR/runs.jsonl with --out, else
+    a new folder under ./bench_out/."""
+    if args.record:
+        return os.path.join(RESULTS, RECORDED)
+    folder = args.out
+    if not folder:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        folder = os.path.join(os.getcwd(), "bench_out", f"single_sweep-{stamp}-{os.getpid()}")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, "runs.jsonl")
+
+
+def parse_setting(spec: str) -> tuple[str, dict]:
+    spec = spec.strip()
+    if "=" not in spec:
+        method, _, recipe = spec.partition(":")
+        return spec, {"method": method, **recipe_settings(recipe or "default", method)}
+    label, fields = spec.split("=", 1)
+    values = {"method": "psldh"}
+    for item in filter(None, fields.split(",")):
+        key, raw = item.split(":", 1)
+        if key == "recipe":
+            continue
+        default = getattr(TrainConfig(), key) if key != "method" else ""
+        if key in ("eta", "mu", "lam", "gamma", "sigma", "alpha", "beta"):
+            values[key] = float(raw)
+        elif isinstance(default, bool):
+            values[key] = raw.lower() in ("1", "true", "yes")
+        elif isinstance(default, int):
+            values[key] = int(raw)
+        elif isinstance(default, float):
+            values[key] = float(raw)
+        else:
+            values[key] = raw
+    recipe = dict(item.split(":", 1) for item in fields.split(",") if item.startswith("recipe:"))
+    if recipe:
+        values = {**recipe_settings(recipe["recipe"], values["method"]), **values}
+    return label, values
+
+
+def run_one(data, name, label, values, bits, seed, shallow, chance) -> dict:
+    cfg = TrainConfig(**{**values, "bits": bits, "seed": seed})
+    began = time.perf_counter()
+    result = train(data, cfg, progress=False, log=None)
+    seconds = time.perf_counter() - began
+    (task,) = tasks_of(result.model.modalities)
+    score = evaluate(result.model, data, topk=cfg.topk)[f"{task}_map"]
+    diag = result.proxy_diagnostics
+    row = {"set": name, "bits": bits, "seed": seed, "setting": label, "method": cfg.method,
+           "overrides": {k: v for k, v in values.items() if k != "method"},
+           "params": cfg.method_params, "task": task, "map": score,
+           "val_map": result.selection.get("validation_map"), "kept_epoch": result.selection["kept_epoch"],
+           "last_epoch": result.selection["last_epoch"],
+           "code_min_hamming": diag.get("min_hamming"), "code_mean_hamming": diag.get("mean_hamming"),
+           "code_steps": diag.get("steps"), "code_loss": diag.get("loss"),
+           "chance_map": chance, "seconds": round(seconds, 1), "n_train": int(data.train_idx.numel())}
+    if shallow:
+        split = result.state["split"]
+        linear = linear_hasher(result.model, data, split["fit_idx"], split["val_idx"], topk=cfg.topk,
+                               method=cfg.method if cfg.method in ("psldh", "csq") else "csq")
+        row["linear_map"] = linear[f"{task}_map"]
+        kernel = kernel_hasher(result.model, data, split["fit_idx"], split["val_idx"], topk=cfg.topk,
+                               targets="model" if cfg.method == "psldh" else "centers", seed=seed)
+        row["kernel_map"] = kernel["map"]
+        row["kernel"] = {k: v for k, v in kernel.items() if k != "map"}
+    return row
+
+
+# --- summaries ---------------------------------------------------------------------------------------
+
+
+def _stat(values) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    spread = (max(values) - min(values)) / 2
+    return f"{statistics.fmean(values):.4f} ± {spread:.4f}"
+
+
+def summarize(rows: list[dict]) -> str:
+    """One table per code length: mean MAP (± half the range over seeds) of every setting per set."""
+    latest = {}
+    for r in rows:  # a rerun of the same (set, bits, seed, setting) replaces the earlier row
+        latest[(r["set"], r["bits"], r["seed"], r["setting"])] = r
+    rows = list(latest.values())
+    out = []
+    for bits in sorted({r["bits"] for r in rows}):
+        sets = [s for s in PANEL_SINGLE if any(r["set"] == s and r["bits"] == bits for r in rows)]
+        settings = list(dict.fromkeys(r["setting"] for r in rows if r["bits"] == bits))
+        out += [f"### {bits} bits", "", "| setting | " + " | ".join(sets) + " | mean | seeds |",
+                "|---|" + "---|" * (len(sets) + 2)]
+        for label in settings:
+            cells, means, seeds = [], [], set()
+            for s in sets:
+                vals = [r["map"] for r in rows if r["set"] == s and r["bits"] == bits and r["setting"] == label]
+                seeds |= {r["seed"] for r in rows if r["set"] == s and r["bits"] == bits and r["setting"] == label}
+                cells.append(_stat(vals))
+                means.append(statistics.fmean(vals) if vals else None)
+            mean = statistics.fmean(means) if all(m is not None for m in means) else None
+            out.append(f"| {label} | " + " | ".join(cells) + f" | {mean:.4f} |" if mean is not None else
+                       f"| {label} | " + " | ".join(cells) + " | - |")
+            out[-1] += f" {','.join(map(str, sorted(seeds)))} |"
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", default="all", help=f"comma-separated from {', '.join(PANEL_SINGLE)}, or all")
+    ap.add_argument("--settings", default="psldh", help="';'-separated settings")
+    ap.add_argument("--bits", default="64")
+    ap.add_argument("--seeds", default="0", help="comma-separated training seeds (the data set's seed is --data-seed)")
+    ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--shallow", action="store_true", help="also train and score the linear and kernel hashers")
+    ap.add_argument("--threads", type=int, default=1)
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("--out", metavar="DIR", help="append to DIR/runs.jsonl (default: a new ./bench_out/ folder)")
+    group.add_argument("--record", action="store_true", help=f"append to benchmarks/results/{RECORDED}")
+    ap.add_argument("--summarize", nargs="+", default=None, metavar="JSONL", help="print tables of these rows")
+    args = ap.parse_args(argv)
+    if args.summarize:
+        rows = [json.loads(line) for path in args.summarize for line in open(path) if line.strip()]
+        print(summarize(rows), end="")
+        return
+    torch.set_num_threads(args.threads)
+    register_peers()
+    path = output_file(args)
+    print(f"writing to {path}", flush=True)
+    sets = PANEL_SINGLE if args.sets == "all" else args.sets.split(",")
+    settings = [parse_setting(s) for s in args.settings.split(";") if s.strip()]
+    device, commit, command = describe_device("cpu"), git_commit(), command_line()
+    for name in sets:
+        data = make_single_set(name, seed=args.data_seed)
+        (chance,) = chance_map(data, tasks=("x",)).values()
+        for bits in (int(b) for b in args.bits.split(",")):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                for label, values in settings:
+                    row = run_one(data, name, label, values, bits, seed, args.shallow, chance)
+                    row.update(data_seed=args.data_seed, device=device, commit=commit, command=command,
+                               threads=args.threads,
+                               date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+                    extra = (f" linear {row['linear_map']:.4f} kernel {row['kernel_map']:.4f}" if args.shallow else "")
+                    print(f"{name:7s} {bits:3d} s{seed} {label:18s} MAP {row['map']:.4f} (val {row['val_map'] or 0:.4f}, "
+                          f"epoch {row['kept_epoch']}/{row['last_epoch']}, codes min {row['code_min_hamming']}"
+                          f"){extra} chance {chance:.4f} {row['seconds']:.0f}s", flush=True)
+                    with open(path, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
