@@ -39,6 +39,7 @@ from dchml.method import methods as method_registry
 from dchml.method.baselines import RIDGE_STRENGTHS, _features, _Ridge
 from dchml.method.methods import Method, get_method
 from dchml.method.methods.csq import hash_centers, item_centers
+from dchml.method.methods.psldh import PSLDH
 from dchml.method.models import sgn
 from dchml.retrieval.metrics import mean_average_precision
 
@@ -149,7 +150,23 @@ class HashNet(_Peer):
         return (nll * weight).sum() / n_all
 
 
-PEERS = {m.name: m for m in (DPSH(), DSH(), HashNet())}
+class PSLDHOnCentres(PSLDH):
+    """Diagnostic, not a peer: PSLDH's loss with CSQ's constructed centres as its category codes
+    instead of the trained category network's, to measure what the codes' separation is worth."""
+
+    name = "psldh_centres"
+    title = "PSLDH on CSQ centres"
+    category_net = False
+    summary = "diagnostic: PSLDH's loss on Hadamard / Bernoulli centres"
+
+    def make_category_codes(self, model, cfg, log=None) -> dict:
+        return get_method("csq").make_category_codes(model, cfg, log)
+
+    def item_targets(self, model, labels):
+        return Method.item_targets(self, model, labels)
+
+
+PEERS = {m.name: m for m in (DPSH(), DSH(), HashNet(), PSLDHOnCentres())}
 
 
 def register_peers() -> None:

@@ -152,6 +152,47 @@ def summarize(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+PEER_SETTINGS = ("csq", "dpsh", "hashnet", "dsh")
+
+
+def compare(rows: list[dict], method_setting: str = "psldh") -> str:
+    """PSLDH (`method_setting`) against the peers' losses, the shallow hashers and chance, per set
+    and code length: mean ± half-range over seeds; the margin is PSLDH's mean minus the best mean
+    of the others (peers and shallow hashers)."""
+    latest = {}
+    for r in rows:
+        latest[(r["set"], r["bits"], r["seed"], r["setting"])] = r
+    rows = list(latest.values())
+    out = ["| set | bits | PSLDH | CSQ | DPSH | HashNet | DSH | linear | kernel | chance | PSLDH - best other |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in PANEL_SINGLE:
+        for bits in sorted({r["bits"] for r in rows if r["set"] == s}):
+            pick = lambda label: [r for r in rows if r["set"] == s and r["bits"] == bits and r["setting"] == label]  # noqa: E731
+            mine = [r["map"] for r in pick(method_setting)]
+            if not mine:
+                continue
+            cells, others = [_stat(mine)], []
+            for label in PEER_SETTINGS:
+                vals = [r["map"] for r in pick(label)]
+                cells.append(_stat(vals))
+                if vals:
+                    others.append(statistics.fmean(vals))
+            shallow = [r for label in (method_setting,) + PEER_SETTINGS for r in pick(label) if "linear_map" in r]
+            for key in ("linear_map", "kernel_map"):
+                # each run's shallow hasher uses that run's normaliser and targets: the best per seed
+                by_seed = {}
+                for r in shallow:
+                    by_seed[r["seed"]] = max(by_seed.get(r["seed"], 0.0), r[key])
+                vals = list(by_seed.values())
+                cells.append(_stat(vals))
+                if vals:
+                    others.append(statistics.fmean(vals))
+            chance = next(iter(pick(method_setting)))["chance_map"]
+            margin = statistics.fmean(mine) - max(others) if others else float("nan")
+            out.append(f"| {s} | {bits} | " + " | ".join(cells) + f" | {chance:.4f} | {margin:+.4f} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default="all", help=f"comma-separated from {', '.join(PANEL_SINGLE)}, or all")
@@ -165,10 +206,12 @@ def main(argv=None) -> None:
     group.add_argument("--out", metavar="DIR", help="append to DIR/runs.jsonl (default: a new ./bench_out/ folder)")
     group.add_argument("--record", action="store_true", help=f"append to benchmarks/results/{RECORDED}")
     ap.add_argument("--summarize", nargs="+", default=None, metavar="JSONL", help="print tables of these rows")
+    ap.add_argument("--compare", default=None, metavar="SETTING",
+                    help="with --summarize: the table of SETTING (e.g. psldh) against peers and shallow hashers")
     args = ap.parse_args(argv)
     if args.summarize:
         rows = [json.loads(line) for path in args.summarize for line in open(path) if line.strip()]
-        print(summarize(rows), end="")
+        print(compare(rows, args.compare) if args.compare else summarize(rows), end="")
         return
     torch.set_num_threads(args.threads)
     register_peers()
