@@ -177,9 +177,10 @@ def compare(rows: list[dict], method_setting: str = "psldh") -> str:
                 cells.append(_stat(vals))
                 if vals:
                     others.append(statistics.fmean(vals))
-            shallow = [r for label in (method_setting,) + PEER_SETTINGS for r in pick(label) if "linear_map" in r]
+            shallow = [r for r in rows if r["set"] == s and r["bits"] == bits and "linear_map" in r]
             for key in ("linear_map", "kernel_map"):
-                # each run's shallow hasher uses that run's normaliser and targets: the best per seed
+                # each run's shallow hashers use that run's normaliser and targets (PSLDH's mean
+                # category codes, CSQ's centres): per seed, the best of the runs that scored them
                 by_seed = {}
                 for r in shallow:
                     by_seed[r["seed"]] = max(by_seed.get(r["seed"], 0.0), r[key])
