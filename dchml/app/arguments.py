@@ -113,7 +113,7 @@ def _add_train_args(p, *, demo=False):
     p.add_argument("--recipe", choices=list(RECIPES), default="default",
                    help="training recipe: dchml's default (chosen on a panel of data sets, docs/method.md) or the "
                         "method's paper settings (DCHML: plain SGD, lr 1e-3, 120 epochs, features as given, last "
-                        "epoch; PSLDH, CSQ: their public code's, docs/spec.md §12)")
+                        "epoch; PSLDH, CSQ: their public code's, docs/spec.md §6.4, §12)")
     p.add_argument("--bits", type=_positive_int if demo else _bits_list, default=None,
                    help=f"code length (default {d.bits})" + ("" if demo else "; several, e.g. 16,32,64, train one "
                                                             "model each into DIR/bitsN and write one report"))
@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, "the data the checkpoint was trained on")
     p.add_argument("--seed", type=_nonneg_int, default=None,
                    help="seed of the data split (default: the seed the checkpoint was trained with)")
-    p.add_argument("--topk", type=_positive_int, default=5000)
+    p.add_argument("--topk", type=_positive_int, default=None,
+                   help="MAP@K cut-off (default: the one the checkpoint was trained with)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="also write the scores (and curves) to this JSON file")
     _add_threads_arg(p)

@@ -69,8 +69,9 @@ def cmd_eval(args, argv):
     _refuse_trained_queries(state, data, data.query_idx, seed, "queries")
     from ..method.methods import TASK_NAMES
 
-    scores = evaluate(model, data, topk=args.topk, curves=bool(args.out), device=device)
-    print(f"MAP@{args.topk} " + "  ".join(f"{name} {scores[f'{task}_map']:.4f}" for task, name in TASK_NAMES.items()
+    topk = args.topk or int(state["config"].get("topk", 5000))
+    scores = evaluate(model, data, topk=topk, curves=bool(args.out), device=device)
+    print(f"MAP@{topk} " + "  ".join(f"{name} {scores[f'{task}_map']:.4f}" for task, name in TASK_NAMES.items()
                                           if f"{task}_map" in scores))
     if args.out:
         write_json({"bits": model.bits, **scores, "checkpoint": args.checkpoint, "data": data.name, "seed": seed,

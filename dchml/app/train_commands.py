@@ -29,13 +29,27 @@ def cmd_train(args, argv):
             cfg = config_from_args(args, base, **fixed)
             _check_resume_unchanged(cfg, base)
         else:
-            cfg = config_from_args(args, recipe_settings(args.recipe, args.method or "dchml"), **fixed)
+            cfg = config_from_args(args, {**recipe_settings(args.recipe, args.method or "dchml"),
+                                          **_protocol_topk(args)}, **fixed)
         plans.append((cfg, out_dir, resume))
     check_before_training(plans[0][0], args.out)
     if not distributed_train.is_main_process():  # another rank of a torchrun job: rank 0 holds --out
         return _train_into(args, argv, plans, recorded, several)
     with claim(args.out, resume=args.resume, force=args.force, several=several):
         return _train_into(args, argv, plans, recorded, several)
+
+
+def _protocol_topk(args) -> dict:
+    """MAP@K's K of the data's protocol (--protocol, or the one its format implies), unless --topk is given."""
+    from ..data.protocols import default_protocol, get_protocol
+
+    name = getattr(args, "protocol", None) or default_protocol(args.data, args.format)
+    if name is None:
+        return {}
+    try:
+        return {"topk": get_protocol(name).topk}
+    except ValueError as exc:
+        raise UsageError(f"--protocol {name}: {exc}") from None
 
 
 def _resumed(out_dir: str):

@@ -1,6 +1,6 @@
 """The one training loop of every method: Algorithm 1 of docs/spec.md §5 for DCHML (PHNet first,
 then alternating image / text passes and the C update) and its single-modality form for PSLDH and
-CSQ (category codes first, then one pass per epoch, §12), with model selection on a validation
+CSQ (category codes first, then one pass per epoch, §6, §12), with model selection on a validation
 slice, per-epoch atomic checkpoints and exact resume. What differs between methods comes from the
 method object (dchml.method.methods): the model's modalities, step 1, a batch's loss, the logged
 objective and what follows the passes.
