@@ -520,5 +520,6 @@ def test_mat_v5_single_label_column_stays_2d(tmp_path):
     rng = np.random.default_rng(0)
     p = tmp_path / "one.mat"
     scipy.io.savemat(p, {"XAll": rng.random((20, 4)), "tags": rng.random((20, 3)), "labels": np.ones((20, 1))})
-    d = load_dataset(str(p))
-    assert d.labels.shape == (20, 1) and d.image_dim == 4 and d.text_dim == 3
+    # read as one (20, 1) label column: the one class every item has, which is no retrieval task
+    with pytest.raises(DataError, match=r"label column 0 is set for every item.*at least two classes"):
+        load_dataset(str(p))

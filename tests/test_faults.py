@@ -125,6 +125,18 @@ def test_eval_on_an_overlapping_split_is_refused(run, files, capsys, tmp_path):
     assert "1 of the 1 queries asked for" in _error_line(capsys, code)
     # the split it was trained with is fine (its seed is the default)
     assert main(["eval", "--checkpoint", ckpt, "--data", files["a"]]) == 0
+    # the same items with a split of the file's own: the message names both splits and the command
+    data7 = dchml.data.load_dataset(files["a"], seed=7)
+    own = str(tmp_path / "own.npz")
+    np.savez(own, image=data7.image.numpy(), text=data7.text.numpy(), labels=data7.labels.numpy(),
+             query_idx=data7.query_idx.numpy(), retrieval_idx=data7.retrieval_idx.numpy(),
+             train_idx=data7.train_idx.numpy())
+    line = _error_line(capsys, main(["eval", "--checkpoint", ckpt, "--data", own]))
+    assert "own.npz (the file's own query/database/training split)" in line
+    assert "with dchml's split drawn with seed 2" in line and "the same items split differently" in line
+    command = line.split("evaluate on the split it was trained with: ")[1]
+    assert command == f"dchml eval --checkpoint {ckpt} --data {os.path.abspath(files['a'])} --seed 2"
+    assert main(command.split()[1:]) == 0
 
 
 def test_eval_without_data_uses_the_recorded_data(run, files, capsys, tmp_path):

@@ -218,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "image when the data has it)")
     _add_train_args(p)
     p.add_argument("--image-weights", default=None,
-                   help="local state dict of the image backbone, or 'random' (pixel data only; default: the "
-                        "weights cache, $DCHML_CACHE or ~/.cache/dchml, else random)")
+                   help="local state dict of the image backbone (pixel data only; default: the weights cache, "
+                        "$DCHML_CACHE or ~/.cache/dchml, else random with a warning), or 'random': start the backbone "
+                        "from random weights on purpose (offline, or to train from scratch); the report says so")
     p.add_argument("--out", required=True, help="output directory (metrics.json, checkpoint.pt, report.md, PNGs)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
     p.add_argument("--nproc", type=_positive_int, default=None,
@@ -278,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--image-backbone", choices=list(BACKBONES), default="alexnet", help="default alexnet")
     p.add_argument("--image-weights", default=None,
-                   help="local state dict of the backbone, or 'random' (tests only); default: the weights cache")
+                   help="local state dict of the backbone (default: the weights cache), or 'random': random weights "
+                        "on purpose (features of an untrained network: for pipelines and tests, not retrieval)")
     p.add_argument("--image-size", type=_positive_int, default=224, help="side of the square image input (default 224)")
     p.add_argument("--text-backbone", choices=TEXT_BACKBONES, default="bow",
                    help="bow: the data set's bag-of-words rows (captions through the vocabulary); clip: CLIP's "

@@ -60,8 +60,9 @@ def _after_interrupt(args) -> str:
     if args.command == "demo":
         return f"; the demo cannot resume: run `dchml demo --out {shlex.quote(args.out)} --force` to start it again"
     if os.path.isfile(os.path.join(args.out, CHECKPOINT)):
+        threads = f" --threads {args.threads}" if getattr(args, "threads", None) else ""
         return (f"; the last completed epoch is in {os.path.join(args.out, CHECKPOINT)} "
-                f"(continue with `dchml train --out {shlex.quote(args.out)} --resume`)")
+                f"(continue with `dchml train --out {shlex.quote(args.out)} --resume{threads}`)")
     return "; no epoch was completed"
 
 

@@ -110,6 +110,7 @@ def build_metrics(cfg: TrainConfig, result, scores: dict, data, *, command: str 
         "baselines": reference or {},
         "selection": result.selection,
         "normalization": normalization_summary(result.model),
+        "backbone": dict(result.state.get("backbone") or {}),
         "epochs": len(result.history),
         "seconds_per_epoch": statistics.median(seconds) if seconds else None,
         "train_seconds": sum(seconds),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 import numpy as np
@@ -32,22 +33,52 @@ def _checkpoint_data(args, state):
     return load_data(args, seed, recorded, state["model_spec"].get("image_size", 224)), seed
 
 
-def _refuse_trained_queries(state, data, rows, seed, what):
-    """Queries that are training items of the checkpoint inflate every score: refuse them."""
+def _split_words(source: dict | None, seed) -> str:
+    """How a data set's query/database split was made, in words."""
+    kind = (source or {}).get("split")
+    if kind == "file":
+        return "the file's own query/database/training split"
+    if kind == "file, training drawn from the seed":
+        return f"the file's own query/database split, training items drawn with seed {seed}"
+    if kind == "protocol":
+        return f"protocol {source.get('protocol')} drawn with seed {seed}"
+    return f"dchml's split drawn with seed {seed}"
+
+
+def _eval_command(args, saved: dict, trained_seed) -> str:
+    """The command that evaluates the checkpoint on the split it was trained with."""
+    source = saved.get("source") or {}
+    parts = ["dchml eval --checkpoint", shlex.quote(args.checkpoint)]
+    if source.get("format") == "synthetic":
+        parts += ["--data synthetic"]
+    elif source.get("path"):
+        parts += ["--data", shlex.quote(source.get("abspath") or source["path"])]
+    parts += ["--seed", str(trained_seed)]
+    if source.get("protocol"):
+        parts += ["--protocol", source["protocol"]]
+    return " ".join(parts)
+
+
+def _refuse_trained_queries(args, state, data, rows, seed, what):
+    """Queries that are training items of the checkpoint inflate every score: refuse them, naming
+    the two splits and the command that scores the model on the one it was trained with."""
     from ..data.fingerprint import data_fingerprint, trained_items
 
     if "fingerprint" not in state["data"]:
         return  # written before data fingerprints existed: the overlap cannot be known
     count = trained_items(state["data"], data, rows)
-    if count:
-        saved = state["data"]
-        if saved["fingerprint"]["content"] == data_fingerprint(data)["content"]:
-            trained_seed = (saved.get("source") or {}).get("seed", state["config"]["seed"])
-            hint = f"use the split it was trained with (--seed {trained_seed})"
-        else:
-            hint = f"this file holds items of its training data {saved.get('name')!r} (matched by content)"
-        raise UsageError(f"{count} of the {len(rows)} {what} ({data.name}, split seed {seed}) are items the "
-                         f"checkpoint was trained on, which would inflate the scores; {hint}")
+    if not count:
+        return
+    saved = state["data"]
+    trained_seed = (saved.get("source") or {}).get("seed", state["config"]["seed"])
+    trained_on = f"{saved.get('name')!r} with {_split_words(saved.get('source'), trained_seed)}"
+    same_file = saved["fingerprint"]["content"] == data_fingerprint(data)["content"]
+    here = f"{data.name} ({_split_words(data.source, seed)})"
+    why = ("the same items split differently" if same_file
+           else "this file holds items of its training data (matched by content)")
+    raise UsageError(f"{count} of the {len(rows)} {what} of {here} are items the checkpoint was trained on "
+                     f"({trained_on}): {why}, which would inflate the scores; evaluate on the split it was trained "
+                     f"with: {_eval_command(args, saved, trained_seed)}")
 
 
 def _checkpoint_model_and_data(args):
@@ -66,7 +97,7 @@ def cmd_eval(args, argv):
     from ..method.evaluate import evaluate
 
     state, model, device, data, seed = _checkpoint_model_and_data(args)
-    _refuse_trained_queries(state, data, data.query_idx, seed, "queries")
+    _refuse_trained_queries(args, state, data, data.query_idx, seed, "queries")
     from ..method.methods import TASK_NAMES
 
     topk = args.topk or int(state["config"].get("topk", 5000))
@@ -214,7 +245,7 @@ def cmd_search(args, argv):
         if bad or not positions:
             raise UsageError(f"--queries must be positions in 0..{n_query - 1} of the query split, got {args.queries!r}")
         rows = data.query_idx[positions]
-        _refuse_trained_queries(state, data, rows, seed, "queries asked for")
+        _refuse_trained_queries(args, state, data, rows, seed, "queries asked for")
         source = data.image if args.query_modality == "image" else data.text
         queries = source[rows]
     else:

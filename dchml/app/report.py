@@ -66,8 +66,9 @@ def plot_pr(runs: dict, path: str) -> None:
                 ax.plot(curve["recall"], curve["precision"], marker=".", label=_label(name, m))
         ax.set(title=TASK_TITLES[task], xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Precision-recall by Hamming radius r = 0..k")
+        _legend_below(ax)
+    fig.suptitle("Precision-recall by Hamming radius r = 0..k (mean over all queries; a query with nothing "
+                 "within r counts precision 0,\nwhich pulls the small radii down)", fontsize=9)
     _save(fig, path)
 
 
@@ -80,7 +81,7 @@ def plot_precision_at_n(runs: dict, path: str) -> None:
                 ax.plot(curve["n"], curve["precision"], marker="o", markersize=3, label=_label(name, m))
         ax.set(title=TASK_TITLES[task], xlabel="N (top-N retrieved)", ylabel="precision@N", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend_below(ax)
     _save(fig, path)
 
 
@@ -110,8 +111,15 @@ def plot_training(runs: dict, path: str) -> None:
     ax_map.set(title="validation MAP during training (dotted: kept epoch)", xlabel="epoch", ylabel="MAP")
     for ax in (ax_loss, ax_map):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend_below(ax)
     _save(fig, path)
+
+
+def _legend_below(ax) -> None:
+    """The legend under the plot, where it cannot cover a curve."""
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
 
 
 def _fmt(value, digits=4) -> str:
@@ -174,6 +182,12 @@ def verdicts(runs: dict) -> list[str]:
     return out
 
 
+def _skipped_baselines(runs: dict) -> str:
+    skipped = {ref["skipped"] for m in runs.values() for ref in (m.get("baselines") or {}).values()
+               if isinstance(ref, dict) and "skipped" in ref}
+    return "".join(f" Not run here: {reason}." for reason in sorted(skipped))
+
+
 def _describe_data(d: dict) -> str:
     parts = []
     if d.get("image"):
@@ -196,7 +210,7 @@ def render_markdown(runs: dict, *, title: str, notes: list[str] | None = None) -
     lines += [f"## MAP@{first['topk']}", ""] + _map_table(runs) + [""]
     lines += ["The linear hasher is ridge regression from each modality's normalised features to the code an "
               "item should have (the mean category code of its labels; CSQ: its hash centre), then sign; chance "
-              "is the exact MAP of a random ranking.", ""]
+              "is the exact MAP of a random ranking." + _skipped_baselines(runs), ""]
     lines += verdicts(runs) + [""]
     lines += ["## Runs", "",
               "| method | bits | kept epoch | epochs run | seconds/epoch | category-code Hamming min / mean |",
@@ -212,6 +226,11 @@ def render_markdown(runs: dict, *, title: str, notes: list[str] | None = None) -
         sel = m.get("selection") or {}
         if sel:
             lines.append(f"- {LABELS.get(m['method'], name)} at {m['bits']} bits: {sel['reason']}.")
+    for name, m in runs.items():
+        backbone = m.get("backbone") or {}
+        if backbone:
+            lines.append(f"- Image backbone of {LABELS.get(m['method'], name)} at {m['bits']} bits: "
+                         + _describe_backbone(backbone) + ".")
     norm = first.get("normalization")
     if norm:
         lines += ["", "Input normalisation (fitted on the training items): " + "; ".join(
@@ -224,11 +243,20 @@ def render_markdown(runs: dict, *, title: str, notes: list[str] | None = None) -
                      + " | ".join("-" if c.get(k) is None else str(c[k]) for k in _SETTINGS) + " |")
     if any(m["method"] == "dchml_q" for m in runs.values()):
         lines += ["", "DCHML_Q trains with gamma = 0 whatever the gamma column says."]
-    lines += ["", "## Plots", "", "![precision-recall](pr_curves.png)", "", "![precision@N](precision_at_n.png)", "",
+    lines += ["", "## Plots", "", "![precision-recall](pr_curves.png)", "",
+              "Precision and recall at each Hamming radius r are means over all queries; a query with no item "
+              "within r counts precision 0 (docs/spec.md C25), so the curves' small-radius ends sit low when many "
+              "queries find nothing that close.", "", "![precision@N](precision_at_n.png)", "",
               "![training](training.png)", ""]
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
+
+
+def _describe_backbone(b: dict) -> str:
+    if b.get("random"):
+        return f"{b['title']} with **RANDOM weights** ({b.get('why', 'no weights file')}): not pretrained"
+    return f"{b['title']}, weights {b['weights']} (SHA-256 {b['sha256']})"
 
 
 def _describe_norm(v: dict) -> str:
