@@ -5,6 +5,7 @@ import http.client
 import io
 import json
 import os
+import queue
 import signal
 import struct
 import subprocess
@@ -344,21 +345,25 @@ def test_the_command_serves_until_interrupted(runs):
     proc = subprocess.Popen([sys.executable, "-m", "dchml", "serve", "--checkpoint", str(runs["feature"]["checkpoint"]),
                              "--port", str(port), "--threads", "1"], stderr=subprocess.PIPE, text=True, env=env,
                             cwd=ROOT)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr] + [lines.put(None)], daemon=True).start()
     try:
-        lines = []
-        for line in proc.stderr:
-            lines.append(line)
-            if "open http" in line:
-                break
-        assert f"open http://127.0.0.1:{port}/" in lines[-1], lines
+        seen = []
+        while not seen or (seen[-1] is not None and "open http" not in seen[-1]):
+            seen.append(lines.get(timeout=120))  # start-up: import torch, load, encode
+        assert seen[-1] is not None and f"open http://127.0.0.1:{port}/" in seen[-1], seen
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request("GET", "/api/health")
         assert json.loads(conn.getresponse().read())["status"] == "ok"
         conn.close()
     finally:
         proc.send_signal(signal.SIGINT)
-        rest = proc.communicate(timeout=30)[1]
-    assert proc.returncode == 130 and "Traceback" not in rest, rest
+        proc.wait(timeout=30)
+    rest = []
+    while (line := lines.get(timeout=10)) is not None:
+        rest.append(line)
+    assert proc.returncode == 130 and "Traceback" not in "".join(rest), rest
+    assert rest[-1].strip() == "dchml serve: interrupted", rest
 
 
 def test_soak_hostile_requests_between_good_ones_on_a_real_server(image, runs):
@@ -419,3 +424,24 @@ def test_soak_hostile_requests_between_good_ones_on_a_real_server(image, runs):
         assert server.thread.is_alive()
     finally:
         server.stop()
+
+
+def test_pixel_arrays_without_files_are_shown_from_the_pixels_and_listed_files_only_when_they_line_up(tmp_path):
+    from dchml.app.serve.catalog import Catalog, listed_image_files
+    from dchml.data import from_arrays, load_dataset
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (6, 3, 16, 16), dtype=np.uint8)
+    data = from_arrays(pixels, rng.random((6, 5)), np.eye(3)[[0, 1, 2, 0, 1, 2]], query_idx=[0, 1],
+                       retrieval_idx=[2, 3, 4, 5], train_idx=[2, 3], name="pixels")
+    catalog = Catalog(data)
+    assert catalog.has_images and catalog.files is None and not catalog.has_captions
+    assert catalog.thumbnail(4)[:2] == b"\xff\xd8"
+    folder = make_textlist(tmp_path / "set", n=10, size=16)
+    (folder / "labels.txt").write_text("\n".join(["1 0 0 0"] * 9 + ["0 0 0 0"]) + "\n")  # an unlabeled item
+    np.save(folder / "features.npy", rng.random((10, 4)).astype(np.float32))
+    kept = load_dataset(str(folder), drop_unlabeled=True, n_query=2, n_train=4)
+    assert kept.n == 9 and listed_image_files(kept) is None  # images.txt no longer lines up with the rows
+    (folder / "labels.txt").write_text("\n".join(["1 0 0 0"] * 10) + "\n")
+    files = listed_image_files(load_dataset(str(folder), n_query=2, n_train=4))
+    assert files == [str(folder / "img" / f"{i}.jpg") for i in range(10)]
