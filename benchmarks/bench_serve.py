@@ -209,7 +209,7 @@ def write_results(out: Path, rows: list[dict], results: dict, args, provenance: 
              f"on the same machine), {args.warmup:g} s warm-up then {args.duration:g} s measured per case, k = "
              f"{args.k}, server: one uvicorn process, {args.threads} torch thread(s) per search, at most one search "
              "per core at a time.", "",
-             f"| case | database codes | requests | errors | req/s | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | "
+             "| case | database codes | requests | errors | req/s | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | "
              "one client: p50 (ms) | server's encode / rank (ms) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for case, r in results.items():

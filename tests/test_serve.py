@@ -206,6 +206,8 @@ HOSTILE = [
     ("POST", "/api/search/features", b'{"modality": "text", "vector": [NaN, 0, 0, 0, 0, 0, 0, 0]}',
      "application/json", 422, "NaN"),
     ("POST", "/api/search/features", b'{"modality": "text", "vector": ["x"]}', "application/json", 422, "vector"),
+    ("POST", "/api/search/features", b'{"modality": "text", "vector": [1e39, 0, 0, 0, 0, 0, 0, 0]}',
+     "application/json", 422, "float32"),
     ("POST", "/api/search/image", b"not multipart", "multipart/form-data; boundary=zz", 400, "not a valid multipart"),
     ("POST", "/api/search/image", b'{"file": "x"}', "application/json", 415, "multipart/form-data"),
     ("GET", "/api/items/48", None, None, 404, "no item"),

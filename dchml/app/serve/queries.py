@@ -13,8 +13,6 @@ hide what cannot work and the API can answer with that reason.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -110,9 +108,11 @@ class QueryEncoder:
                                   "upload the image instead")
         if len(values) != dim:
             raise ServeError(422, f"the model's {modality} network takes vectors of length {dim}, got {len(values)}")
-        if not all(math.isfinite(v) for v in values):
-            raise ServeError(422, "the vector holds NaN or infinite values")
-        return self._codes(torch.tensor(np.asarray(values, dtype=np.float32))[None], modality)
+        with np.errstate(over="ignore"):
+            row = np.asarray(values, dtype=np.float32)
+        if not np.isfinite(row).all():
+            raise ServeError(422, "the vector holds NaN, infinite values or values beyond float32's range")
+        return self._codes(torch.from_numpy(row)[None], modality)
 
     def item(self, modality: str, row: int) -> torch.Tensor:
         """Packed code of data row `row` in `modality`."""
