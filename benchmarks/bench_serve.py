@@ -210,17 +210,19 @@ def write_results(out: Path, rows: list[dict], results: dict, args, provenance: 
              f"{args.k}, server: one uvicorn process, {args.threads} torch thread(s) per search, at most one search "
              "per core at a time.", "",
              "| case | database codes | requests | errors | req/s | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | "
-             "one client: p50 (ms) | server's encode / rank (ms) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "one client: p50 (ms) | server's encode / rank (ms) | load average before / after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for case, r in results.items():
         lines.append(f"| {case} | {r['database']:,} | {r['requests']:,} | {r['errors']} | {r['req_per_s']:.0f} | "
                      f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | "
-                     f"{r['single_p50_ms']:.1f} | {r['encode_ms']:.2f} / {r['rank_ms']:.2f} |")
+                     f"{r['single_p50_ms']:.1f} | {r['encode_ms']:.2f} / {r['rank_ms']:.2f} | "
+                     f"{r['load'][0]:.1f} / {r['load'][1]:.1f} |")
     lines += ["", f"With {args.clients} clients each waiting for its answer, the server is saturated and a request "
               "mostly waits in line: p50 is close to clients / throughput. \"One client\" is the round trip with "
               "nothing else in flight; the last column is the server's own median time to encode the caption and to "
               "rank the database (`timing_ms` of the answer). Errors: any answer other than 200 with k results, or a "
-              "broken connection."]
+              "broken connection. The load average (1 minute, the whole machine) says how busy the 2 cores "
+              "were with other work: the measured server shares them with the clients and with it."]
     text = "\n".join(lines) + "\n"
     atomic_write(str(out / "serve.md"), text)
     append_rows(str(out / "serve_cpu.csv"), rows)
@@ -264,6 +266,7 @@ def main() -> None:
     provenance = Provenance(f"{cpu_name()}, CPU only", note=args.note)
     rows, results = [], {}
     for case in cases:
+        load_before = os.getloadavg()[0]  # other jobs on the machine: recorded with every number
         proc, port = start_server(args, checkpoint, data, CASES[case])
         try:
             timing = server_timing(port, captions[0])
@@ -274,7 +277,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(30)
         database = timing.pop("database")
-        results[case] = {**r, **timing, "database": database}
+        results[case] = {**r, **timing, "database": database, "load": (load_before, os.getloadavg()[0])}
         print(f"{case}: {r['req_per_s']:.0f} req/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
               f"{r['errors']} errors of {r['requests']}", file=sys.stderr)
         label = f"caption search, {database} codes, {args.clients} clients, k={args.k}"
@@ -283,7 +286,8 @@ def main() -> None:
                               ("requests", r["requests"]), ("one_client_p50_ms", timing["single_p50_ms"]),
                               ("server_encode_ms", timing["encode_ms"]),
                               ("server_rank_ms", timing["rank_ms"])):
-            rows.append(provenance.row("serve", label, "dchml serve (uvicorn, 1 process)", metric, value))
+            rows.append(provenance.row("serve", label, "dchml serve (uvicorn, 1 process)", metric, value,
+                                       note=f"1-min load average {load_before:.1f} before the case"))
     write_results(out, rows, results, args, provenance)
 
 
