@@ -23,6 +23,10 @@ class Parser(argparse.ArgumentParser):
 # two threads 5-20x slower per epoch as soon as another process is busy (measured 5-25 s/epoch vs
 # 1.2-1.8 s/epoch on one thread); unloaded, two threads are only ~30% faster (0.8 vs ~1.1 s).
 DEMO_THREADS = 1
+# One torch thread per search by default: a server's parallelism is its concurrent requests (one
+# worker thread per core), and two OpenMP threads per search on a busy 2-core machine made a
+# 1M-code search 13x slower (15.8 ms vs 1.2 ms measured).
+SERVE_THREADS = 1
 
 
 def _integer(text, minimum: int, expected: str) -> int:
@@ -297,12 +301,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threads_arg(p)
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
+    _add_serve_parser(sub)
+
     p = sub.add_parser("demo", help="DCHML vs DCHML_P on the synthetic set at 64 bits, one comparison report")
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
     _add_train_args(p, demo=True)
     p.add_argument("--jobs", type=_positive_int, default=None,
                    help="methods trained at once, one process each (default: 2 on a CPU with a core per run, else 1)")
     return parser
+
+
+def _port(text):
+    value = _integer(text, 0, "a port number in 0..65535")
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number in 0..65535, got {text!r}")
+    return value
+
+
+def _add_serve_parser(sub):
+    p = sub.add_parser("serve", help="a search API and web page over a trained model (docs/serve.md)")
+    p.add_argument("--checkpoint", required=True)
+    _add_data_args(p, "the data the checkpoint was trained on")
+    p.add_argument("--seed", type=_nonneg_int, default=None,
+                   help="seed of the data split (default: the seed the checkpoint was trained with)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; the API has no authentication)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0: any free port)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--access-log", action="store_true", help="log every request on stderr")
+    _add_threads_arg(p, SERVE_THREADS)
 
 
 def log_for(args):

@@ -1,4 +1,4 @@
-"""The `dchml` command line: train, eval, encode, search, demo, features.
+"""The `dchml` command line: train, eval, encode, search, demo, features, serve.
 
 A user's mistake (bad path, bad flag value, corrupt file, existing output) prints ONE line
 `dchml <command>: error: ...` on stderr and exits with status 2, no traceback (set DCHML_DEBUG=1
@@ -13,13 +13,14 @@ import sys
 from .arguments import UsageError, build_parser
 from .demo import cmd_demo
 from .model_commands import cmd_encode, cmd_eval, cmd_features, cmd_search
+from .serve import cmd_serve
 from .train_commands import cmd_train
 
 EXIT_USAGE = 2
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "encode": cmd_encode, "search": cmd_search, "demo": cmd_demo,
-            "features": cmd_features}
+            "features": cmd_features, "serve": cmd_serve}
 
 
 def main(argv=None) -> int:

@@ -85,6 +85,12 @@ def _checkpoint_model_and_data(args):
     """eval and search: --out checked, the checkpoint's model and the data it is scored on."""
     if args.out:
         check_output_file(args.out, args.force)
+    return checkpoint_model_and_data(args)
+
+
+def checkpoint_model_and_data(args):
+    """(checkpoint dict, model on --device, device, data, split seed) for --checkpoint and --data
+    (default: the data it was trained on), the model checked to fit the data (eval, search, serve)."""
     state, model, device = _load_model(args)
     data, seed = _checkpoint_data(args, state)
     _check_model_fits_data(model, data)
