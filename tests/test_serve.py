@@ -440,10 +440,11 @@ def test_pixel_arrays_without_files_are_shown_from_the_pixels_and_listed_files_o
     assert catalog.has_images and catalog.files is None and not catalog.has_captions
     assert catalog.thumbnail(4)[:2] == b"\xff\xd8"
     folder = make_textlist(tmp_path / "set", n=10, size=16)
-    (folder / "labels.txt").write_text("\n".join(["1 0 0 0"] * 9 + ["0 0 0 0"]) + "\n")  # an unlabeled item
+    (folder / "labels.txt").write_text("\n".join(["1 0 0 0", "0 1 0 0"] * 4 + ["0 0 1 0", "0 0 0 0"]) + "\n")
+    # (the last item has no label)
     np.save(folder / "features.npy", rng.random((10, 4)).astype(np.float32))
     kept = load_dataset(str(folder), drop_unlabeled=True, n_query=2, n_train=4)
     assert kept.n == 9 and listed_image_files(kept) is None  # images.txt no longer lines up with the rows
-    (folder / "labels.txt").write_text("\n".join(["1 0 0 0"] * 10) + "\n")
+    (folder / "labels.txt").write_text("\n".join(["1 0 0 0", "0 1 0 0"] * 5) + "\n")
     files = listed_image_files(load_dataset(str(folder), n_query=2, n_train=4))
     assert files == [str(folder / "img" / f"{i}.jpg") for i in range(10)]
