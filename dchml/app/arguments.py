@@ -333,7 +333,16 @@ def _add_serve_parser(sub):
 
 
 def log_for(args):
-    return None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    """The command's progress log on stderr (None under --quiet); its warnings and notes carry the
+    same `dchml <command>:` prefix as its errors."""
+    if getattr(args, "quiet", False):
+        return None
+    prefix = f"dchml {args.command}: "
+
+    def log(message):
+        print(prefix + message if message.startswith(("warning:", "note:")) else message, file=sys.stderr,
+              flush=True)
+    return log
 
 
 def load_data(args, seed, recorded=None, image_size=224):

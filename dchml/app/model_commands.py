@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from .arguments import UsageError, check_output_file, load_data
+from .arguments import UsageError, check_output_file, load_data, log_for
 
 
 def _load_model(args):
@@ -195,7 +195,7 @@ def _raw_input(args, model, encoders, device):
         raise UsageError(f"--input {args.input}: no such file")
     if args.modality == "text":
         return raw_inputs.text_rows(encoders, args.input, device=device,
-                                    log=lambda message: print(message, file=sys.stderr))
+                                    log=log_for(args))
     return raw_inputs.image_rows(encoders, model.spec(), args.input, device=device, workers=args.workers)
 
 
