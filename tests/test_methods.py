@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import train_until
 from dchml.app.cli import main
 from dchml.data import make_synthetic, save_npz
 from dchml.losses.functional import category_code_loss, central_similarity_loss
@@ -17,10 +18,6 @@ from dchml.method.methods import get_method, tasks_of
 from dchml.method.methods.csq import hash_centers, item_centers
 from dchml.method.passes import learning_rate
 from dchml.train import TrainConfig, evaluate, train
-
-
-class Interrupt(Exception):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -129,13 +126,8 @@ def test_single_modality_methods_train_select_and_resume_exactly(images, method,
     scores = evaluate(full.model, images, topk=100)
     assert set(scores) == {"topk", "i2i_map"} and scores["i2i_map"] > 0.5
 
-    def stop_after_1(epoch, record):
-        if epoch == 1:
-            raise Interrupt
-
     path = str(tmp_path / "cut.pt")
-    with pytest.raises(Interrupt):
-        train(images, cfg, checkpoint_path=path, progress=False, log=None, on_epoch_end=stop_after_1)
+    train_until(train, images, cfg, path, epoch=1)
     torch.manual_seed(999)
     resumed = train(images, cfg, checkpoint_path=path, resume=True, progress=False, log=None)
     for key, value in full.state["model"].items():
