@@ -72,12 +72,15 @@ def data_summary(data) -> dict:
 
 
 def baselines(result, data, topk: int) -> dict:
-    """The linear hasher (trained on the run's fitted training items, with its proxies and input
-    normalisers) and chance, scored on the same queries and database as the run."""
-    from ..method.baselines import chance_map, linear_hasher
+    """The linear and kernel hashers (trained on the run's fitted training items, with its proxies
+    and input normalisers; the kernel hasher's anchors drawn from the run's seed) and chance,
+    scored on the same queries and database as the run."""
+    from ..method.baselines import chance_map, kernel_hasher, linear_hasher
 
     split = result.state.get("split") or {"fit_idx": data.train_idx, "val_idx": data.train_idx[:0]}
+    seed = (result.state.get("config") or {}).get("seed", 0)
     return {"linear": linear_hasher(result.model, data, split["fit_idx"], split["val_idx"], topk=topk),
+            "kernel": kernel_hasher(result.model, data, split["fit_idx"], split["val_idx"], topk=topk, seed=seed),
             "chance": chance_map(data, topk=topk)}
 
 
