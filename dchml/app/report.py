@@ -14,11 +14,10 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..io.atomic import write_atomic, write_text  # noqa: E402
+from .comparison_table import BASELINE_ROWS  # noqa: E402
 
 TASKS = (("i2t", "I->T (image query, text database)"), ("t2i", "T->I (text query, image database)"))
 LABELS = {"dchml": "DCHML", "dchml_p": "DCHML_P", "dchml_q": "DCHML_Q"}
-# The shallow references scored beside every run (metrics.json "baselines"), strongest first.
-BASELINE_ROWS = (("kernel", "kernel hasher"), ("linear", "linear hasher"), ("chance", "chance"))
 
 
 def _label(name: str, metrics: dict) -> str:
