@@ -12,6 +12,15 @@ from dchml.method.models import CrossModalHashModel, sgn
 from dchml.retrieval.metrics import mean_average_precision
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small dense linear algebra: one thread avoids OpenMP spin-waiting on a busy CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _rings(n, seed):
     """Two labels by radius on a 2-d plane (plus noise dimensions): no linear map separates them."""
     g = np.random.default_rng(seed)

@@ -2,7 +2,8 @@
 
 A user's mistake (bad path, bad flag value, corrupt file, existing output) prints ONE line
 `dchml <command>: error: ...` on stderr and exits with status 2, no traceback (set DCHML_DEBUG=1
-to see the traceback). Ctrl-C exits with 130 and says how to resume.
+to see the traceback). Ctrl-C exits with 130 and says how to resume. `compare` and `sweep` exit
+with 1 when they ended but some of their runs failed (listed in their tables).
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
 
 
 def _after_interrupt(args) -> str:
-    """What the user can do after Ctrl-C: only `train` can resume."""
+    """What the user can do after Ctrl-C: `train` resumes, `compare` and `sweep` continue."""
     if args is not None and args.command in ("compare", "sweep"):
         return "; rerun the same command to continue: finished runs are kept, interrupted ones resume"
     if args is None or args.command not in ("train", "demo"):
