@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dchml.method.baselines import _Ridge, chance_map, linear_hasher
+from dchml.method.baselines import chance_map, linear_hasher
+from dchml.method.kernel_hasher import Ridge
 from dchml.app.cli import main
 from dchml.data import load_dataset, make_synthetic, save_npz
 from dchml.retrieval.metrics import mean_average_precision
@@ -133,7 +134,7 @@ def test_chance_is_the_exact_mean_over_random_rankings():
 def test_ridge_matches_the_closed_form(n, d):
     g = torch.Generator().manual_seed(0)
     x, t = torch.randn(n, d, generator=g).double(), torch.randn(n, 3, generator=g).double()
-    ridge = _Ridge(x, t)
+    ridge = Ridge(x, t)
     w = ridge.weights(0.1)
     xc, tc = x - x.mean(0), t - t.mean(0)
     expected = torch.linalg.solve(xc.T @ xc + 0.1 * ridge.scale * torch.eye(d, dtype=torch.float64), xc.T @ tc)

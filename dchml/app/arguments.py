@@ -108,7 +108,7 @@ def _add_image_data_args(p):
                    help="raw captions: bag-of-words values (default binary)")
 
 
-def _add_train_args(p, *, demo=False):
+def _add_train_args(p, *, demo=False, threads=None):
     from ..method.normalize import KINDS
     from ..method.config import OPTIMIZERS, PAPER_RECIPE, RECIPES, SCHEDULES, SELECTIONS, TrainConfig
 
@@ -152,7 +152,7 @@ def _add_train_args(p, *, demo=False):
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     if not demo:
         _add_finetune_args(p)
-    _add_threads_arg(p, DEMO_THREADS if demo else None)
+    _add_threads_arg(p, DEMO_THREADS if demo else threads)
     p.add_argument("--force", action="store_true", help="write into an existing non-empty --out directory")
 
 
@@ -308,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p, demo=True)
     p.add_argument("--jobs", type=_positive_int, default=None,
                    help="methods trained at once, one process each (default: 2 on a CPU with a core per run, else 1)")
+    _add_comparison_parsers(sub)
     return parser
 
 
@@ -330,6 +331,41 @@ def _add_serve_parser(sub):
     p.add_argument("--device", default="cpu")
     p.add_argument("--access-log", action="store_true", help="log every request on stderr")
     _add_threads_arg(p, SERVE_THREADS)
+
+
+def _add_comparison_parsers(sub):
+    """`dchml compare` and `dchml sweep` (dchml/app/compare.py, sweep.py): many ordinary runs in
+    DIR/runs/, one table; every train flag applies to all of them."""
+    from .run_grid import available_methods
+
+    for name, text in (("compare", "train methods x code lengths x seeds on one split, one table of MAP mean ± std"),
+                       ("sweep", "one-at-a-time sensitivity of numeric training parameters over seeds")):
+        p = sub.add_parser(name, help=text)
+        _add_data_args(p, "synthetic")
+        if name == "compare":
+            p.add_argument("--methods", default=None,
+                           help=f"comma-separated methods (default: all of {','.join(available_methods())})")
+            p.add_argument("--curves-bits", type=_positive_int, default=None,
+                           help="code length of the precision@N / precision-recall figures (default 64 if compared, "
+                                "else the longest)")
+        else:
+            p.add_argument("--param", action="append", required=True, metavar="NAME=V1,V2,...",
+                           help="a numeric training parameter and its values, e.g. eta=0.1,0.3,0.5 (repeat for more "
+                                "parameters; each is varied with the others at their defaults)")
+            p.add_argument("--method", default=None, help="the method trained (default dchml)")
+        p.add_argument("--seeds", type=_positive_int, default=3,
+                       help="seeds 0..N-1 of every cell: initialisation, shuffles, validation slice (default 3)")
+        p.add_argument("--split-seed", type=_nonneg_int, default=0,
+                       help="seed of the data split, the same for every run (data with its own split keep it; "
+                            "default 0)")
+        p.add_argument("--jobs", type=_positive_int, default=None,
+                       help="runs trained at once, one process each (default: one per --threads cores on a CPU, "
+                            "1 on a GPU)")
+        p.add_argument("--out", required=True,
+                       help=f"output directory: runs/, {name}.md, {name}.csv, figures; rerun the same command to "
+                            "continue it (finished runs are kept, interrupted ones resume); --force also retrains "
+                            "runs made with other settings")
+        _add_train_args(p, threads=DEMO_THREADS)
 
 
 def log_for(args):

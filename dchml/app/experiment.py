@@ -77,14 +77,16 @@ def data_summary(data) -> dict:
 
 
 def baselines(result, data, cfg: TrainConfig) -> dict:
-    """The linear hasher (trained on the run's fitted training items, with its category codes and
-    input normalisers) and chance, scored on the same queries, database and tasks as the run."""
-    from ..method.baselines import chance_map, linear_hasher
+    """The linear and kernel hashers (trained on the run's fitted training items, with its category
+    codes and input normalisers; the kernel hasher's anchors drawn from the run's seed) and chance,
+    scored on the same queries, database and tasks as the run."""
+    from ..method.baselines import chance_map, kernel_hasher, linear_hasher
     from ..method.methods import tasks_of
 
     split = result.state.get("split") or {"fit_idx": data.train_idx, "val_idx": data.train_idx[:0]}
-    return {"linear": linear_hasher(result.model, data, split["fit_idx"], split["val_idx"], topk=cfg.topk,
-                                    method=cfg.method),
+    fit, val = split["fit_idx"], split["val_idx"]
+    return {"linear": linear_hasher(result.model, data, fit, val, topk=cfg.topk, method=cfg.method),
+            "kernel": kernel_hasher(result.model, data, fit, val, topk=cfg.topk, seed=cfg.seed, method=cfg.method),
             "chance": chance_map(data, topk=cfg.topk, tasks=tasks_of(result.model.modalities))}
 
 

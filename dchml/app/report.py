@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..io.atomic import write_atomic, write_text  # noqa: E402
 from ..method.methods import METHODS, TASK_NAMES  # noqa: E402
+from .comparison_table import BASELINE_ROWS  # noqa: E402
 
 TASK_TITLES = {"i2t": "I->T (image query, text database)", "t2i": "T->I (text query, image database)",
                "i2i": "I->I (image query, image database)", "t2t": "T->T (text query, text database)"}
@@ -139,11 +140,11 @@ def _map_table(runs: dict) -> list[str]:
     cell = {}
     for m in runs.values():
         cell[(LABELS.get(m["method"], m["method"]), m["bits"])] = m
-        for name, label in (("linear", "linear hasher"), ("chance", "chance")):
+        for name, label in BASELINE_ROWS:
             ref = m.get("baselines", {}).get(name)
             if ref and run_tasks(ref):
                 cell.setdefault((label, m["bits"]), ref)
-    rows = methods + [label for label in ("linear hasher", "chance") if any((label, b) in cell for b in bits)]
+    rows = methods + [label for _, label in BASELINE_ROWS if any((label, b) in cell for b in bits)]
     lines = ["| method | task | " + " | ".join(f"{b} bits" for b in bits) + " |",
              "|---|---|" + "---|" * len(bits)]
     for row in rows:
@@ -209,8 +210,10 @@ def render_markdown(runs: dict, *, title: str, notes: list[str] | None = None) -
         lines += [f"Command: `{first['command']}`", ""]
     lines += [f"## MAP@{first['topk']}", ""] + _map_table(runs) + [""]
     lines += ["The linear hasher is ridge regression from each modality's normalised features to the code an "
-              "item should have (the mean category code of its labels; CSQ: its hash centre), then sign; chance "
-              "is the exact MAP of a random ranking." + _skipped_baselines(runs), ""]
+              "item should have (the mean category code of its labels; CSQ: its hash centre), then sign; the "
+              "kernel hasher regresses RBF features on up to 1000 anchor items instead (width, strength and feature "
+              "space chosen on the validation slice); chance is the exact MAP of a random ranking."
+              + _skipped_baselines(runs), ""]
     lines += verdicts(runs) + [""]
     lines += ["## Runs", "",
               "| method | bits | kept epoch | epochs run | seconds/epoch | category-code Hamming min / mean |",
