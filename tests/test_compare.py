@@ -222,3 +222,18 @@ def test_cells_and_bold_best():
     assert lines[2] == "| a | **0.8100 ± 0.0141** |"  # chance is never the best
     assert lines[3] == "| b | 0.7050 ± 0.0071 (2 of 3 seeds) |" and leads[0].best == "a"
     assert format_cell(Cell({}, {0: "x"})) == "failed" and format_cell(None) == "-"
+
+
+def test_single_modality_data_compares_the_methods_that_can_train_on_it(tmp_path, capsys):
+    path = str(tmp_path / "images.npz")
+    save_npz(make_synthetic(n=240, n_labels=5, image_dim=16, text_dim=30, n_query=40, n_train=120, seed=3,
+                            image_noise=0.5, label_noise=0.05, modalities=("image",)), path)
+    flags = ["--data", path, "--bits", "8", "--epochs", "1", "--proxy-steps", "50", "--topk", "50", "--seeds", "1",
+             "--quiet"]
+    out = str(tmp_path / "cmp")
+    assert main(["compare", "--out", out] + flags) == 0  # by default: the methods that can train on images alone
+    assert sorted(os.listdir(os.path.join(out, "runs"))) == ["csq_8bits_seed0", "psldh_8bits_seed0"]
+    report = open(os.path.join(out, "compare.md")).read()
+    assert "| method | 8 bits I->I |" in report and "\n| PSLDH | " in report and "\n| kernel hasher | " in report
+    line = _one_error_line(capsys, main(["compare", "--out", str(tmp_path / "x"), "--methods", "dchml,psldh"] + flags))
+    assert "--methods dchml: DCHML is a cross-modal method" in line and not os.path.exists(tmp_path / "x")

@@ -202,7 +202,7 @@ def test_a_file_with_queries_and_database_but_no_training_items(tmp_path):
     assert torch.equal(data.train_idx, data.retrieval_idx)  # a database of <= 10,000 items is the training set
     big = 10_050
     labels = np.zeros((big, 2), dtype=np.float32)
-    labels[:, 0] = 1
+    labels[np.arange(big), np.arange(big) % 2] = 1
     np.savez(path, image=np.zeros((big, 2), np.float32), text=np.zeros((big, 2), np.float32), labels=labels,
              query_idx=np.arange(20), retrieval_idx=np.arange(20, big))
     a, b = load_dataset(str(path), seed=1), load_dataset(str(path), seed=1)

@@ -151,6 +151,9 @@ def _add_train_args(p, *, demo=False, threads=None):
     p.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     if not demo:
+        p.add_argument("--modality", choices=["image", "text"], default=None,
+                       help="single-modality methods (psldh, csq): the modality trained and searched (default: "
+                            "image when the data has it)")
         _add_finetune_args(p)
     _add_threads_arg(p, DEMO_THREADS if demo else threads)
     p.add_argument("--force", action="store_true", help="write into an existing non-empty --out directory")
@@ -217,9 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--method", choices=list(METHODS), default=None,
                    help="default dchml; " + "; ".join(f"{name}: {m.summary}" for name, m in METHODS.items()))
-    p.add_argument("--modality", choices=["image", "text"], default=None,
-                   help="single-modality methods (psldh, csq): the modality trained and searched (default: "
-                        "image when the data has it)")
+
     _add_train_args(p)
     p.add_argument("--image-weights", default=None,
                    help="local state dict of the image backbone (pixel data only; default: the weights cache, "

@@ -57,12 +57,34 @@ def method_label(method: str) -> str:
     return LABELS.get(method, method.upper())
 
 
+def methods_for_data(methods, data, args) -> list[str]:
+    """The methods compared: those asked for (each must be able to train on the data: refused in
+    one line otherwise), or by default every method that can (a single-modality file: PSLDH and
+    CSQ; a cross-modal one: all, the single-modality methods on its image side or --modality)."""
+    from ..method.config import TrainConfig
+    from ..method.methods import get_method
+
+    usable, refused = [], []
+    for m in methods or available_methods():
+        cfg = TrainConfig(method=m, modality=None if get_method(m).cross_modal else getattr(args, "modality", None))
+        try:
+            get_method(m).modalities(cfg, data)
+            usable.append(m)
+        except ValueError as exc:
+            refused.append((m, str(exc)))
+    if methods is not None and refused:
+        raise UsageError(f"--methods {refused[0][0]}: {refused[0][1]}")
+    if not usable:
+        raise UsageError(f"no method can train on {data.name}: {refused[0][1]}")
+    return usable
+
+
 def cmd_compare(args, argv) -> int:
     from .. import __version__
-    from ..method.config import RECIPES, TrainConfig
+    from ..method.config import TrainConfig, recipe_settings
+    from ..method.train import resolve_modality
 
-    methods = available_methods() if args.methods is None else parse_list(args.methods, "--methods",
-                                                                            available_methods())
+    methods = None if args.methods is None else parse_list(args.methods, "--methods", available_methods())
     refuse_run_seed(args, "comparison")
     bits = args.bits or [TrainConfig.for_recipe(args.recipe).bits]
     seeds = list(range(args.seeds))
@@ -70,17 +92,21 @@ def cmd_compare(args, argv) -> int:
     if curve_bits not in bits:
         raise UsageError(f"--curves-bits {curve_bits} is not one of --bits {','.join(map(str, bits))}")
     threads = use_threads(args)
+    first = (methods or ["dchml"])[0]
+    check_before_training(config_from_args(args, recipe_settings(args.recipe, first), method=first, bits=bits[0]),
+                          args.out)
+    data = load_data(args, args.split_seed)
+    methods = methods_for_data(methods, data, args)
     plans = [PlannedRun(f"{m}_{b}bits_seed{s}",
-                        config_from_args(args, RECIPES[args.recipe], method=m, bits=b, seed=s).to_dict(),
+                        resolve_modality(data, config_from_args(args, recipe_settings(args.recipe, m), method=m,
+                                                                bits=b, seed=s)).to_dict(),
                         {"method": m, "bits": b, "seed": s})
              for m in methods for b in bits for s in seeds]
-    check_before_training(TrainConfig.from_dict(plans[0].cfg), args.out)
     command = command_line(argv)
     manifest = {"command": command, "methods": list(methods), "bits": bits, "seeds": args.seeds,
                 "split_seed": args.split_seed, "dchml_version": __version__}
     log = log_for(args)
     with claim_experiment_dir(args.out, "compare", force=args.force, manifest=manifest):
-        data = load_data(args, args.split_seed)
         results = execute(plans, data, args.out, jobs=args.jobs, threads=threads, force=args.force, quiet=args.quiet,
                           command=command, log=log and (lambda message: log(f"[compare] {message}")))
         path = write_comparison(args.out, results, data, command=command, methods=list(methods), bits=bits,

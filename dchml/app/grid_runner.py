@@ -92,12 +92,26 @@ def execute(plans: list[PlannedRun], data, out: str, *, jobs: int | None, thread
     for p in plans:
         state = states[p.key]
         if state.action == "kept":
-            results.append(RunResult(p, "kept", state.metrics, None, times.get(p.key)))
+            results.append(RunResult(p, "kept", judged(state.metrics), None, times.get(p.key)))
             continue
         outcome = outcomes[p.key]
-        results.append(RunResult(p, "failed" if outcome.error else status[state.action], outcome.metrics,
+        results.append(RunResult(p, "failed" if outcome.error else status[state.action], judged(outcome.metrics),
                                  outcome.error, None if outcome.error else outcome.wall_seconds))
     return results
+
+
+def judged(metrics: dict | None) -> dict | None:
+    """A run's metrics with only the tasks it is judged on (a cross-modal run: I->T and T->I, as
+    the papers' tables; a single-modality run: its one task), for it and its baselines."""
+    if not metrics:
+        return metrics
+    from .report import main_tasks
+
+    keep = {f"{task}_map" for task in main_tasks(metrics)}
+    drop = lambda scores: {k: v for k, v in scores.items() if not k.endswith("_map") or k in keep}  # noqa: E731
+    baselines = {name: drop(scores) if isinstance(scores, dict) else scores
+                 for name, scores in (metrics.get("baselines") or {}).items()}
+    return {**drop(metrics), "baselines": baselines}
 
 
 

@@ -27,9 +27,9 @@ IGNORED_FIELDS = ("device",)
 
 def available_methods() -> tuple[str, ...]:
     """Every method a comparison can train: the one place the list is read from."""
-    from ..method.objective import METHODS
+    from ..method.methods import METHOD_NAMES
 
-    return tuple(METHODS)
+    return METHOD_NAMES
 
 
 @dataclass(frozen=True)

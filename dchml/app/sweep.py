@@ -87,7 +87,8 @@ def format_value(value) -> str:
 
 def cmd_sweep(args, argv) -> int:
     from .. import __version__
-    from ..method.config import RECIPES, TrainConfig
+    from ..method.config import TrainConfig, recipe_settings
+    from ..method.train import resolve_modality
 
     refuse_run_seed(args, "sweep")
     method = parse_list(args.method or "dchml", "--method", available_methods())
@@ -104,7 +105,10 @@ def cmd_sweep(args, argv) -> int:
     seeds = list(range(args.seeds))
     threads = use_threads(args)
     fixed = {"method": method, **({"bits": args.bits[0]} if args.bits else {})}
-    base = {s: config_from_args(args, RECIPES[args.recipe], seed=s, **fixed).to_dict() for s in seeds}
+    check_before_training(config_from_args(args, recipe_settings(args.recipe, method), **fixed), args.out)
+    data = load_data(args, args.split_seed)
+    base = {s: resolve_modality(data, config_from_args(args, recipe_settings(args.recipe, method), seed=s,
+                                                       **fixed)).to_dict() for s in seeds}
     plans, points = {}, []  # points: (name, value, seed, run key)
     for name, values in params:
         for value in values:
@@ -118,13 +122,11 @@ def cmd_sweep(args, argv) -> int:
                 plans.setdefault(key, PlannedRun(key, cfg, {"seed": s}))
                 points.append((name, value, s, key))
     plans = list(plans.values())
-    check_before_training(TrainConfig.from_dict(plans[0].cfg), args.out)
     command = command_line(argv)
     manifest = {"command": command, "method": method, "bits": base[0]["bits"], "params": dict(params),
                 "seeds": args.seeds, "split_seed": args.split_seed, "dchml_version": __version__}
     log = log_for(args)
     with claim_experiment_dir(args.out, "sweep", force=args.force, manifest=manifest):
-        data = load_data(args, args.split_seed)
         results = execute(plans, data, args.out, jobs=args.jobs, threads=threads, force=args.force, quiet=args.quiet,
                           command=command, log=log and (lambda message: log(f"[sweep] {message}")))
         path = write_sweep(args.out, results, points, params, base[0], data, command=command, seeds=seeds,
