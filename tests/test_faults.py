@@ -356,7 +356,7 @@ def tmpfs(tmp_path):
     """A small tmpfs (root only): a real full disk."""
     mount = tmp_path / "tmpfs"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], capture_output=True)
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.decode().strip()}")
     yield mount
