@@ -6,9 +6,10 @@ end-to-end training on the images).
   with the same preprocessing as end-to-end training (IHNet.preprocess), in eval mode.
 - Text: the data set's bag-of-words rows (raw captions through the vocabulary fitted on the
   training items at load time), or CLIP's text tower on the raw captions.
-- Chunked and resumable: every `chunk_rows` items are written to `<out>.partial/` as one .npy
-  file (atomically), next to a manifest of the settings; a second run with the same settings
-  computes only the missing chunks, a run with other settings refuses to mix them. At the end
+- Chunked and resumable: every `chunk_rows` items are written to `<out>.partial/` as one .npz
+  file (atomically; the zip's CRC-32 guards its content), next to a manifest of the settings; a
+  second run with the same settings checks the saved chunks and computes only the missing ones, a
+  run with other settings refuses to mix them, and a damaged chunk is refused by name. At the end
   the .npz is assembled chunk by chunk (memory: one chunk), written to a temporary file and
   moved onto `<out>`, and the partial folder is removed.
 
@@ -33,11 +34,12 @@ from ..data.dataset import CrossModalData, DataError
 from ..data.images import ImageSource
 from ..data.npz import encoders_array
 from ..io.atomic import write_atomic
+from ..io.integrity import DamagedFileError, verify_zip
 from .backbones import RANDOM, ClipTextEncoder, find_weights, get_spec, load_backbone_weights
 from .models import IHNet
 from .precision import MixedPrecision
 
-FORMAT = "dchml-features-partial"
+FORMAT = "dchml-features-partial-2"  # 2: chunks are .npz (checksummed), no longer .npy
 TEXT_BACKBONES = ("bow", "clip")
 DEFAULT_CHUNK_ROWS = 2048
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member dates: the same features give the same file
@@ -181,7 +183,20 @@ def _open_partial(out: Path, settings: dict) -> Path:
 
 
 def _chunk_path(partial: Path, kind: str, i: int) -> Path:
-    return partial / f"{kind}_{i:06d}.npy"
+    return partial / f"{kind}_{i:06d}.npz"
+
+
+def _verify_chunk(path: Path) -> None:
+    try:
+        verify_zip(path, "features chunk", "delete it and run the same command again to compute it anew")
+    except DamagedFileError as exc:
+        raise FeaturesError(str(exc)) from None
+
+
+def _read_chunk(path: Path) -> np.ndarray:
+    _verify_chunk(path)
+    with np.load(path, allow_pickle=False) as z:
+        return z["features"]
 
 
 def _chunk(partial, kind, i, chunk_rows, n, compute, bar, on_chunk) -> None:
@@ -189,11 +204,12 @@ def _chunk(partial, kind, i, chunk_rows, n, compute, bar, on_chunk) -> None:
     path = _chunk_path(partial, kind, i)
     rows = np.arange(i * chunk_rows, min(n, (i + 1) * chunk_rows))
     if path.is_file():
+        _verify_chunk(path)  # found now, not after the chunks still to compute
         if bar is not None:
             bar.update(len(rows))
         return
     values = np.ascontiguousarray(compute(rows), dtype=np.float32)
-    write_atomic(str(path), lambda f: np.save(f, values))
+    write_atomic(str(path), lambda f: np.savez(f, features=values))
     if on_chunk is not None:
         on_chunk(kind, i)
 
@@ -259,13 +275,16 @@ def _write_npz(out: Path, partial: Path, data: CrossModalData, n_chunks: int, en
 
 def _stream_member(zf: zipfile.ZipFile, kind: str, partial: Path, n_chunks: int, n: int) -> int:
     """Write the chunks of `kind` as one (n, dim) float32 .npy member; returns dim."""
-    dim = int(np.load(_chunk_path(partial, kind, 0), mmap_mode="r").shape[1])
+    chunk = _read_chunk(_chunk_path(partial, kind, 0))
+    dim = int(chunk.shape[-1]) if chunk.ndim == 2 else -1
     with zf.open(zipfile.ZipInfo(f"{kind}.npy", _ZIP_TIME), "w", force_zip64=True) as fh:
         np.lib.format.write_array_header_1_0(fh, {"descr": np.dtype(np.float32).str, "fortran_order": False,
-                                                  "shape": (n, dim)})
+                                                  "shape": (n, max(dim, 0))})
         rows = 0
         for i in range(n_chunks):
-            chunk = np.load(_chunk_path(partial, kind, i))
+            if i:
+                chunk = None  # one chunk in memory at a time
+                chunk = _read_chunk(_chunk_path(partial, kind, i))
             if chunk.dtype != np.float32 or chunk.ndim != 2 or chunk.shape[1] != dim:
                 raise DataError(f"{_chunk_path(partial, kind, i)}: chunk of {chunk.dtype} {chunk.shape}, "
                                 f"expected float32 (rows, {dim}); delete {partial} and extract again")
