@@ -2,9 +2,11 @@
 partial chunks, saved indexes, .npz data files): every one is a zip archive (torch's checkpoint
 format, NumPy's .npz), and zip writers store a CRC-32 of each member's content. Readers do not
 all check them (torch.load checks none; np.load only the members it reads to the end), so a
-damaged file could load and give wrong answers without a word. `verify_zip` reads every member
-and compares its checksum before the file is loaded; CRC-32 runs at several GB/s, a small cost
-next to the load itself.
+damaged file could load and give wrong answers without a word. `verify_zip` checks every
+member's checksum before the file is loaded: uncompressed members (checkpoints, features files,
+indexes) in place in the memory-mapped file, so the check costs one CRC-32 pass over the file
+(several GB/s; about half the time torch.load takes for a 723 MB checkpoint on this project's
+2-core VM), compressed ones through zipfile.
 
 A damaged file raises `DamagedFileError` (a ValueError, so the command line reports it in one
 line) naming the file and what is damaged:
@@ -12,12 +14,16 @@ line) naming the file and what is damaged:
 """
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
+import struct
 import zipfile
 import zlib
 
 _READ = 1 << 22  # bytes checked at a time: memory stays flat whatever the member's size
 ZIP_MAGIC = b"PK\x03\x04"
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a member's local header, up to its name and extra field
 
 
 class DamagedFileError(ValueError):
@@ -37,14 +43,54 @@ def verify_zip(path, what: str, remedy: str) -> None:
     path = os.fspath(path)
     member = None
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(path) as archive, _mapped(path) as mapped:
             for info in archive.infolist():
                 member = info.filename
-                with archive.open(info) as f:
-                    while f.read(_READ):  # zipfile compares the member's CRC-32 on reaching its end
-                        pass
+                if mapped is not None and info.compress_type == zipfile.ZIP_STORED:
+                    _check_stored(mapped, info)
+                else:
+                    with archive.open(info) as f:
+                        while f.read(_READ):  # zipfile compares the member's CRC-32 at its end
+                            pass
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError, zlib.error) as exc:
         raise DamagedFileError(f"{what} {path} is damaged ({_describe(exc, member)}); {remedy}") from None
+
+
+@contextlib.contextmanager
+def _mapped(path):
+    """The file memory-mapped (read-only), or None where it cannot be (an empty file, a file
+    system without mmap): then every member goes through zipfile."""
+    try:
+        with open(path, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        yield None
+        return
+    try:
+        if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+        yield mapped
+    finally:
+        mapped.close()
+
+
+def _check_stored(mapped, info: zipfile.ZipInfo) -> None:
+    """CRC-32 of an uncompressed member read in place from the mapped file: no copy, so the
+    check runs at the CRC's own speed (checkpoints, features files and indexes are stored)."""
+    head = mapped[info.header_offset:info.header_offset + _LOCAL_HEADER.size]
+    if len(head) < _LOCAL_HEADER.size or head[:4] != ZIP_MAGIC:
+        raise zipfile.BadZipFile(f"bad local header for {info.filename!r}")
+    name_length, extra_length = _LOCAL_HEADER.unpack(head)[-2:]
+    start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+    name = mapped[start - extra_length - name_length:start - extra_length]
+    if name.decode("utf-8" if info.flag_bits & 0x800 else "cp437", "replace") != info.orig_filename:
+        raise zipfile.BadZipFile(f"local header names another member than {info.filename!r}")
+    end = start + info.compress_size
+    if end > len(mapped):
+        raise zipfile.BadZipFile(f"{info.filename!r} runs past the end of the file")
+    with memoryview(mapped) as view:
+        if zlib.crc32(view[start:end]) != info.CRC:
+            raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
 
 
 def _describe(exc: Exception, member: str | None) -> str:
