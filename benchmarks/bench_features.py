@@ -13,8 +13,10 @@ Each case runs in a fresh process, timed from loading the data to the last featu
 construction included, for both pipelines). Peak memory is sampled every 50 ms as the sum of the
 proportional set size (PSS: shared pages split between the processes sharing them, so forked
 workers are not counted twice) of the process and its DataLoader workers, next to the main
-process's own peak RSS (ru_maxrss). Results: a CSV (--csv) and a Markdown table on stdout.
-Usage: PYTHONPATH=. python benchmarks/bench_features.py [--images 2000] [--rss-images 1000 4000]
+process's own peak RSS (ru_maxrss). Results: rows appended to <out>/features_cpu.csv and a
+Markdown table on stdout; <out> is a new folder under ./bench_out/ unless --out DIR is given, and
+benchmarks/results/ only with --record.
+Usage: PYTHONPATH=. python benchmarks/bench_features.py [--images 2000] [--rss-images 1000 4000] [--record]
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from harness import Provenance, append_rows  # noqa: E402
+from harness import Provenance, add_output_options, append_rows, output_folder  # noqa: E402
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -247,8 +249,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the main process (both pipelines)")
     ap.add_argument("--train-items", type=int, default=256, help="training pairs of the end-to-end epoch")
     ap.add_argument("--repeat", type=int, default=2, help="throughput runs per pipeline (alternating; 0: none)")
-    ap.add_argument("--append", action="store_true", help="add the rows to --csv instead of replacing it")
-    ap.add_argument("--csv", default=str(ROOT / "benchmarks/results/features_cpu.csv"))
+    add_output_options(ap)
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args()
     if args.case:
@@ -295,9 +296,9 @@ def main():
         for metric in ("seconds", "images_per_s", "peak_pss_total_mb", "peak_rss_main_mb"):
             if r.get(metric) not in (None, ""):
                 results.append(provenance.row("features_" + r["benchmark"], case, r["provider"], metric, r[metric]))
-    if not args.append and Path(args.csv).is_file():
-        os.unlink(args.csv)
-    append_rows(args.csv, results)
+    csv_path = os.path.join(output_folder(args, "bench_features"), "features_cpu.csv")
+    append_rows(csv_path, results)
+    print(f"wrote {csv_path}")
     print(f"device: {device}; date: {date}; commit: {commit}; workers {args.workers}, batch {args.batch_size}, "
           f"{args.threads} torch thread(s) in the main process")
     print("| benchmark | provider | images | seconds | images/s | peak PSS, all processes (MB) | peak RSS, main (MB) |")
