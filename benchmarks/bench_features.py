@@ -12,8 +12,11 @@
 Each case runs in a fresh process, timed from loading the data to the last feature (model
 construction included, for both pipelines). Peak memory is sampled every 50 ms as the sum of the
 proportional set size (PSS: shared pages split between the processes sharing them, so forked
-workers are not counted twice) of the process and its DataLoader workers, next to the main
-process's own peak RSS (ru_maxrss). Results: rows appended to <out>/features_cpu.csv and a
+workers are not counted twice) of the process and its DataLoader workers, and as the footprint
+(the process's RSS plus its workers' private pages: unlike PSS, it does not move when other jobs
+on the machine load or unload the same libraries; see PeakMemory), next to the main process's own
+peak RSS (ru_maxrss). The throughput runs alternate the two pipelines, and the summary prints the
+median images/s of each and their ratio. Results: rows appended to <out>/features_cpu.csv and a
 Markdown table on stdout; <out> is a new folder under ./bench_out/ unless --out DIR is given, and
 benchmarks/results/ only with --record.
 Usage: PYTHONPATH=. python benchmarks/bench_features.py [--images 2000] [--rss-images 1000 4000] [--record]
@@ -81,15 +84,20 @@ def make_textlist(folder: Path, paths, classes: int = 10) -> Path:
 # --- memory sampling --------------------------------------------------------------------------------
 
 
-def _pss_kb(pid: int) -> int:
+def _memory_kb(pid: int) -> dict:
+    """Rss, Pss and Private (= Private_Clean + Private_Dirty) of a process, in kB (0 if gone)."""
+    out = {"Rss": 0, "Pss": 0, "Private": 0}
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
+                key, _, rest = line.partition(":")
+                if key in ("Rss", "Pss"):
+                    out[key] = int(rest.split()[0])
+                elif key.startswith("Private_"):
+                    out["Private"] += int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return out
 
 
 def _children(pid: int) -> list[int]:
@@ -104,10 +112,15 @@ def _children(pid: int) -> list[int]:
 
 
 class PeakMemory:
-    """Samples the summed PSS of this process + its descendants every 50 ms."""
+    """Samples, every 50 ms, the memory of this process and its descendants (DataLoader workers):
+    - peak_total: the summed PSS (shared pages split between the processes sharing them). On a
+      machine where other jobs load the same libraries (torch, ...), the split changes as they
+      start and stop, so this one moves with the machine's other work;
+    - peak_footprint: this process's RSS plus its descendants' private pages, independent of
+      other processes (the workers' pages shared with this process are counted once, here)."""
 
     def __init__(self):
-        self.peak_total = 0
+        self.peak_total = self.peak_footprint = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -119,7 +132,10 @@ class PeakMemory:
                 p = todo.pop()
                 pids.append(p)
                 todo += _children(p)
-            self.peak_total = max(self.peak_total, sum(_pss_kb(p) for p in pids))
+            memory = {p: _memory_kb(p) for p in pids}
+            self.peak_total = max(self.peak_total, sum(m["Pss"] for m in memory.values()))
+            footprint = memory[me]["Rss"] + sum(m["Private"] for p, m in memory.items() if p != me)
+            self.peak_footprint = max(self.peak_footprint, footprint)
             time.sleep(0.05)
 
     def __enter__(self):
@@ -195,6 +211,7 @@ def run_child(args):
     with PeakMemory() as sampler:
         result = CASES[args.case](args)
     result["peak_pss_total_mb"] = sampler.peak_total / 1024
+    result["peak_footprint_mb"] = sampler.peak_footprint / 1024
     result["peak_rss_main_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -273,6 +290,7 @@ def main():
                          "batch_size": args.batch_size, "threads": args.threads, "image_size": 224,
                          "seconds": round(r["seconds"], 2), "images_per_s": round(r["n"] / r["seconds"], 1),
                          "peak_pss_total_mb": round(r["peak_pss_total_mb"], 1),
+                         "peak_footprint_mb": round(r["peak_footprint_mb"], 1),
                          "peak_rss_main_mb": round(r["peak_rss_main_mb"], 1),
                          "device": device, "date": date, "commit": commit})
 
@@ -293,7 +311,7 @@ def main():
     for r in rows:
         case = (f"images={r['images']} workers={r['workers']} batch={r['batch_size']} threads={r['threads']} "
                 f"size={r['image_size']}")
-        for metric in ("seconds", "images_per_s", "peak_pss_total_mb", "peak_rss_main_mb"):
+        for metric in ("seconds", "images_per_s", "peak_pss_total_mb", "peak_footprint_mb", "peak_rss_main_mb"):
             if r.get(metric) not in (None, ""):
                 results.append(provenance.row("features_" + r["benchmark"], case, r["provider"], metric, r[metric]))
     csv_path = os.path.join(output_folder(args, "bench_features"), "features_cpu.csv")
@@ -301,15 +319,26 @@ def main():
     print(f"wrote {csv_path}")
     print(f"device: {device}; date: {date}; commit: {commit}; workers {args.workers}, batch {args.batch_size}, "
           f"{args.threads} torch thread(s) in the main process")
-    print("| benchmark | provider | images | seconds | images/s | peak PSS, all processes (MB) | peak RSS, main (MB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| benchmark | provider | images | seconds | images/s | peak PSS, all processes (MB) | "
+          "peak footprint (MB) | peak RSS, main (MB) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['benchmark']} | {r['provider']} | {r['images']} | {r['seconds']} | {r['images_per_s']} | "
-              f"{r['peak_pss_total_mb']} | {r['peak_rss_main_mb']} |")
+              f"{r['peak_pss_total_mb']} | {r['peak_footprint_mb']} | {r['peak_rss_main_mb']} |")
+    medians = {}
     for provider in ("dchml features", "ImageFolder + DataLoader + model"):
         speeds = [r["images_per_s"] for r in rows if r["benchmark"] == "throughput" and r["provider"] == provider]
         if speeds:
-            print(f"median throughput, {provider}: {statistics.median(speeds):.1f} images/s")
+            medians[provider] = statistics.median(speeds)
+            print(f"median throughput, {provider}: {medians[provider]:.1f} images/s")
+    if len(medians) == 2:
+        print(f"ratio dchml / plain loop: {medians['dchml features'] / medians['ImageFolder + DataLoader + model']:.2f}x")
+    grown = {n: r for r in rows if r["benchmark"] == "features peak RSS" for n in [r["images"]]}
+    if len(grown) >= 2:
+        lo, hi = min(grown), max(grown)
+        print(f"memory growth {lo} -> {hi} images: " + ", ".join(
+            f"{m} {grown[hi][m] - grown[lo][m]:+.1f} MB" for m in ("peak_pss_total_mb", "peak_footprint_mb",
+                                                                 "peak_rss_main_mb")))
 
 
 if __name__ == "__main__":
