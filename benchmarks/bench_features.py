@@ -15,8 +15,10 @@ proportional set size (PSS: shared pages split between the processes sharing the
 workers are not counted twice) of the process and its DataLoader workers, and as the footprint
 (the process's RSS plus its workers' private pages: unlike PSS, it does not move when other jobs
 on the machine load or unload the same libraries; see PeakMemory), next to the main process's own
-peak RSS (ru_maxrss). The throughput runs alternate the two pipelines, and the summary prints the
-median images/s of each and their ratio. Results: rows appended to <out>/features_cpu.csv and a
+peak RSS (ru_maxrss). The throughput runs alternate the two pipelines (each first in turn, after the
+generated JPEGs are synced to disk and read once), and the summary prints the median images/s of
+each and their ratio, and the main process's CPU seconds (less moved by other jobs on a shared
+machine than the wall time). Results: rows appended to <out>/features_cpu.csv and a
 Markdown table on stdout; <out> is a new folder under ./bench_out/ unless --out DIR is given, and
 benchmarks/results/ only with --record.
 Usage: PYTHONPATH=. python benchmarks/bench_features.py [--images 2000] [--rss-images 1000 4000] [--record]
@@ -208,8 +210,19 @@ def run_child(args):
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.case == "imagefolder_loop":  # imported before the clocks, as dchml is
+        import torchvision  # noqa: F401
+    else:
+        import dchml.data  # noqa: F401
+        import dchml.method.features  # noqa: F401
+    before = resource.getrusage(resource.RUSAGE_SELF)
     with PeakMemory() as sampler:
         result = CASES[args.case](args)
+    after, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds: less moved by other jobs on the machine than the wall time (workers: those
+    # the loader has joined by then, i.e. all of them)
+    result["cpu_main_s"] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    result["cpu_workers_s"] = workers.ru_utime + workers.ru_stime
     result["peak_pss_total_mb"] = sampler.peak_total / 1024
     result["peak_footprint_mb"] = sampler.peak_footprint / 1024
     result["peak_rss_main_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -282,6 +295,9 @@ def main():
         paths = make_images(tmp / "throughput", args.images)
         extra = make_images(tmp / "extra", n_max - args.images) if n_max > args.images else []
         print(f"generated {n_max} JPEGs in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        os.sync()  # their write-back would otherwise land in the first timed run
+        for path in paths + extra:  # and every run reads them from the page cache
+            path.read_bytes()
         everything = paths + extra
         lists = {n: make_textlist(tmp / f"list_{n}", everything[:n]) for n in sorted({args.images, *args.rss_images})}
 
@@ -292,12 +308,14 @@ def main():
                          "peak_pss_total_mb": round(r["peak_pss_total_mb"], 1),
                          "peak_footprint_mb": round(r["peak_footprint_mb"], 1),
                          "peak_rss_main_mb": round(r["peak_rss_main_mb"], 1),
+                         "cpu_main_s": round(r["cpu_main_s"], 2), "cpu_workers_s": round(r["cpu_workers_s"], 2),
                          "device": device, "date": date, "commit": commit})
 
-        for _ in range(args.repeat):  # alternate, so that load from other jobs hits both alike
-            row("throughput", "dchml features", args.images, spawn("dchml_features", lists[args.images], args, tmp))
-            row("throughput", "ImageFolder + DataLoader + model", args.images,
-                spawn("imagefolder_loop", tmp / "throughput", args, tmp))
+        pipelines = [("dchml features", "dchml_features", lists[args.images]),
+                     ("ImageFolder + DataLoader + model", "imagefolder_loop", tmp / "throughput")]
+        for i in range(args.repeat):  # alternating, each first in turn: load from other jobs hits both alike
+            for provider, case, folder in (pipelines if i % 2 == 0 else pipelines[::-1]):
+                row("throughput", provider, args.images, spawn(case, folder, args, tmp))
         for n in args.rss_images:
             row("features peak RSS", "dchml features", n, spawn("dchml_features", lists[n], args, tmp))
         if not args.skip_train:
@@ -311,7 +329,8 @@ def main():
     for r in rows:
         case = (f"images={r['images']} workers={r['workers']} batch={r['batch_size']} threads={r['threads']} "
                 f"size={r['image_size']}")
-        for metric in ("seconds", "images_per_s", "peak_pss_total_mb", "peak_footprint_mb", "peak_rss_main_mb"):
+        for metric in ("seconds", "images_per_s", "cpu_main_s", "cpu_workers_s", "peak_pss_total_mb",
+                       "peak_footprint_mb", "peak_rss_main_mb"):
             if r.get(metric) not in (None, ""):
                 results.append(provenance.row("features_" + r["benchmark"], case, r["provider"], metric, r[metric]))
     csv_path = os.path.join(output_folder(args, "bench_features"), "features_cpu.csv")
@@ -319,20 +338,25 @@ def main():
     print(f"wrote {csv_path}")
     print(f"device: {device}; date: {date}; commit: {commit}; workers {args.workers}, batch {args.batch_size}, "
           f"{args.threads} torch thread(s) in the main process")
-    print("| benchmark | provider | images | seconds | images/s | peak PSS, all processes (MB) | "
-          "peak footprint (MB) | peak RSS, main (MB) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| benchmark | provider | images | seconds | images/s | CPU s, main / workers | "
+          "peak PSS, all processes (MB) | peak footprint (MB) | peak RSS, main (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['benchmark']} | {r['provider']} | {r['images']} | {r['seconds']} | {r['images_per_s']} | "
-              f"{r['peak_pss_total_mb']} | {r['peak_footprint_mb']} | {r['peak_rss_main_mb']} |")
-    medians = {}
+              f"{r['cpu_main_s']} / {r['cpu_workers_s']} | {r['peak_pss_total_mb']} | {r['peak_footprint_mb']} | "
+              f"{r['peak_rss_main_mb']} |")
+    medians, cpu = {}, {}
     for provider in ("dchml features", "ImageFolder + DataLoader + model"):
-        speeds = [r["images_per_s"] for r in rows if r["benchmark"] == "throughput" and r["provider"] == provider]
-        if speeds:
-            medians[provider] = statistics.median(speeds)
-            print(f"median throughput, {provider}: {medians[provider]:.1f} images/s")
+        runs = [r for r in rows if r["benchmark"] == "throughput" and r["provider"] == provider]
+        if runs:
+            medians[provider] = statistics.median(r["images_per_s"] for r in runs)
+            cpu[provider] = statistics.median(r["cpu_main_s"] for r in runs)
+            print(f"median throughput, {provider}: {medians[provider]:.1f} images/s; "
+                  f"median main-process CPU {cpu[provider]:.1f} s")
     if len(medians) == 2:
-        print(f"ratio dchml / plain loop: {medians['dchml features'] / medians['ImageFolder + DataLoader + model']:.2f}x")
+        dchml_, loop = "dchml features", "ImageFolder + DataLoader + model"
+        print(f"ratio dchml / plain loop: {medians[dchml_] / medians[loop]:.2f}x (images/s medians), "
+              f"{cpu[loop] / cpu[dchml_]:.2f}x (main-process CPU medians)")
     grown = {n: r for r in rows if r["benchmark"] == "features peak RSS" for n in [r["images"]]}
     if len(grown) >= 2:
         lo, hi = min(grown), max(grown)
