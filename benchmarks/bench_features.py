@@ -43,7 +43,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from harness import Provenance, add_output_options, append_rows, output_folder  # noqa: E402
+from harness import Provenance, add_output_options, append_rows, git_commit, output_folder  # noqa: E402
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -246,16 +246,6 @@ def spawn(case: str, folder: Path, args, tmp: Path) -> dict:
 # --- driver -----------------------------------------------------------------------------------------
 
 
-def _commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return rev.strip() + ("-dirty" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
 def _device() -> str:
     model = platform.machine()
     try:
@@ -286,7 +276,7 @@ def main():
         return run_child(args)
 
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    device, commit = _device(), _commit()
+    device, commit = _device(), git_commit()
     rows = []
     with tempfile.TemporaryDirectory(prefix="dchml-bench-features-") as tmp:
         tmp = Path(tmp)

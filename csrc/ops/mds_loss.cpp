@@ -151,7 +151,9 @@ at::Tensor reduce_rows(const at::Tensor& rows, int64_t reduction) {
 // the scalar is read directly (no device sync there) and one filled tensor made.
 at::Tensor expand_reduced_grad(const at::Tensor& grad, const c10::SymInt& n, int64_t reduction) {
   if (reduction == 0) return grad;
-  if (readable_cpu(grad) && !at::GradMode::is_enabled()) {  // (with a graph: the differentiable form below)  // a plain loop: at::full's TensorIterator fill cost ~1 us more here
+  // a plain loop (at::full's TensorIterator fill cost ~1 us more here); with a graph to record
+  // (create_graph=True), the differentiable form below
+  if (readable_cpu(grad) && !at::GradMode::is_enabled()) {
     const int64_t rows = n.expect_int();
     const double scale = reduction == 1 && rows > 0 ? 1.0 / static_cast<double>(rows) : 1.0;
     at::Tensor out = at::empty({rows}, grad.options());
