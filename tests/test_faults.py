@@ -24,6 +24,8 @@ from dchml.app.cli import main
 from dchml.data import make_synthetic, save_npz
 from dchml.io.run_dir import LOCK_NAME, OutputDirError, claim
 
+from file_damage import flip
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--bits", "16", "--epochs", "2", "--batch-size", "32", "--lr", "0.05", "--momentum", "0.9",
         "--eval-every", "1", "--proxy-steps", "100", "--topk", "100", "--quiet"]
@@ -77,6 +79,14 @@ def _temp_files(folder):
 
 
 # --- identity ------------------------------------------------------------------------------------
+
+
+def test_eval_refuses_a_damaged_checkpoint_in_one_line(run, files, capsys, tmp_path):
+    damaged = tmp_path / "checkpoint.pt"
+    shutil.copy(os.path.join(run, "checkpoint.pt"), damaged)
+    flip(damaged, "first KiB")
+    line = _error_line(capsys, main(["eval", "--checkpoint", str(damaged), "--data", files["a"]]))
+    assert line.startswith(f"dchml eval: error: checkpoint {damaged} is damaged (")
 
 
 def test_resume_with_other_data_of_the_same_size_is_refused(run, files, capsys):
