@@ -14,8 +14,8 @@ with --child), the load generator here: one asyncio task per client, each a keep
 connection sending one request at a time (closed loop). Both share the machine's cores: the
 numbers are for server and clients on one machine.
 
-Results go to --out DIR (default: a new folder bench_serve-<time> in the working directory):
-serve.md and serve_cpu.csv (benchmarks/harness.py's schema). --record also appends the rows to
+Results go to --out DIR (default: a new folder ./bench_out/bench_serve-<time>/): serve.md and
+serve_cpu.csv (benchmarks/harness.py's schema). --record writes them (the rows appended) to
 benchmarks/results/serve_cpu.csv and writes benchmarks/results/serve.md.
 
   python benchmarks/bench_serve.py --duration 20 --clients 64 [--record]
@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import RESULTS, ROOT, Provenance, append_rows, atomic_write, cpu_name  # noqa: E402
+from harness import (ROOT, Provenance, add_output_options, append_rows, atomic_write, cpu_name,  # noqa: E402
+                     output_folder)
 
 sys.path.insert(0, ROOT)
 CASES = {"builtin": None, "1m": 1_000_000}
@@ -224,11 +225,8 @@ def write_results(out: Path, rows: list[dict], results: dict, args, provenance: 
               "broken connection. The load average (1 minute, the whole machine) says how busy the 2 cores "
               "were with other work: the measured server shares them with the clients and with it."]
     text = "\n".join(lines) + "\n"
-    atomic_write(str(out / "serve.md"), text)
-    append_rows(str(out / "serve_cpu.csv"), rows)
-    if args.record:
-        append_rows(os.path.join(RESULTS, "serve_cpu.csv"), rows)
-        atomic_write(os.path.join(RESULTS, "serve.md"), text)
+    atomic_write(os.path.join(out, "serve.md"), text)
+    append_rows(os.path.join(out, "serve_cpu.csv"), rows)
     print(text)
 
 
@@ -243,8 +241,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="epochs of the benchmark's model (default 3)")
     ap.add_argument("--checkpoint", help="serve this checkpoint instead (with --data: a data set with captions)")
     ap.add_argument("--data")
-    ap.add_argument("--out", help="folder for the results and the prepared data (default: a new folder here)")
-    ap.add_argument("--record", action="store_true", help="also write benchmarks/results/serve.md and serve_cpu.csv")
+    add_output_options(ap)
     ap.add_argument("--note", default="", help="free text stored with every row (e.g. the machine's load)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -256,12 +253,14 @@ def main() -> None:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         ap.error(f"unknown case(s) {unknown}; choose from {', '.join(CASES)}")
-    out = Path(args.out or f"bench_serve-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args, "bench_serve")
+    # The prepared model and data never go into the tracked results folder.
+    work = Path(output_folder(argparse.Namespace(out=None, record=False), "bench_serve") if args.record
+                else out).resolve()
     if args.checkpoint:
         checkpoint, data = Path(args.checkpoint), Path(args.data)
     else:
-        checkpoint, data = prepare(out, args.epochs)
+        checkpoint, data = prepare(work, args.epochs)
     captions = query_captions(data) if (data / "query_idx.txt").is_file() else ["a photo"]
     provenance = Provenance(f"{cpu_name()}, CPU only", note=args.note)
     rows, results = [], {}
