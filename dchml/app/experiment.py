@@ -56,7 +56,8 @@ def describe_device(device: str) -> str:
             model += " with AVX-512"
     except OSError:
         pass
-    return f"{os.cpu_count()}-core {model}, CPU ({torch.get_num_threads()} torch threads), no GPU used"
+    threads = torch.get_num_threads()
+    return f"{os.cpu_count()}-core {model}, CPU ({threads} torch thread{'s' if threads != 1 else ''}), no GPU used"
 
 
 def data_summary(data) -> dict:
