@@ -27,3 +27,13 @@ def train_until(train, data, cfg, path: str, epoch: int) -> None:
 
     with pytest.raises(Interrupted):
         train(data, cfg, checkpoint_path=path, progress=False, log=None, on_epoch_end=stop)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test, the caller's count restored after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+

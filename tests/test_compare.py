@@ -30,11 +30,8 @@ def tiny_npz(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Small dense linear algebra: one thread avoids OpenMP spin-waiting on a busy CI machine."""
 
 
 def _metrics(out, key):

@@ -13,12 +13,8 @@ from dchml.retrieval.metrics import mean_average_precision
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def _one_thread(one_torch_thread):
     """Small dense linear algebra: one thread avoids OpenMP spin-waiting on a busy CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _rings(n, seed):

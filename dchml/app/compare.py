@@ -10,12 +10,11 @@ DIR/convergence.png. Rerunning the command continues it (dchml/app/run_grid.py).
 from __future__ import annotations
 
 import os
-import sys
 
-from .arguments import DEMO_THREADS, UsageError, command_line, config_from_args, load_data, log_for
+from .arguments import DEMO_THREADS, UsageError, command_line, config_from_args, load_data
 from .comparison_table import (RUN_FIELDS, Cell, baseline_label, baseline_order, csv_row, csv_text, failure_lines,
                                lead_lines, legend, render_table, setting_lines, tasks_of, TASK_NAMES)
-from .grid_runner import claim_experiment_dir, execute
+from .grid_runner import run_grid_command
 from .run_grid import PlannedRun, available_methods, run_folder
 from .train_commands import check_before_training
 
@@ -105,19 +104,9 @@ def cmd_compare(args, argv) -> int:
     command = command_line(argv)
     manifest = {"command": command, "methods": list(methods), "bits": bits, "seeds": args.seeds,
                 "split_seed": args.split_seed, "dchml_version": __version__}
-    log = log_for(args)
-    with claim_experiment_dir(args.out, "compare", force=args.force, manifest=manifest):
-        results = execute(plans, data, args.out, jobs=args.jobs, threads=threads, force=args.force, quiet=args.quiet,
-                          command=command, log=log and (lambda message: log(f"[compare] {message}")))
-        path = write_comparison(args.out, results, data, command=command, methods=list(methods), bits=bits,
-                                seeds=seeds, split_seed=args.split_seed, curve_bits=curve_bits)
-    failed = sum(r.status == "failed" for r in results)
-    print(f"compare: {len(results) - failed} of {len(results)} runs finished; table: {path}")
-    if failed:
-        print(f"dchml compare: {failed} run{'s' if failed > 1 else ''} failed (listed in {path}); rerun the same "
-              "command to try again", file=sys.stderr)
-        return 1
-    return 0
+    return run_grid_command("compare", args, plans, data, manifest, threads, lambda results: write_comparison(
+        args.out, results, data, command=command, methods=list(methods), bits=bits, seeds=seeds,
+        split_seed=args.split_seed, curve_bits=curve_bits))
 
 
 def write_comparison(out: str, results: list, data, *, command: str, methods: list, bits: list, seeds: list,

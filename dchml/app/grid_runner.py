@@ -128,3 +128,26 @@ def _write_times(out: str, times: dict) -> None:
     from ..io.atomic import write_json
 
     write_json(dict(sorted(times.items())), os.path.join(out, RUN_TIMES))
+
+
+def run_grid_command(kind: str, args, plans: list, data, manifest: dict, threads: int, write) -> int:
+    """What `dchml compare` and `dchml sweep` share after planning: hold DIR, train what is missing,
+    write the tables (`write(results) -> path`), say how many runs finished; exit status 1 when a run
+    failed (it is listed in the table), else 0."""
+    import sys
+
+    from .arguments import log_for
+
+    log = log_for(args)
+    with claim_experiment_dir(args.out, kind, force=args.force, manifest=manifest):
+        results = execute(plans, data, args.out, jobs=args.jobs, threads=threads, force=args.force, quiet=args.quiet,
+                          command=manifest["command"], log=log and (lambda message: log(f"[{kind}] {message}")))
+        path = write(results)
+    failed = sum(r.status == "failed" for r in results)
+    print(f"{kind}: {len(results) - failed} of {len(results)} runs finished; table: {path}")
+    if failed:
+        print(f"dchml {kind}: {failed} run{'s' if failed > 1 else ''} failed (listed in {path}); rerun the same "
+              "command to try again", file=sys.stderr)
+        return 1
+    return 0
+

@@ -13,13 +13,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 
-from .arguments import UsageError, command_line, config_from_args, load_data, log_for
+from .arguments import UsageError, command_line, config_from_args, load_data
 from .compare import method_label, parse_list, refuse_run_seed, use_threads
 from .comparison_table import (RUN_FIELDS, TASK_NAMES, Cell, baseline_label, baseline_order, csv_row, csv_text,
                                failure_lines, lead_lines, legend, render_table, setting_lines, tasks_of)
-from .grid_runner import claim_experiment_dir, execute
+from .grid_runner import run_grid_command
 from .run_grid import PlannedRun, available_methods, run_folder
 from .train_commands import check_before_training
 
@@ -125,19 +124,9 @@ def cmd_sweep(args, argv) -> int:
     command = command_line(argv)
     manifest = {"command": command, "method": method, "bits": base[0]["bits"], "params": dict(params),
                 "seeds": args.seeds, "split_seed": args.split_seed, "dchml_version": __version__}
-    log = log_for(args)
-    with claim_experiment_dir(args.out, "sweep", force=args.force, manifest=manifest):
-        results = execute(plans, data, args.out, jobs=args.jobs, threads=threads, force=args.force, quiet=args.quiet,
-                          command=command, log=log and (lambda message: log(f"[sweep] {message}")))
-        path = write_sweep(args.out, results, points, params, base[0], data, command=command, seeds=seeds,
-                           split_seed=args.split_seed)
-    failed = sum(r.status == "failed" for r in results)
-    print(f"sweep: {len(results) - failed} of {len(results)} runs finished; table: {path}")
-    if failed:
-        print(f"dchml sweep: {failed} run{'s' if failed > 1 else ''} failed (listed in {path}); rerun the same "
-              "command to try again", file=sys.stderr)
-        return 1
-    return 0
+    return run_grid_command("sweep", args, plans, data, manifest, threads, lambda results: write_sweep(
+        args.out, results, points, params, base[0], data, command=command, seeds=seeds,
+        split_seed=args.split_seed))
 
 
 def write_sweep(out: str, results: list, points: list, params: list, defaults: dict, data, *, command: str,
