@@ -15,13 +15,14 @@ configuration's per-query AP must equal the single-process one exactly, or the r
 Data: the ranker's W1 generator, imported from benchmarks/bench_hamming.py (not copied), so both
 benchmarks measure the same codes.
 
-  flock /work/bench.lock python benchmarks/bench_distributed.py            # W1, writes results
-  python benchmarks/bench_distributed.py --queries 500 --db 100000 --no-write   # quick look
+  flock /work/bench.lock python benchmarks/bench_distributed.py --record   # W1, into benchmarks/results/
+  python benchmarks/bench_distributed.py --queries 500 --db 100000 --no-write   # quick look, print only
+Results go to a new folder under ./bench_out/ unless --out DIR or --record (benchmarks/results/).
 
 --train: Algorithm 1 instead (dchml.distributed.training, the default synthetic set), one process x
 all cores against N processes x cores/N: seconds per epoch (median over the epochs that do not
 evaluate) and how far the N-process run ends from the one-process run.
-  flock /work/bench.lock python benchmarks/bench_distributed.py --train --epochs 4
+  flock /work/bench.lock python benchmarks/bench_distributed.py --train --epochs 4 --record
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def launch(config: str, world: int, threads: int, args, folder: str) -> dict:
         return json.load(f)
 
 
-def report(rows: list[dict], args, command: str, out_dir: str, write: bool) -> None:
+def report(rows: list[dict], args, command: str, write: bool) -> None:
     prov = harness.Provenance(DEVICE)
     date, commit = prov.date, prov.commit
     shape = f"{args.queries}x{args.db}x{args.bits}"
@@ -123,9 +124,10 @@ def report(rows: list[dict], args, command: str, out_dir: str, write: bool) -> N
     text = "\n".join(lines) + "\n"
     print(text)
     if write:
-        os.makedirs(out_dir, exist_ok=True)
+        out_dir = harness.output_folder(args, "bench_distributed")
         harness.atomic_write(os.path.join(out_dir, "distributed.md"), text)
         harness.append_rows(os.path.join(out_dir, "distributed_cpu.csv"), csv_rows)
+        print(f"wrote {out_dir}")
 
 
 def parent(args) -> None:
@@ -149,7 +151,7 @@ def parent(args) -> None:
             if not np.array_equal(ap, ref):
                 sys.exit(f"{name}: per-query AP differs from the single process "
                          f"(max {np.abs(ap - ref).max():.3e})")
-    report(rows, args, command, os.path.join(HERE, "results"), not args.no_write)
+    report(rows, args, command, not args.no_write)
 
 
 # --- a worker: one process of one configuration --------------------------------------------------
@@ -304,9 +306,9 @@ def train_benchmark(args) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        out = os.path.join(HERE, "results")
-        os.makedirs(out, exist_ok=True)
+        out = harness.output_folder(args, "bench_distributed")
         harness.atomic_write(os.path.join(out, "distributed_train.md"), text)
+        print(f"wrote {out}")
 
 
 def _train_in_slices(data, cfg, slices: int):
@@ -347,7 +349,8 @@ def main() -> None:
     p.add_argument("--procs", type=int, nargs="+", default=[2], help="process counts to run")
     p.add_argument("--cores", type=int, default=0, help="cores to use in total (default: all)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--no-write", action="store_true", help="print only; do not write results/")
+    p.add_argument("--no-write", action="store_true", help="print only; write no results")
+    harness.add_output_options(p)
     p.add_argument("--train", action="store_true", help="benchmark multi-process training instead")
     p.add_argument("--epochs", type=int, default=4, help="--train: epochs per run")
     # internal: a worker process

@@ -12,9 +12,16 @@
 Each case runs in a fresh process, timed from loading the data to the last feature (model
 construction included, for both pipelines). Peak memory is sampled every 50 ms as the sum of the
 proportional set size (PSS: shared pages split between the processes sharing them, so forked
-workers are not counted twice) of the process and its DataLoader workers, next to the main
-process's own peak RSS (ru_maxrss). Results: a CSV (--csv) and a Markdown table on stdout.
-Usage: PYTHONPATH=. python benchmarks/bench_features.py [--images 2000] [--rss-images 1000 4000]
+workers are not counted twice) of the process and its DataLoader workers, and as the footprint
+(the process's RSS plus its workers' private pages: unlike PSS, it does not move when other jobs
+on the machine load or unload the same libraries; see PeakMemory), next to the main process's own
+peak RSS (ru_maxrss). The throughput runs alternate the two pipelines (each first in turn, after the
+generated JPEGs are synced to disk and read once), and the summary prints the median images/s of
+each and their ratio, and the main process's CPU seconds (less moved by other jobs on a shared
+machine than the wall time). Results: rows appended to <out>/features_cpu.csv and a
+Markdown table on stdout; <out> is a new folder under ./bench_out/ unless --out DIR is given, and
+benchmarks/results/ only with --record.
+Usage: PYTHONPATH=. python benchmarks/bench_features.py [--images 2000] [--rss-images 1000 4000] [--record]
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from harness import Provenance, append_rows  # noqa: E402
+from harness import Provenance, add_output_options, append_rows, git_commit, output_folder  # noqa: E402
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -79,15 +86,20 @@ def make_textlist(folder: Path, paths, classes: int = 10) -> Path:
 # --- memory sampling --------------------------------------------------------------------------------
 
 
-def _pss_kb(pid: int) -> int:
+def _memory_kb(pid: int) -> dict:
+    """Rss, Pss and Private (= Private_Clean + Private_Dirty) of a process, in kB (0 if gone)."""
+    out = {"Rss": 0, "Pss": 0, "Private": 0}
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
+                key, _, rest = line.partition(":")
+                if key in ("Rss", "Pss"):
+                    out[key] = int(rest.split()[0])
+                elif key.startswith("Private_"):
+                    out["Private"] += int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return out
 
 
 def _children(pid: int) -> list[int]:
@@ -102,10 +114,15 @@ def _children(pid: int) -> list[int]:
 
 
 class PeakMemory:
-    """Samples the summed PSS of this process + its descendants every 50 ms."""
+    """Samples, every 50 ms, the memory of this process and its descendants (DataLoader workers):
+    - peak_total: the summed PSS (shared pages split between the processes sharing them). On a
+      machine where other jobs load the same libraries (torch, ...), the split changes as they
+      start and stop, so this one moves with the machine's other work;
+    - peak_footprint: this process's RSS plus its descendants' private pages, independent of
+      other processes (the workers' pages shared with this process are counted once, here)."""
 
     def __init__(self):
-        self.peak_total = 0
+        self.peak_total = self.peak_footprint = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -117,7 +134,10 @@ class PeakMemory:
                 p = todo.pop()
                 pids.append(p)
                 todo += _children(p)
-            self.peak_total = max(self.peak_total, sum(_pss_kb(p) for p in pids))
+            memory = {p: _memory_kb(p) for p in pids}
+            self.peak_total = max(self.peak_total, sum(m["Pss"] for m in memory.values()))
+            footprint = memory[me]["Rss"] + sum(m["Private"] for p, m in memory.items() if p != me)
+            self.peak_footprint = max(self.peak_footprint, footprint)
             time.sleep(0.05)
 
     def __enter__(self):
@@ -190,9 +210,21 @@ def run_child(args):
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.case == "imagefolder_loop":  # imported before the clocks, as dchml is
+        import torchvision  # noqa: F401
+    else:
+        import dchml.data  # noqa: F401
+        import dchml.method.features  # noqa: F401
+    before = resource.getrusage(resource.RUSAGE_SELF)
     with PeakMemory() as sampler:
         result = CASES[args.case](args)
+    after, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds: less moved by other jobs on the machine than the wall time (workers: those
+    # the loader has joined by then, i.e. all of them)
+    result["cpu_main_s"] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    result["cpu_workers_s"] = workers.ru_utime + workers.ru_stime
     result["peak_pss_total_mb"] = sampler.peak_total / 1024
+    result["peak_footprint_mb"] = sampler.peak_footprint / 1024
     result["peak_rss_main_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -212,16 +244,6 @@ def spawn(case: str, folder: Path, args, tmp: Path) -> dict:
 
 
 # --- driver -----------------------------------------------------------------------------------------
-
-
-def _commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return rev.strip() + ("-dirty" if dirty else "")
-    except OSError:
-        return "unknown"
 
 
 def _device() -> str:
@@ -247,15 +269,14 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the main process (both pipelines)")
     ap.add_argument("--train-items", type=int, default=256, help="training pairs of the end-to-end epoch")
     ap.add_argument("--repeat", type=int, default=2, help="throughput runs per pipeline (alternating; 0: none)")
-    ap.add_argument("--append", action="store_true", help="add the rows to --csv instead of replacing it")
-    ap.add_argument("--csv", default=str(ROOT / "benchmarks/results/features_cpu.csv"))
+    add_output_options(ap)
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args()
     if args.case:
         return run_child(args)
 
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    device, commit = _device(), _commit()
+    device, commit = _device(), git_commit()
     rows = []
     with tempfile.TemporaryDirectory(prefix="dchml-bench-features-") as tmp:
         tmp = Path(tmp)
@@ -264,6 +285,9 @@ def main():
         paths = make_images(tmp / "throughput", args.images)
         extra = make_images(tmp / "extra", n_max - args.images) if n_max > args.images else []
         print(f"generated {n_max} JPEGs in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        os.sync()  # their write-back would otherwise land in the first timed run
+        for path in paths + extra:  # and every run reads them from the page cache
+            path.read_bytes()
         everything = paths + extra
         lists = {n: make_textlist(tmp / f"list_{n}", everything[:n]) for n in sorted({args.images, *args.rss_images})}
 
@@ -272,13 +296,16 @@ def main():
                          "batch_size": args.batch_size, "threads": args.threads, "image_size": 224,
                          "seconds": round(r["seconds"], 2), "images_per_s": round(r["n"] / r["seconds"], 1),
                          "peak_pss_total_mb": round(r["peak_pss_total_mb"], 1),
+                         "peak_footprint_mb": round(r["peak_footprint_mb"], 1),
                          "peak_rss_main_mb": round(r["peak_rss_main_mb"], 1),
+                         "cpu_main_s": round(r["cpu_main_s"], 2), "cpu_workers_s": round(r["cpu_workers_s"], 2),
                          "device": device, "date": date, "commit": commit})
 
-        for _ in range(args.repeat):  # alternate, so that load from other jobs hits both alike
-            row("throughput", "dchml features", args.images, spawn("dchml_features", lists[args.images], args, tmp))
-            row("throughput", "ImageFolder + DataLoader + model", args.images,
-                spawn("imagefolder_loop", tmp / "throughput", args, tmp))
+        pipelines = [("dchml features", "dchml_features", lists[args.images]),
+                     ("ImageFolder + DataLoader + model", "imagefolder_loop", tmp / "throughput")]
+        for i in range(args.repeat):  # alternating, each first in turn: load from other jobs hits both alike
+            for provider, case, folder in (pipelines if i % 2 == 0 else pipelines[::-1]):
+                row("throughput", provider, args.images, spawn(case, folder, args, tmp))
         for n in args.rss_images:
             row("features peak RSS", "dchml features", n, spawn("dchml_features", lists[n], args, tmp))
         if not args.skip_train:
@@ -292,23 +319,40 @@ def main():
     for r in rows:
         case = (f"images={r['images']} workers={r['workers']} batch={r['batch_size']} threads={r['threads']} "
                 f"size={r['image_size']}")
-        for metric in ("seconds", "images_per_s", "peak_pss_total_mb", "peak_rss_main_mb"):
+        for metric in ("seconds", "images_per_s", "cpu_main_s", "cpu_workers_s", "peak_pss_total_mb",
+                       "peak_footprint_mb", "peak_rss_main_mb"):
             if r.get(metric) not in (None, ""):
                 results.append(provenance.row("features_" + r["benchmark"], case, r["provider"], metric, r[metric]))
-    if not args.append and Path(args.csv).is_file():
-        os.unlink(args.csv)
-    append_rows(args.csv, results)
+    csv_path = os.path.join(output_folder(args, "bench_features"), "features_cpu.csv")
+    append_rows(csv_path, results)
+    print(f"wrote {csv_path}")
     print(f"device: {device}; date: {date}; commit: {commit}; workers {args.workers}, batch {args.batch_size}, "
           f"{args.threads} torch thread(s) in the main process")
-    print("| benchmark | provider | images | seconds | images/s | peak PSS, all processes (MB) | peak RSS, main (MB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| benchmark | provider | images | seconds | images/s | CPU s, main / workers | "
+          "peak PSS, all processes (MB) | peak footprint (MB) | peak RSS, main (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['benchmark']} | {r['provider']} | {r['images']} | {r['seconds']} | {r['images_per_s']} | "
-              f"{r['peak_pss_total_mb']} | {r['peak_rss_main_mb']} |")
+              f"{r['cpu_main_s']} / {r['cpu_workers_s']} | {r['peak_pss_total_mb']} | {r['peak_footprint_mb']} | "
+              f"{r['peak_rss_main_mb']} |")
+    medians, cpu = {}, {}
     for provider in ("dchml features", "ImageFolder + DataLoader + model"):
-        speeds = [r["images_per_s"] for r in rows if r["benchmark"] == "throughput" and r["provider"] == provider]
-        if speeds:
-            print(f"median throughput, {provider}: {statistics.median(speeds):.1f} images/s")
+        runs = [r for r in rows if r["benchmark"] == "throughput" and r["provider"] == provider]
+        if runs:
+            medians[provider] = statistics.median(r["images_per_s"] for r in runs)
+            cpu[provider] = statistics.median(r["cpu_main_s"] for r in runs)
+            print(f"median throughput, {provider}: {medians[provider]:.1f} images/s; "
+                  f"median main-process CPU {cpu[provider]:.1f} s")
+    if len(medians) == 2:
+        dchml_, loop = "dchml features", "ImageFolder + DataLoader + model"
+        print(f"ratio dchml / plain loop: {medians[dchml_] / medians[loop]:.2f}x (images/s medians), "
+              f"{cpu[loop] / cpu[dchml_]:.2f}x (main-process CPU medians)")
+    grown = {n: r for r in rows if r["benchmark"] == "features peak RSS" for n in [r["images"]]}
+    if len(grown) >= 2:
+        lo, hi = min(grown), max(grown)
+        print(f"memory growth {lo} -> {hi} images: " + ", ".join(
+            f"{m} {grown[hi][m] - grown[lo][m]:+.1f} MB" for m in ("peak_pss_total_mb", "peak_footprint_mb",
+                                                                 "peak_rss_main_mb")))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ W2 (--device cuda): 5,000 x 10,000,000 x 64 bits, dchml on the GPU against a pla
   baseline (±1 matrix product in chunks, torch.topk, AP).
 
 Appends rows (benchmarks/harness.py schema: median_s and max_minus_min_s per case and provider)
-to benchmarks/results/hamming_<device>.csv and writes a summary to benchmarks/results/hamming.md.
+to <out>/hamming_<device>.csv and writes a summary to <out>/hamming.md; <out> is a new folder
+under ./bench_out/ unless --out DIR is given, and benchmarks/results/ only with --record.
 Run timings under `flock /work/bench.lock` on shared machines. DCHML_HAMMING_STATS=1 makes the
 engine print where its time goes (thread-seconds per phase).
 """
@@ -34,7 +35,6 @@ import harness  # noqa: E402
 import dchml  # noqa: E402
 
 N_LABELS = 21
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
 def make_data(rng, n, bits, protos):
@@ -270,7 +270,9 @@ def main():
     p.add_argument("--quick", action="store_true", help="skip the 10M-code scaling runs")
     p.add_argument("--no-scaling", action="store_true")
     p.add_argument("--note", default="", help="stored with every row (e.g. what else ran on the machine)")
+    harness.add_output_options(p)
     args = p.parse_args()
+    out = harness.output_folder(args, "bench_hamming")
     rec = Recorder(args.device, args.note)
     lines = [f"## Hamming ranker benchmark ({args.device})", "", rec.prov.markdown_header(),
              f"torch {torch.__version__}; OpenMP threads {torch.get_num_threads()}.", ""]
@@ -284,10 +286,11 @@ def main():
         w1(rec, args, lines)
         if not args.no_scaling:
             scaling(rec, args, lines)
-    rec.write_csv(os.path.join(RESULTS, f"hamming_{args.device}.csv"))
-    md = os.path.join(RESULTS, "hamming.md" if args.device == "cpu" else "hamming_cuda.md")
+    rec.write_csv(os.path.join(out, f"hamming_{args.device}.csv"))
+    md = os.path.join(out, "hamming.md" if args.device == "cpu" else "hamming_cuda.md")
     harness.atomic_write(md, "\n".join(lines) + "\n")
     print("\n".join(lines))
+    print(f"wrote {md}")
 
 
 if __name__ == "__main__":

@@ -18,11 +18,12 @@ large buffers leave the RSS and each step's own peak is seen; CUDA:
 torch.cuda.max_memory_allocated during the step minus memory allocated before it.
 
 Usage: python benchmarks/bench_loss.py [--device cpu|cuda] [--cases L1,L2] [--labels bool,float32]
-         [--threads N] [--rounds 7] [--reps 200] [--note "..."] [--out benchmarks/results]
+         [--threads N] [--rounds 7] [--reps 200] [--note "..."] [--out DIR | --record]
 --threads 1 keeps every provider on one core: on a machine shared with other jobs, a provider
 that forks threads per operation (the eager composite) can wait a scheduler slice per fork.
 Appends rows (benchmarks/harness.py schema) to <out>/loss_<device>.csv and writes <out>/loss.md
-(cpu) or loss_<device>.md.
+(cpu) or loss_<device>.md; <out> is a new folder under ./bench_out/ unless --out DIR is given, and
+benchmarks/results/ only with --record.
 """
 from __future__ import annotations
 
@@ -202,7 +203,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds per case")
     ap.add_argument("--reps", type=int, default=0, help="steps per provider and round (default: by case)")
     ap.add_argument("--note", default="", help="stored with every row (e.g. what else ran on the machine)")
-    ap.add_argument("--out", default=harness.RESULTS)
+    harness.add_output_options(ap)
     ap.add_argument("--memory-probe", default="", help=argparse.SUPPRESS)  # internal: "n,c,k,labels,provider"
     args = ap.parse_args()
     if args.threads:
@@ -211,6 +212,7 @@ def main():
         n, c, k, label_dtype, provider = args.memory_probe.split(",")
         print(cpu_peak_probe(int(n), int(c), int(k), label_dtype, provider))
         return
+    args.out = harness.output_folder(args, "bench_loss")
     device = torch.device(args.device)
     prov = harness.Provenance(describe_device(device), args.note)
     results = []

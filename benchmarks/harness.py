@@ -12,6 +12,11 @@ Results schema (benchmarks/results/*.csv), one measured number per row:
 
 Files are appended to under a lock and replaced atomically, so two benchmark runs never lose each
 other's rows and an interrupted run never leaves a half-written file.
+
+Where results go (`add_output_options`, `output_folder`): by default a NEW folder
+./bench_out/<script>-<UTC time>/ under the current directory, so a run never changes the tracked
+results; `--out DIR` picks the folder; `--record` updates benchmarks/results/ (the recorded
+numbers the docs cite) and is the only way to write there.
 """
 from __future__ import annotations
 
@@ -32,6 +37,34 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 FIELDS = ["benchmark", "case", "provider", "metric", "value", "device", "date", "commit", "command", "note"]
+
+
+def add_output_options(parser) -> None:
+    """--out DIR and --record: see the module docstring."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--out", metavar="DIR",
+                       help="folder for the results (default: a new folder ./bench_out/<script>-<UTC time>/)")
+    group.add_argument("--record", action="store_true",
+                       help=f"update the tracked results in {os.path.relpath(RESULTS)} instead")
+
+
+def output_folder(args, script: str) -> str:
+    """The folder this run writes its results to (created): RESULTS with --record, --out, or a new
+    folder under ./bench_out/ named after `script` and the time."""
+    if args.record:
+        return RESULTS
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        return args.out
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    for attempt in range(100):  # two runs started in the same second get two folders
+        folder = os.path.join(os.getcwd(), "bench_out", f"{script}-{stamp}" + (f"-{attempt}" if attempt else ""))
+        try:
+            os.makedirs(folder)
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot make a new folder under {os.path.join(os.getcwd(), 'bench_out')}")
 
 
 def git_commit() -> str:

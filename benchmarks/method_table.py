@@ -2,9 +2,10 @@
 built-in synthetic set, MAP@5000 I->T and T->I, seconds per epoch (median; one epoch = the image
 pass + the text pass + the C update, evaluation excluded).
 
-Writes benchmarks/results/methods.md and appends to methods.csv (benchmarks/harness.py schema).
+Writes <out>/methods.md and appends to <out>/methods.csv (benchmarks/harness.py schema); <out>
+is a new folder under ./bench_out/ unless --out DIR, and benchmarks/results/ only with --record.
 Run it alone (it times epochs):
-    flock /work/bench.lock python benchmarks/method_table.py [--epochs 50] [--bits 32 64]
+    flock /work/bench.lock python benchmarks/method_table.py [--epochs 50] [--bits 32 64] [--record]
 Settings are dchml's defaults (`dchml train` and the demo; every loss weight at the paper's default).
 """
 from __future__ import annotations
@@ -37,8 +38,9 @@ def main(argv=None):
     parser.add_argument("--bits", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=DEMO_THREADS, help="torch CPU threads (default: the demo's)")
-    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    harness.add_output_options(parser)
     args = parser.parse_args(argv)
+    args.out = harness.output_folder(args, "method_table")
     torch.set_num_threads(args.threads)
     command = "python benchmarks/method_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
     data = make_synthetic(seed=args.seed)
@@ -81,6 +83,7 @@ def main(argv=None):
               f"Command: `{command.strip()}`", ""]
     harness.atomic_write(os.path.join(args.out, "methods.md"), "\n".join(lines))
     print("\n".join(lines))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Sweep training recipes over the panel of generated data sets (benchmarks/panel.py) and record
 DCHML's MAP beside the linear hasher and chance, one JSON line per run.
 
-    python benchmarks/recipe_sweep.py --sets all --recipes default,paper --bits 16,32,64 \
-        --out benchmarks/results/panel.jsonl
+    python benchmarks/recipe_sweep.py --sets all --recipes default,paper --bits 16,32,64 --record
     python benchmarks/recipe_sweep.py --sets bovw-l1 --recipes "adam3e-4=optimizer:adam,lr:3e-4" --bits 32
+
+The lines are appended to <out>/panel.jsonl: <out> is a new folder under ./bench_out/ unless
+--out DIR is given, and benchmarks/results/ (the recorded panel) only with --record.
 
 A recipe is `name` (a named recipe of dchml.train: default, paper) or `label=field:value,...` (the
 defaults with those TrainConfig fields changed). `--scale image:1000,text:0.001` multiplies the
@@ -22,6 +24,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 from panel import PANEL, make_panel_set, scaled  # noqa: E402
 
 from dchml.method.baselines import chance_map, linear_hasher  # noqa: E402
@@ -107,7 +110,7 @@ def main(argv=None) -> None:
     ap.add_argument("--scale", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=None, help="append JSON lines here")
+    harness.add_output_options(ap)
     ap.add_argument("--summarize", nargs="+", default=None, metavar="JSONL",
                     help="print the Markdown tables of these result files instead of training")
     args = ap.parse_args(argv)
@@ -116,6 +119,8 @@ def main(argv=None) -> None:
         print(summarize(rows), end="")
         return
     torch.set_num_threads(args.threads)
+    results = os.path.join(harness.output_folder(args, "recipe_sweep"), "panel.jsonl")
+    print(f"writing {results}", flush=True)
     sets = PANEL if args.sets == "all" else args.sets.split(",")
     recipes = [parse_recipe(s) for s in args.recipes.split(";")]
     scale = parse_scale(args.scale)
@@ -145,9 +150,8 @@ def main(argv=None) -> None:
                 print(f"{name:13s} {bits:3d} {label:14s} MAP {row['mean_map']:.4f} (I->T {row['i2t_map']:.4f} "
                       f"T->I {row['t2i_map']:.4f}) linear {row['linear_mean_map']:.4f} chance {row['chance_map']:.4f} "
                       f"epoch {row['kept_epoch']}/{row['last_epoch']} {seconds:.0f}s", flush=True)
-                if args.out:
-                    with open(args.out, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                with open(results, "a") as f:
+                    f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

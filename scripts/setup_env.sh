@@ -22,13 +22,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 
-if ! "$PY" -c "import torch, torchvision, numpy, tqdm, matplotlib, scipy, h5py, PIL, pytest, faiss, ninja, setuptools" >/dev/null 2>&1; then
+if ! "$PY" -c "import torch, torchvision, numpy, tqdm, matplotlib, scipy, h5py, PIL, pytest, faiss, ninja, setuptools, fastapi, uvicorn, python_multipart, httpx2, playwright, xdist" >/dev/null 2>&1; then
   echo "[setup] installing $TORCH_SPEC and dependencies (a few minutes the first time)" >&2
   # One resolver run for everything (torchvision with torch, so pip picks the release built for
   # this torch); --no-compile: Python compiles the modules it imports on first use instead of
   # all of torch's files up front.
   quiet "$PY" -m pip install --disable-pip-version-check --no-compile "$TORCH_SPEC" torchvision \
-    numpy tqdm matplotlib scipy h5py pillow pytest faiss-cpu ninja setuptools wheel
+    numpy tqdm matplotlib scipy h5py pillow pytest faiss-cpu ninja setuptools wheel \
+    fastapi uvicorn python-multipart httpx2 playwright pytest-xdist
   echo "[setup] installed after ${SECONDS}s" >&2
 fi
 

@@ -12,4 +12,12 @@ cmake --build build-native -j"$(nproc)" >/dev/null
 ASAN_OPTIONS=detect_leaks=1 ./build-native/dchml_native_tests
 
 echo "[test] python tests"
-"$PY" -m pytest -q "$@"
+# Two pytest workers, one torch thread each: the suite is mostly single-threaded Python and small
+# tensors, so two processes finish in about half the time of one, while two OpenMP threads per
+# process on two cores would spin against each other. DCHML_TEST_WORKERS=0 runs in one process.
+WORKERS=${DCHML_TEST_WORKERS:-2}
+if [ "$WORKERS" = 0 ]; then
+  "$PY" -m pytest -q "$@"
+else
+  OMP_NUM_THREADS=1 "$PY" -m pytest -q -n "$WORKERS" "$@"
+fi

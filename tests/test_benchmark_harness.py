@@ -1,7 +1,13 @@
 """The benchmarks' shared harness (benchmarks/harness.py): one results schema, appends that keep
-earlier rows and refuse a file of another schema, and every committed results file in it."""
+earlier rows and refuse a file of another schema, every committed results file in it, and that a
+benchmark run writes outside the tracked results unless asked (--record)."""
+import argparse
 import csv
+import glob
 import os
+import re
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -50,3 +56,63 @@ def test_every_results_file_uses_the_schema():
             assert next(reader) == harness.FIELDS, name
             for row in reader:
                 assert len(row) == len(harness.FIELDS), (name, row)
+
+
+# --- where results go: a new folder by default, benchmarks/results/ only with --record --------------
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    harness.add_output_options(parser)
+    return parser.parse_args(argv)
+
+
+def test_output_folder_is_new_by_default_and_results_only_with_record(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first, second = harness.output_folder(_parse([]), "bench_x"), harness.output_folder(_parse([]), "bench_x")
+    assert first != second and all(os.path.dirname(f) == str(tmp_path / "bench_out") for f in (first, second))
+    assert os.listdir(first) == [] and os.path.basename(first).startswith("bench_x-")
+    assert harness.output_folder(_parse(["--out", "mine"]), "bench_x") == "mine" and os.path.isdir("mine")
+    assert harness.output_folder(_parse(["--record"]), "bench_x") == harness.RESULTS
+    with pytest.raises(SystemExit):
+        _parse(["--record", "--out", "mine"])
+
+
+def test_every_script_that_writes_results_takes_out_and_record():
+    folder = os.path.join(ROOT, "benchmarks")
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py") and name != "harness.py":
+            text = open(os.path.join(folder, name)).read()
+            if re.search(r"append_rows|atomic_write|RESULTS|results/", text):
+                assert "add_output_options(" in text and "output_folder(" in text, name
+
+
+def _clean_clone(tmp_path) -> str:
+    """A git repository holding this working tree's files (committed), plus the compiled extension."""
+    clone = tmp_path / "clone"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    for name in files + [os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "dchml", "ops", "*.so"))]:
+        if os.path.isfile(os.path.join(ROOT, name)):
+            os.makedirs(clone / os.path.dirname(name), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), clone / name)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "clone"]):
+        subprocess.run(git + args, cwd=clone, check=True, capture_output=True)
+    return str(clone)
+
+
+def test_a_benchmark_run_from_a_clean_clone_leaves_git_status_clean(tmp_path):
+    try:
+        clone = _clean_clone(tmp_path)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "benchmarks/bench_hamming.py", "--nq", "20", "--ndb", "3000", "--no-scaling",
+                          "--repeat", "1", "--ref-queries", "2"], cwd=clone, env={**env, "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True)
+    assert status.stdout == ""
+    written = glob.glob(os.path.join(clone, "bench_out", "bench_hamming-*", "hamming_cpu.csv"))
+    assert len(written) == 1 and f"wrote {os.path.dirname(written[0])}" in out.stdout

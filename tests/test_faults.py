@@ -24,6 +24,8 @@ from dchml.app.cli import main
 from dchml.data import make_synthetic, save_npz
 from dchml.io.run_dir import LOCK_NAME, OutputDirError, claim
 
+from file_damage import flip
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--bits", "16", "--epochs", "2", "--batch-size", "32", "--lr", "0.05", "--momentum", "0.9",
         "--eval-every", "1", "--proxy-steps", "100", "--topk", "100", "--quiet"]
@@ -79,6 +81,14 @@ def _temp_files(folder):
 # --- identity ------------------------------------------------------------------------------------
 
 
+def test_eval_refuses_a_damaged_checkpoint_in_one_line(run, files, capsys, tmp_path):
+    damaged = tmp_path / "checkpoint.pt"
+    shutil.copy(os.path.join(run, "checkpoint.pt"), damaged)
+    flip(damaged, "first KiB")
+    line = _error_line(capsys, main(["eval", "--checkpoint", str(damaged), "--data", files["a"]]))
+    assert line.startswith(f"dchml eval: error: checkpoint {damaged} is damaged (")
+
+
 def test_resume_with_other_data_of_the_same_size_is_refused(run, files, capsys):
     before = _snapshot(run)
     code = main(["train", "--data", files["b"], "--out", run, "--resume", "--epochs", "3", "--quiet"])
@@ -125,6 +135,18 @@ def test_eval_on_an_overlapping_split_is_refused(run, files, capsys, tmp_path):
     assert "1 of the 1 queries asked for" in _error_line(capsys, code)
     # the split it was trained with is fine (its seed is the default)
     assert main(["eval", "--checkpoint", ckpt, "--data", files["a"]]) == 0
+    # the same items with a split of the file's own: the message names both splits and the command
+    data7 = dchml.data.load_dataset(files["a"], seed=7)
+    own = str(tmp_path / "own.npz")
+    np.savez(own, image=data7.image.numpy(), text=data7.text.numpy(), labels=data7.labels.numpy(),
+             query_idx=data7.query_idx.numpy(), retrieval_idx=data7.retrieval_idx.numpy(),
+             train_idx=data7.train_idx.numpy())
+    line = _error_line(capsys, main(["eval", "--checkpoint", ckpt, "--data", own]))
+    assert "own.npz (the file's own query/database/training split)" in line
+    assert "with dchml's split drawn with seed 2" in line and "the same items split differently" in line
+    command = line.split("evaluate on the split it was trained with: ")[1]
+    assert command == f"dchml eval --checkpoint {ckpt} --data {os.path.abspath(files['a'])} --seed 2"
+    assert main(command.split()[1:]) == 0
 
 
 def test_eval_without_data_uses_the_recorded_data(run, files, capsys, tmp_path):
@@ -344,7 +366,7 @@ def tmpfs(tmp_path):
     """A small tmpfs (root only): a real full disk."""
     mount = tmp_path / "tmpfs"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], capture_output=True)
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.decode().strip()}")
     yield mount

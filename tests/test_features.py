@@ -10,11 +10,12 @@ import torch
 
 from dchml.method.checkpoint import load_checkpoint, model_from_checkpoint
 from dchml.app.cli import main
-from dchml.data import load_dataset
+from dchml.data import DataError, load_dataset
 from dchml.data.vocab import Vocabulary
 from dchml.method.encoding import encode
 from dchml.method.features import FeaturesError, extract_features
 
+from file_damage import flip
 from image_data import corrupt, make_textlist
 
 TINY = ["--bits", "16", "--epochs", "1", "--batch-size", "8", "--topk", "20", "--proxy-steps", "50", "--quiet"]
@@ -48,7 +49,7 @@ def test_interrupted_extraction_resumes_to_the_same_file(folder, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         extract_features(data, out, image_weights="random", chunk_rows=5, on_chunk=stop_after_two)
     assert not out.exists() and sorted(p.name for p in (tmp_path / "f.npz.partial").iterdir()) == [
-        "image_000000.npy", "image_000001.npy", "manifest.json"]
+        "image_000000.npz", "image_000001.npz", "manifest.json"]
     computed = []
     summary = extract_features(data, out, image_weights="random", chunk_rows=5,
                                on_chunk=lambda kind, i: computed.append(i))
@@ -61,6 +62,28 @@ def test_interrupted_extraction_resumes_to_the_same_file(folder, tmp_path):
     with pytest.raises(FeaturesError, match=r"g.npz.partial holds an interrupted extraction with other settings "
                                             r"\(chunk_rows differ\)"):
         extract_features(data, tmp_path / "g.npz", image_weights="random", chunk_rows=6)
+
+
+def test_damaged_chunk_and_features_file_are_refused_by_name(folder, tmp_path):
+    data = _data(folder)
+    out = tmp_path / "f.npz"
+
+    def stop(kind, i):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(data, out, image_weights="random", chunk_rows=12, on_chunk=stop)
+    chunk = tmp_path / "f.npz.partial" / "image_000000.npz"
+    flip(chunk, "first KiB")
+    with pytest.raises(FeaturesError, match=rf"^features chunk {chunk} is damaged \(checksum mismatch in "
+                                            r"features.npy\); delete it and run the same command again"):
+        extract_features(data, out, image_weights="random", chunk_rows=12)
+    chunk.unlink()
+    extract_features(data, out, image_weights="random", chunk_rows=12)  # computes that chunk anew
+    assert load_dataset(str(out)).image.shape == (24, 4096)
+    flip(out, "middle")
+    with pytest.raises(DataError, match=rf"^data file {out} is damaged \(checksum mismatch in image.npy\)"):
+        load_dataset(str(out))
 
 
 def test_features_file_trains_and_encodes_raw_queries(folder, tmp_path, capsys):

@@ -1,5 +1,7 @@
 """dchml.margin_dynamic_softmax / dchml.partial_softmax and their operators, against the float64
 reference written from docs/spec.md (tests/loss_reference.py)."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -264,6 +266,40 @@ def test_gradcheck_float64():
 
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_gradgradcheck_float64(reduction, sparse):
+    """Second derivatives (create_graph=True) of every loss op: exact, with no warning of a
+    missing autograd kernel, in both label forms (a row without negatives included)."""
+    codes, other, proxies, labels = make_inputs(5, 6, 7)
+    codes.requires_grad_(True)
+    other.requires_grad_(True)
+    given = torch.ops.dchml.labels_to_csr(labels) if sparse else labels
+    losses = [lambda c: margin_dynamic_softmax(c, proxies, given, reduction=reduction),
+              lambda c, o: margin_dynamic_softmax(c, proxies, given, other=o, reduction=reduction),
+              lambda c: partial_softmax(c, proxies, given, reduction=reduction)]
+    if reduction == "none":
+        losses += [lambda c, o: MarginDynamicSoftmax.apply(c, proxies, given, ETA, MU, o),
+                   lambda c: MarginDynamicSoftmax.apply(c, proxies, given, ETA, MU, None)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "autograd kernel was not registered"
+        for loss in losses:
+            inputs = (codes, other)[:loss.__code__.co_argcount]
+            assert torch.autograd.gradgradcheck(loss, inputs)
+
+
+def test_double_backward_float32_matches_float64():
+    codes, other, proxies, labels = make_inputs(6, 21, 16)
+    hessians = []
+    for dtype in (torch.float64, torch.float32):
+        x = codes.to(dtype).requires_grad_(True)
+        (g,) = torch.autograd.grad(margin_dynamic_softmax(x, proxies.to(torch.int8), labels), x, create_graph=True)
+        (h,) = torch.autograd.grad((g * torch.linspace(-1, 1, x.numel(), dtype=dtype).view_as(x)).sum(), x)
+        hessians.append(h.double())
+    assert hessians[0].abs().max() > 0
+    torch.testing.assert_close(hessians[1], hessians[0], rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("sparse", [False, True])
@@ -331,6 +367,27 @@ def test_opcheck():
                                           (codes, o, proxies, lab, idx, ETA, MU, reduction))
                 torch.library.opcheck(torch.ops.dchml.partial_softmax_loss_reduced,
                                       (codes, proxies, lab, idx, GAMMA, SIGMA, reduction))
+
+
+def test_backward_operators_pass_opcheck():
+    # the backward operators have an autograd kernel (a differentiable backward); the aot test,
+    # slow to start, runs once per operator
+    quick = ("test_schema", "test_autograd_registration", "test_faketensor")
+    codes, other, proxies, offsets, indices, labels = _op_samples()[0]
+    grad = torch.linspace(0.5, 1.5, codes.shape[0], dtype=codes.dtype).requires_grad_(True)
+    for lab, idx in ((offsets, indices), (labels, None)):
+        for o in (None, other):
+            lse = torch.ops.dchml.mds_loss(codes, o, proxies, lab, idx, ETA, MU)[1].detach()
+            torch.library.opcheck(torch.ops.dchml.mds_loss_backward,
+                                  (grad, codes, o, proxies, lab, idx, lse, ETA, MU), test_utils=quick)
+        lse = torch.ops.dchml.partial_softmax_loss(codes, proxies, lab, idx, GAMMA, SIGMA)[1].detach()
+        torch.library.opcheck(torch.ops.dchml.partial_softmax_loss_backward,
+                              (grad, codes, proxies, lab, idx, lse, GAMMA, SIGMA), test_utils=quick)
+    mds_lse = torch.ops.dchml.mds_loss(codes, other, proxies, offsets, indices, ETA, MU)[1].detach()
+    psl_lse = torch.ops.dchml.partial_softmax_loss(codes, proxies, labels, None, GAMMA, SIGMA)[1].detach()
+    for op, args in ((torch.ops.dchml.mds_loss_backward, (other, proxies, offsets, indices, mds_lse, ETA, MU)),
+                     (torch.ops.dchml.partial_softmax_loss_backward, (proxies, labels, None, psl_lse, GAMMA, SIGMA))):
+        torch.library.opcheck(op, (grad, codes, *args), test_utils=("test_aot_dispatch_dynamic",))
 
 
 def test_torch_compile_fullgraph():

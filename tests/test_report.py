@@ -40,8 +40,8 @@ def test_comparison_report(tmp_path):
     assert "| **DCHML_P** | I->T | 0.6123 |" in text
     assert "| linear hasher | I->T | 0.7000 |" in text and "| chance | T->I | 0.2000 |" in text
     assert "| DCHML | 16 | 2 | 3 | 0.50 | 6 / 8.2 |" in text  # kept epoch 2 of 3 run
-    assert "DCHML at 16 bits beats the linear hasher by +0.0706" in text
-    assert "DCHML_P at 16 bits does NOT beat the linear hasher" in text
+    assert "DCHML at 16 bits beats the linear hasher, the best shallow baseline, by +0.0706" in text
+    assert "DCHML_P at 16 bits does NOT beat the linear hasher, the best shallow baseline" in text
     assert "kept epoch 2 of 3: best mean validation MAP" in text
     assert "image standardised per dimension, clipped to +-5, 1 constant dimensions set to 0" in text
     assert "- a note" in text and "`dchml demo --out d`" in text
@@ -69,3 +69,14 @@ def test_code_lengths_side_by_side_and_chance_verdict():
 def test_report_needs_a_run(tmp_path):
     with pytest.raises(ValueError, match="at least one run"):
         write_report(str(tmp_path), {})
+
+
+def test_verdicts_compare_with_the_best_shallow_baseline():
+    from dchml.app.report import verdicts
+
+    m = _metrics("dchml", 0.75, 0.75)
+    m["baselines"]["kernel"] = {"i2t_map": 0.78, "t2i_map": 0.77}
+    assert verdicts({"a": m}) == ["DCHML at 16 bits does NOT beat the kernel hasher, the best shallow baseline (mean "
+                                  "MAP 0.7500 vs 0.7750). Train longer (--epochs), or try another --lr; the kernel "
+                                  "hasher is the better code here."]
+

@@ -13,6 +13,7 @@ from dchml.method.objective import LossWeights, full_objective, step_loss
 from dchml.method.passes import update_codes
 from dchml.method.proxies import proxy_diagnostics, train_proxies
 from dchml.train import TrainConfig, evaluate, train
+from conftest import train_until
 
 
 def mds_row(b, g, y, eta, mu, other=None):
@@ -189,21 +190,12 @@ def test_same_seed_same_run_different_seed_differs(tiny):
     assert not torch.equal(a.state["stored_image"], c.state["stored_image"])
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_resume_equals_uninterrupted_run(tiny, tmp_path):
     cfg = _cfg(epochs=3)
     full = train(tiny, cfg, checkpoint_path=str(tmp_path / "full.pt"), progress=False, log=None)
 
-    def stop_after_2(epoch, record):
-        if epoch == 2:
-            raise Interrupt
-
     path = str(tmp_path / "cut.pt")
-    with pytest.raises(Interrupt):
-        train(tiny, cfg, checkpoint_path=path, progress=False, log=None, on_epoch_end=stop_after_2)
+    train_until(train, tiny, cfg, path, epoch=2)
     assert load_checkpoint(path)["epoch"] == 2
     torch.manual_seed(12345)  # a different global RNG state must not matter
     resumed = train(tiny, cfg, checkpoint_path=path, resume=True, progress=False, log=None)

@@ -292,40 +292,6 @@ DCHML_ROW_INLINE void mds_row_weights(const RowBlockInputs<T>& in, T eta, T mu, 
   }
 }
 
-template <typename T>
-DCHML_SIMD_CLONES bool mds_forward(const RowBlockInputs<T>& in, T eta, T mu, T* loss, T* lse, int64_t r0,
-                                   int64_t r1) {
-  auto body = [&](int64_t i0, int nr, Scratch<T>& sc, const PositiveList* ls) DCHML_INLINE_LAMBDA {
-    mds_block_forward(in, eta, mu, i0, nr, sc, ls, loss, lse);
-  };
-  return for_each_block(in, in.den, r0, r1, body);
-}
-
-template <typename T>
-DCHML_SIMD_CLONES bool mds_backward(const RowBlockInputs<T>& in, T eta, T mu, const T* lse, const T* grad_loss,
-                                    T* grad_codes, T* grad_den, int64_t r0, int64_t r1) {
-  auto row_weights = [&](int64_t i, T* w, PositiveList l, T*) DCHML_INLINE_LAMBDA {
-    mds_row_weights(in, eta, mu, i, w, l, lse[i], grad_loss[i], grad_codes);
-  };
-  return for_each_block_combined(in, in.den, in.separate ? grad_den : grad_codes, r0, r1, row_weights);
-}
-
-// The forward, then from the same scores the gradient of grad_row * sum_i loss_i: the backward's
-// second score pass and label read saved.
-template <typename T>
-DCHML_SIMD_CLONES bool mds_forward_backward(const RowBlockInputs<T>& in, T eta, T mu, T grad_row, T* loss, T* lse,
-                                            T* grad_codes, T* grad_den, int64_t r0, int64_t r1) {
-  const ProxyPanel<T>& p = *in.proxies;
-  T* combined = in.separate ? grad_den : grad_codes;
-  auto body = [&](int64_t i0, int nr, Scratch<T>& sc, const PositiveList* ls) DCHML_INLINE_LAMBDA {
-    mds_block_forward(in, eta, mu, i0, nr, sc, ls, loss, lse);
-    for (int r = 0; r < nr; ++r)
-      mds_row_weights(in, eta, mu, i0 + r, sc.s.data() + r * p.cp, ls[r], lse[i0 + r], grad_row, grad_codes);
-    block_product<Product::kCombine>(sc.s.data(), nr, p, combined + i0 * p.k);
-  };
-  return for_each_block(in, in.den, r0, r1, body);
-}
-
 // The partial softmax's forward for a block: the negatives' log-sum-exps, then each row's mean
 // over its positives.
 template <typename T>
@@ -359,73 +325,109 @@ DCHML_ROW_INLINE void psl_row_weights(const ProxyPanel<T>& p, T gamma, T sigma, 
   for (e = 0; e < l.npos; ++e) w[l.pos[e]] = kept[e];
 }
 
+// The two losses as the passes below see them: the rows whose scores are taken (`scored`), a
+// block's forward, and one row's gradient weights (times grad_row; kept: scratch for the row).
 template <typename T>
-DCHML_SIMD_CLONES bool psl_forward(const RowBlockInputs<T>& in, T gamma, T sigma, T* loss, T* lse_neg, int64_t r0,
-                                   int64_t r1) {
-  auto body = [&](int64_t i0, int nr, Scratch<T>& sc, const PositiveList* ls) DCHML_INLINE_LAMBDA {
-    psl_block_forward(in, gamma, sigma, i0, nr, sc, ls, loss, lse_neg);
-  };
-  return for_each_block(in, in.codes, r0, r1, body);
-}
+struct MdsRows {
+  const RowBlockInputs<T>& in;
+  T eta, mu;
+  T* grad_codes;  // the numerator's part of the gradient with `other` (else unused)
+  const T* scored() const { return in.den; }
+  DCHML_ROW_INLINE void block_forward(int64_t i0, int nr, Scratch<T>& sc, const PositiveList* ls, T* loss,
+                                      T* lse) const {
+    mds_block_forward(in, eta, mu, i0, nr, sc, ls, loss, lse);
+  }
+  DCHML_ROW_INLINE void row_weights(int64_t i, T* w, PositiveList l, T lse, T grad_row, T*) const {
+    mds_row_weights(in, eta, mu, i, w, l, lse, grad_row, grad_codes);
+  }
+};
 
 template <typename T>
-DCHML_SIMD_CLONES bool psl_backward(const RowBlockInputs<T>& in, T gamma, T sigma, const T* lse_neg,
-                                    const T* grad_loss, T* grad_codes, int64_t r0, int64_t r1) {
-  const ProxyPanel<T>& p = *in.proxies;
+struct PslRows {
+  const RowBlockInputs<T>& in;
+  T gamma, sigma;
+  const T* scored() const { return in.codes; }
+  DCHML_ROW_INLINE void block_forward(int64_t i0, int nr, Scratch<T>& sc, const PositiveList* ls, T* loss,
+                                      T* lse_neg) const {
+    psl_block_forward(in, gamma, sigma, i0, nr, sc, ls, loss, lse_neg);
+  }
+  DCHML_ROW_INLINE void row_weights(int64_t, T* w, PositiveList l, T lse_neg, T grad_row, T* kept) const {
+    psl_row_weights(*in.proxies, gamma, sigma, w, l, lse_neg, grad_row, kept);
+  }
+};
+
+// The passes over rows [r0, r1), each compiled per instruction set with the loss's row code
+// inlined. combined: where the block's weights x proxies product goes (the gradient of the
+// scored rows).
+template <typename T, typename Loss>
+DCHML_SIMD_CLONES bool forward_rows(const Loss& loss, T* out, T* lse, int64_t r0, int64_t r1) {
+  auto body = [&](int64_t i0, int nr, Scratch<T>& sc, const PositiveList* ls) DCHML_INLINE_LAMBDA {
+    loss.block_forward(i0, nr, sc, ls, out, lse);
+  };
+  return for_each_block(loss.in, loss.scored(), r0, r1, body);
+}
+
+template <typename T, typename Loss>
+DCHML_SIMD_CLONES bool backward_rows(const Loss& loss, const T* lse, const T* grad_loss, T* combined, int64_t r0,
+                                     int64_t r1) {
   auto row_weights = [&](int64_t i, T* w, PositiveList l, T* kept) DCHML_INLINE_LAMBDA {
-    psl_row_weights(p, gamma, sigma, w, l, lse_neg[i], grad_loss[i], kept);
+    loss.row_weights(i, w, l, lse[i], grad_loss[i], kept);
   };
-  return for_each_block_combined(in, in.codes, grad_codes, r0, r1, row_weights);
+  return for_each_block_combined(loss.in, loss.scored(), combined, r0, r1, row_weights);
 }
 
-template <typename T>
-DCHML_SIMD_CLONES bool psl_forward_backward(const RowBlockInputs<T>& in, T gamma, T sigma, T grad_row, T* loss,
-                                            T* lse_neg, T* grad_codes, int64_t r0, int64_t r1) {
-  const ProxyPanel<T>& p = *in.proxies;
+// The forward, then from the same scores the gradient of grad_row * sum_i loss_i: the backward's
+// second score pass and label read saved.
+template <typename T, typename Loss>
+DCHML_SIMD_CLONES bool forward_backward_rows(const Loss& loss, T grad_row, T* out, T* lse, T* combined, int64_t r0,
+                                             int64_t r1) {
+  const ProxyPanel<T>& p = *loss.in.proxies;
   auto body = [&](int64_t i0, int nr, Scratch<T>& sc, const PositiveList* ls) DCHML_INLINE_LAMBDA {
-    psl_block_forward(in, gamma, sigma, i0, nr, sc, ls, loss, lse_neg);
+    loss.block_forward(i0, nr, sc, ls, out, lse);
     for (int r = 0; r < nr; ++r)
-      psl_row_weights(p, gamma, sigma, sc.s.data() + r * p.cp, ls[r], lse_neg[i0 + r], grad_row, sc.tmp.data());
-    block_product<Product::kCombine>(sc.s.data(), nr, p, grad_codes + i0 * p.k);
+      loss.row_weights(i0 + r, sc.s.data() + r * p.cp, ls[r], lse[i0 + r], grad_row, sc.tmp.data());
+    block_product<Product::kCombine>(sc.s.data(), nr, p, combined + i0 * p.k);
   };
-  return for_each_block(in, in.codes, r0, r1, body);
+  return for_each_block(loss.in, loss.scored(), r0, r1, body);
 }
 
 }  // namespace
 
 template <typename T>
 bool row_block_mds_forward(const RowBlockInputs<T>& in, T eta, T mu, T* loss, T* lse, int64_t r0, int64_t r1) {
-  return mds_forward(in, eta, mu, loss, lse, r0, r1);
+  return forward_rows(MdsRows<T>{in, eta, mu, nullptr}, loss, lse, r0, r1);
 }
 
 template <typename T>
 bool row_block_mds_backward(const RowBlockInputs<T>& in, T eta, T mu, const T* lse, const T* grad_loss,
                             T* grad_codes, T* grad_den, int64_t r0, int64_t r1) {
-  return mds_backward(in, eta, mu, lse, grad_loss, grad_codes, grad_den, r0, r1);
+  return backward_rows(MdsRows<T>{in, eta, mu, grad_codes}, lse, grad_loss, in.separate ? grad_den : grad_codes, r0,
+                       r1);
 }
 
 template <typename T>
 bool row_block_psl_forward(const RowBlockInputs<T>& in, T gamma, T sigma, T* loss, T* lse_neg, int64_t r0,
                            int64_t r1) {
-  return psl_forward(in, gamma, sigma, loss, lse_neg, r0, r1);
+  return forward_rows(PslRows<T>{in, gamma, sigma}, loss, lse_neg, r0, r1);
 }
 
 template <typename T>
 bool row_block_psl_backward(const RowBlockInputs<T>& in, T gamma, T sigma, const T* lse_neg, const T* grad_loss,
                             T* grad_codes, int64_t r0, int64_t r1) {
-  return psl_backward(in, gamma, sigma, lse_neg, grad_loss, grad_codes, r0, r1);
+  return backward_rows(PslRows<T>{in, gamma, sigma}, lse_neg, grad_loss, grad_codes, r0, r1);
 }
 
 template <typename T>
 bool row_block_mds_forward_backward(const RowBlockInputs<T>& in, T eta, T mu, T grad_row, T* loss, T* lse,
                                     T* grad_codes, T* grad_den, int64_t r0, int64_t r1) {
-  return mds_forward_backward(in, eta, mu, grad_row, loss, lse, grad_codes, grad_den, r0, r1);
+  return forward_backward_rows(MdsRows<T>{in, eta, mu, grad_codes}, grad_row, loss, lse,
+                               in.separate ? grad_den : grad_codes, r0, r1);
 }
 
 template <typename T>
 bool row_block_psl_forward_backward(const RowBlockInputs<T>& in, T gamma, T sigma, T grad_row, T* loss, T* lse_neg,
                                     T* grad_codes, int64_t r0, int64_t r1) {
-  return psl_forward_backward(in, gamma, sigma, grad_row, loss, lse_neg, grad_codes, r0, r1);
+  return forward_backward_rows(PslRows<T>{in, gamma, sigma}, grad_row, loss, lse_neg, grad_codes, r0, r1);
 }
 
 #define DCHML_ROW_BLOCK_INSTANCES(T)                                                                           \

@@ -55,7 +55,8 @@ TORCH_LIBRARY_FRAGMENT(dchml, m) {
 // c = 21), step = loss + backward: the Python autograd hop of torch.library.register_autograd
 // cost about 100 us of a 230 us step, and torch::autograd::Function (CppNode: a context with a
 // string-keyed map, wrapped outputs) about 15 us of an 86 us step. torch.compile traces through
-// the node (the backward ops have fake kernels in dchml/ops/).
+// the node (the backward ops have fake kernels in dchml/ops/). The backward operators have an
+// Autograd kernel of their own, so that a backward with create_graph=True is differentiable too.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/function.h>
@@ -66,6 +67,7 @@ TORCH_LIBRARY_FRAGMENT(dchml, m) {
 
 #include "core/sign_panel.h"
 #include "ops/cpu/loss_call.h"
+#include "ops/loss_composite.h"
 
 #include <memory>
 #include <type_traits>
@@ -149,7 +151,9 @@ at::Tensor reduce_rows(const at::Tensor& rows, int64_t reduction) {
 // the scalar is read directly (no device sync there) and one filled tensor made.
 at::Tensor expand_reduced_grad(const at::Tensor& grad, const c10::SymInt& n, int64_t reduction) {
   if (reduction == 0) return grad;
-  if (readable_cpu(grad)) {  // a plain loop: at::full's TensorIterator fill cost ~1 us more here
+  // a plain loop (at::full's TensorIterator fill cost ~1 us more here); with a graph to record
+  // (create_graph=True), the differentiable form below
+  if (readable_cpu(grad) && !at::GradMode::is_enabled()) {
     const int64_t rows = n.expect_int();
     const double scale = reduction == 1 && rows > 0 ? 1.0 / static_cast<double>(rows) : 1.0;
     at::Tensor out = at::empty({rows}, grad.options());
@@ -369,6 +373,58 @@ std::tuple<at::Tensor, at::Tensor> partial_softmax_loss_reduced_kernel(const at:
   return {reduce_rows(rows, reduction), lse_neg};
 }
 
+// ---- the backward operators under autograd: a differentiable backward ----
+// A backward run with create_graph=True must return gradients that autograd can differentiate
+// again; the fused backward kernels are not differentiable. So the backward operators have an
+// Autograd kernel too: without a graph to record (every first-order backward) it is the fused
+// kernel alone; with one, the fused kernel still runs (its input checks, its values) and the
+// result carries the graph of the same gradient written as ATen operators (ops/loss_composite.h),
+// so second derivatives are exact. That graph holds (n x c) tensors: a cost only the caller who
+// asks for it pays.
+bool records_graph(std::initializer_list<const at::Tensor*> inputs) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor* t : inputs)
+    if (t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+// The values of `fused`, the derivatives of `composite` (composite - composite.detach() is 0).
+at::Tensor with_graph_of(const at::Tensor& fused, const at::Tensor& composite) {
+  return fused.add(composite.sub(composite.detach()));
+}
+
+std::tuple<at::Tensor, at::Tensor> mds_loss_backward_autograd(const at::Tensor& grad_loss, const at::Tensor& codes,
+                                                              const std::optional<at::Tensor>& other,
+                                                              const at::Tensor& proxies, const at::Tensor& labels,
+                                                              const std::optional<at::Tensor>& indices,
+                                                              const at::Tensor& lse, double eta, double mu) {
+  const at::Tensor none;
+  const bool graph = records_graph({&grad_loss, &codes, other.has_value() ? &*other : &none});
+  std::tuple<at::Tensor, at::Tensor> fused;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    fused = mds_loss_backward_op().call(grad_loss, codes, other, proxies, labels, indices, lse, eta, mu);
+  }
+  if (!graph) return fused;
+  auto [grad_codes, grad_other] = mds_gradient_composite(grad_loss, codes, other, proxies, labels, indices, eta, mu);
+  return {with_graph_of(std::get<0>(fused), grad_codes),
+          other.has_value() ? with_graph_of(std::get<1>(fused), grad_other) : std::get<1>(fused)};
+}
+
+at::Tensor partial_softmax_loss_backward_autograd(const at::Tensor& grad_loss, const at::Tensor& codes,
+                                                  const at::Tensor& proxies, const at::Tensor& labels,
+                                                  const std::optional<at::Tensor>& indices, const at::Tensor& lse_neg,
+                                                  double gamma, double sigma) {
+  const bool graph = records_graph({&grad_loss, &codes});
+  at::Tensor fused;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    fused = partial_softmax_loss_backward_op().call(grad_loss, codes, proxies, labels, indices, lse_neg, gamma, sigma);
+  }
+  if (!graph) return fused;
+  return with_graph_of(fused, psl_gradient_composite(grad_loss, codes, proxies, labels, indices, gamma, sigma));
+}
+
 }  // namespace
 
 // The CPU float products and softmax: AVX-512 lookup tables (SignPanel, masked_softmax) when the
@@ -388,6 +444,12 @@ TORCH_LIBRARY_IMPL(dchml, Autograd, m) {
   m.impl("partial_softmax_loss", &partial_softmax_loss_autograd);
   m.impl("mds_loss_reduced", &mds_loss_reduced_autograd);
   m.impl("partial_softmax_loss_reduced", &partial_softmax_loss_reduced_autograd);
+}
+
+// the backward operators' own (a differentiable backward, see above)
+TORCH_LIBRARY_IMPL(dchml, Autograd, m) {
+  m.impl("mds_loss_backward", &mds_loss_backward_autograd);
+  m.impl("partial_softmax_loss_backward", &partial_softmax_loss_backward_autograd);
 }
 
 // The reduced ops' backend kernels only call the row ops (which dispatch on device) and at::sum /

@@ -23,6 +23,10 @@ class Parser(argparse.ArgumentParser):
 # two threads 5-20x slower per epoch as soon as another process is busy (measured 5-25 s/epoch vs
 # 1.2-1.8 s/epoch on one thread); unloaded, two threads are only ~30% faster (0.8 vs ~1.1 s).
 DEMO_THREADS = 1
+# One torch thread per search by default: a server's parallelism is its concurrent requests (one
+# worker thread per core), and two OpenMP threads per search on a busy 2-core machine made a
+# 1M-code search 13x slower (15.8 ms vs 1.2 ms measured).
+SERVE_THREADS = 1
 
 
 def _integer(text, minimum: int, expected: str) -> int:
@@ -104,7 +108,7 @@ def _add_image_data_args(p):
                    help="raw captions: bag-of-words values (default binary)")
 
 
-def _add_train_args(p, *, demo=False):
+def _add_train_args(p, *, demo=False, threads=None):
     from ..method.normalize import KINDS
     from ..method.config import OPTIMIZERS, PAPER_RECIPE, RECIPES, SCHEDULES, SELECTIONS, TrainConfig
 
@@ -113,7 +117,7 @@ def _add_train_args(p, *, demo=False):
     p.add_argument("--recipe", choices=list(RECIPES), default="default",
                    help="training recipe: dchml's default (chosen on a panel of data sets, docs/method.md) or the "
                         "method's paper settings (DCHML: plain SGD, lr 1e-3, 120 epochs, features as given, last "
-                        "epoch; PSLDH, CSQ: their public code's, docs/spec.md §12)")
+                        "epoch; PSLDH, CSQ: their public code's, docs/spec.md §6.4, §12)")
     p.add_argument("--bits", type=_positive_int if demo else _bits_list, default=None,
                    help=f"code length (default {d.bits})" + ("" if demo else "; several, e.g. 16,32,64, train one "
                                                             "model each into DIR/bitsN and write one report"))
@@ -147,8 +151,11 @@ def _add_train_args(p, *, demo=False):
     p.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     if not demo:
+        p.add_argument("--modality", choices=["image", "text"], default=None,
+                       help="single-modality methods (psldh, csq): the modality trained and searched (default: "
+                            "image when the data has it)")
         _add_finetune_args(p)
-    _add_threads_arg(p, DEMO_THREADS if demo else None)
+    _add_threads_arg(p, DEMO_THREADS if demo else threads)
     p.add_argument("--force", action="store_true", help="write into an existing non-empty --out directory")
 
 
@@ -213,13 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--method", choices=list(METHODS), default=None,
                    help="default dchml; " + "; ".join(f"{name}: {m.summary}" for name, m in METHODS.items()))
-    p.add_argument("--modality", choices=["image", "text"], default=None,
-                   help="single-modality methods (psldh, csq): the modality trained and searched (default: "
-                        "image when the data has it)")
+
     _add_train_args(p)
     p.add_argument("--image-weights", default=None,
-                   help="local state dict of the image backbone, or 'random' (pixel data only; default: the "
-                        "weights cache, $DCHML_CACHE or ~/.cache/dchml, else random)")
+                   help="local state dict of the image backbone (pixel data only; default: the weights cache, "
+                        "$DCHML_CACHE or ~/.cache/dchml, else random with a warning), or 'random': start the backbone "
+                        "from random weights on purpose (offline, or to train from scratch); the report says so")
     p.add_argument("--out", required=True, help="output directory (metrics.json, checkpoint.pt, report.md, PNGs)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
     p.add_argument("--nproc", type=_positive_int, default=None,
@@ -231,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, "the data the checkpoint was trained on")
     p.add_argument("--seed", type=_nonneg_int, default=None,
                    help="seed of the data split (default: the seed the checkpoint was trained with)")
-    p.add_argument("--topk", type=_positive_int, default=5000)
+    p.add_argument("--topk", type=_positive_int, default=None,
+                   help="MAP@K cut-off (default: the one the checkpoint was trained with)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="also write the scores (and curves) to this JSON file")
     _add_threads_arg(p)
@@ -277,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--image-backbone", choices=list(BACKBONES), default="alexnet", help="default alexnet")
     p.add_argument("--image-weights", default=None,
-                   help="local state dict of the backbone, or 'random' (tests only); default: the weights cache")
+                   help="local state dict of the backbone (default: the weights cache), or 'random': random weights "
+                        "on purpose (features of an untrained network: for pipelines and tests, not retrieval)")
     p.add_argument("--image-size", type=_positive_int, default=224, help="side of the square image input (default 224)")
     p.add_argument("--text-backbone", choices=TEXT_BACKBONES, default="bow",
                    help="bow: the data set's bag-of-words rows (captions through the vocabulary); clip: CLIP's "
@@ -294,16 +302,84 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threads_arg(p)
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
+    _add_serve_parser(sub)
+
     p = sub.add_parser("demo", help="DCHML vs DCHML_P on the synthetic set at 64 bits, one comparison report")
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
     _add_train_args(p, demo=True)
     p.add_argument("--jobs", type=_positive_int, default=None,
                    help="methods trained at once, one process each (default: 2 on a CPU with a core per run, else 1)")
+    _add_comparison_parsers(sub)
     return parser
 
 
+def _port(text):
+    value = _integer(text, 0, "a port number in 0..65535")
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number in 0..65535, got {text!r}")
+    return value
+
+
+def _add_serve_parser(sub):
+    p = sub.add_parser("serve", help="a search API and web page over a trained model (docs/serve.md)")
+    p.add_argument("--checkpoint", required=True)
+    _add_data_args(p, "the data the checkpoint was trained on")
+    p.add_argument("--seed", type=_nonneg_int, default=None,
+                   help="seed of the data split (default: the seed the checkpoint was trained with)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; the API has no authentication)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0: any free port)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--access-log", action="store_true", help="log every request on stderr")
+    _add_threads_arg(p, SERVE_THREADS)
+
+
+def _add_comparison_parsers(sub):
+    """`dchml compare` and `dchml sweep` (dchml/app/compare.py, sweep.py): many ordinary runs in
+    DIR/runs/, one table; every train flag applies to all of them."""
+    from .run_grid import available_methods
+
+    for name, text in (("compare", "train methods x code lengths x seeds on one split, one table of MAP mean ± std"),
+                       ("sweep", "one-at-a-time sensitivity of numeric training parameters over seeds")):
+        p = sub.add_parser(name, help=text)
+        _add_data_args(p, "synthetic")
+        if name == "compare":
+            p.add_argument("--methods", default=None,
+                           help=f"comma-separated methods (default: all of {','.join(available_methods())})")
+            p.add_argument("--curves-bits", type=_positive_int, default=None,
+                           help="code length of the precision@N / precision-recall figures (default 64 if compared, "
+                                "else the longest)")
+        else:
+            p.add_argument("--param", action="append", required=True, metavar="NAME=V1,V2,...",
+                           help="a numeric training parameter and its values, e.g. eta=0.1,0.3,0.5 (repeat for more "
+                                "parameters; each is varied with the others at their defaults)")
+            p.add_argument("--method", default=None, help="the method trained (default dchml)")
+        p.add_argument("--seeds", type=_positive_int, default=3,
+                       help="seeds 0..N-1 of every cell: initialisation, shuffles, validation slice (default 3)")
+        p.add_argument("--split-seed", type=_nonneg_int, default=0,
+                       help="seed of the data split, the same for every run (data with its own split keep it; "
+                            "default 0)")
+        p.add_argument("--jobs", type=_positive_int, default=None,
+                       help="runs trained at once, one process each (default: one per --threads cores on a CPU, "
+                            "1 on a GPU)")
+        p.add_argument("--out", required=True,
+                       help=f"output directory: runs/, {name}.md, {name}.csv, figures; rerun the same command to "
+                            "continue it (finished runs are kept, interrupted ones resume); --force also retrains "
+                            "runs made with other settings")
+        _add_train_args(p, threads=DEMO_THREADS)
+
+
 def log_for(args):
-    return None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    """The command's progress log on stderr (None under --quiet); its warnings and notes carry the
+    same `dchml <command>:` prefix as its errors."""
+    if getattr(args, "quiet", False):
+        return None
+    prefix = f"dchml {args.command}: "
+
+    def log(message):
+        print(prefix + message if message.startswith(("warning:", "note:")) else message, file=sys.stderr,
+              flush=True)
+    return log
 
 
 def load_data(args, seed, recorded=None, image_size=224):

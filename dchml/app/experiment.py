@@ -56,7 +56,8 @@ def describe_device(device: str) -> str:
             model += " with AVX-512"
     except OSError:
         pass
-    return f"{os.cpu_count()}-core {model}, CPU ({torch.get_num_threads()} torch threads), no GPU used"
+    threads = torch.get_num_threads()
+    return f"{os.cpu_count()}-core {model}, CPU ({threads} torch thread{'s' if threads != 1 else ''}), no GPU used"
 
 
 def data_summary(data) -> dict:
@@ -77,14 +78,16 @@ def data_summary(data) -> dict:
 
 
 def baselines(result, data, cfg: TrainConfig) -> dict:
-    """The linear hasher (trained on the run's fitted training items, with its category codes and
-    input normalisers) and chance, scored on the same queries, database and tasks as the run."""
-    from ..method.baselines import chance_map, linear_hasher
+    """The linear and kernel hashers (trained on the run's fitted training items, with its category
+    codes and input normalisers; the kernel hasher's anchors drawn from the run's seed) and chance,
+    scored on the same queries, database and tasks as the run."""
+    from ..method.baselines import chance_map, kernel_hasher, linear_hasher
     from ..method.methods import tasks_of
 
     split = result.state.get("split") or {"fit_idx": data.train_idx, "val_idx": data.train_idx[:0]}
-    return {"linear": linear_hasher(result.model, data, split["fit_idx"], split["val_idx"], topk=cfg.topk,
-                                    method=cfg.method),
+    fit, val = split["fit_idx"], split["val_idx"]
+    return {"linear": linear_hasher(result.model, data, fit, val, topk=cfg.topk, method=cfg.method),
+            "kernel": kernel_hasher(result.model, data, fit, val, topk=cfg.topk, seed=cfg.seed, method=cfg.method),
             "chance": chance_map(data, topk=cfg.topk, tasks=tasks_of(result.model.modalities))}
 
 
@@ -110,6 +113,7 @@ def build_metrics(cfg: TrainConfig, result, scores: dict, data, *, command: str 
         "baselines": reference or {},
         "selection": result.selection,
         "normalization": normalization_summary(result.model),
+        "backbone": dict(result.state.get("backbone") or {}),
         "epochs": len(result.history),
         "seconds_per_epoch": statistics.median(seconds) if seconds else None,
         "train_seconds": sum(seconds),

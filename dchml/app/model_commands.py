@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 import numpy as np
 
-from .arguments import UsageError, check_output_file, load_data
+from .arguments import UsageError, check_output_file, load_data, log_for
 
 
 def _load_model(args):
@@ -32,28 +33,64 @@ def _checkpoint_data(args, state):
     return load_data(args, seed, recorded, state["model_spec"].get("image_size", 224)), seed
 
 
-def _refuse_trained_queries(state, data, rows, seed, what):
-    """Queries that are training items of the checkpoint inflate every score: refuse them."""
+def _split_words(source: dict | None, seed) -> str:
+    """How a data set's query/database split was made, in words."""
+    kind = (source or {}).get("split")
+    if kind == "file":
+        return "the file's own query/database/training split"
+    if kind == "file, training drawn from the seed":
+        return f"the file's own query/database split, training items drawn with seed {seed}"
+    if kind == "protocol":
+        return f"protocol {source.get('protocol')} drawn with seed {seed}"
+    return f"dchml's split drawn with seed {seed}"
+
+
+def _eval_command(args, saved: dict, trained_seed) -> str:
+    """The command that evaluates the checkpoint on the split it was trained with."""
+    source = saved.get("source") or {}
+    parts = ["dchml eval --checkpoint", shlex.quote(args.checkpoint)]
+    if source.get("format") == "synthetic":
+        parts += ["--data synthetic"]
+    elif source.get("path"):
+        parts += ["--data", shlex.quote(source.get("abspath") or source["path"])]
+    parts += ["--seed", str(trained_seed)]
+    if source.get("protocol"):
+        parts += ["--protocol", source["protocol"]]
+    return " ".join(parts)
+
+
+def _refuse_trained_queries(args, state, data, rows, seed, what):
+    """Queries that are training items of the checkpoint inflate every score: refuse them, naming
+    the two splits and the command that scores the model on the one it was trained with."""
     from ..data.fingerprint import data_fingerprint, trained_items
 
     if "fingerprint" not in state["data"]:
         return  # written before data fingerprints existed: the overlap cannot be known
     count = trained_items(state["data"], data, rows)
-    if count:
-        saved = state["data"]
-        if saved["fingerprint"]["content"] == data_fingerprint(data)["content"]:
-            trained_seed = (saved.get("source") or {}).get("seed", state["config"]["seed"])
-            hint = f"use the split it was trained with (--seed {trained_seed})"
-        else:
-            hint = f"this file holds items of its training data {saved.get('name')!r} (matched by content)"
-        raise UsageError(f"{count} of the {len(rows)} {what} ({data.name}, split seed {seed}) are items the "
-                         f"checkpoint was trained on, which would inflate the scores; {hint}")
+    if not count:
+        return
+    saved = state["data"]
+    trained_seed = (saved.get("source") or {}).get("seed", state["config"]["seed"])
+    trained_on = f"{saved.get('name')!r} with {_split_words(saved.get('source'), trained_seed)}"
+    same_file = saved["fingerprint"]["content"] == data_fingerprint(data)["content"]
+    here = f"{data.name} ({_split_words(data.source, seed)})"
+    why = ("the same items split differently" if same_file
+           else "this file holds items of its training data (matched by content)")
+    raise UsageError(f"{count} of the {len(rows)} {what} of {here} are items the checkpoint was trained on "
+                     f"({trained_on}): {why}, which would inflate the scores; evaluate on the split it was trained "
+                     f"with: {_eval_command(args, saved, trained_seed)}")
 
 
 def _checkpoint_model_and_data(args):
     """eval and search: --out checked, the checkpoint's model and the data it is scored on."""
     if args.out:
         check_output_file(args.out, args.force)
+    return checkpoint_model_and_data(args)
+
+
+def checkpoint_model_and_data(args):
+    """(checkpoint dict, model on --device, device, data, split seed) for --checkpoint and --data
+    (default: the data it was trained on), the model checked to fit the data (eval, search, serve)."""
     state, model, device = _load_model(args)
     data, seed = _checkpoint_data(args, state)
     _check_model_fits_data(model, data)
@@ -66,11 +103,12 @@ def cmd_eval(args, argv):
     from ..method.evaluate import evaluate
 
     state, model, device, data, seed = _checkpoint_model_and_data(args)
-    _refuse_trained_queries(state, data, data.query_idx, seed, "queries")
+    _refuse_trained_queries(args, state, data, data.query_idx, seed, "queries")
     from ..method.methods import TASK_NAMES
 
-    scores = evaluate(model, data, topk=args.topk, curves=bool(args.out), device=device)
-    print(f"MAP@{args.topk} " + "  ".join(f"{name} {scores[f'{task}_map']:.4f}" for task, name in TASK_NAMES.items()
+    topk = args.topk or int(state["config"].get("topk", 5000))
+    scores = evaluate(model, data, topk=topk, curves=bool(args.out), device=device)
+    print(f"MAP@{topk} " + "  ".join(f"{name} {scores[f'{task}_map']:.4f}" for task, name in TASK_NAMES.items()
                                           if f"{task}_map" in scores))
     if args.out:
         write_json({"bits": model.bits, **scores, "checkpoint": args.checkpoint, "data": data.name, "seed": seed,
@@ -157,7 +195,7 @@ def _raw_input(args, model, encoders, device):
         raise UsageError(f"--input {args.input}: no such file")
     if args.modality == "text":
         return raw_inputs.text_rows(encoders, args.input, device=device,
-                                    log=lambda message: print(message, file=sys.stderr))
+                                    log=log_for(args))
     return raw_inputs.image_rows(encoders, model.spec(), args.input, device=device, workers=args.workers)
 
 
@@ -213,7 +251,7 @@ def cmd_search(args, argv):
         if bad or not positions:
             raise UsageError(f"--queries must be positions in 0..{n_query - 1} of the query split, got {args.queries!r}")
         rows = data.query_idx[positions]
-        _refuse_trained_queries(state, data, rows, seed, "queries asked for")
+        _refuse_trained_queries(args, state, data, rows, seed, "queries asked for")
         source = data.image if args.query_modality == "image" else data.text
         queries = source[rows]
     else:

@@ -24,18 +24,33 @@ def cmd_train(args, argv):
         resume = args.resume and os.path.isfile(os.path.join(out_dir, CHECKPOINT))
         fixed = {} if bits is None else {"bits": bits}
         if resume:
-            base, source = _resumed(out_dir)
+            base, source, runtime = _resumed(out_dir)
             recorded = recorded or source
+            _restore_threads(args, runtime)
             cfg = config_from_args(args, base, **fixed)
             _check_resume_unchanged(cfg, base)
         else:
-            cfg = config_from_args(args, recipe_settings(args.recipe, args.method or "dchml"), **fixed)
+            cfg = config_from_args(args, {**recipe_settings(args.recipe, args.method or "dchml"),
+                                          **_protocol_topk(args)}, **fixed)
         plans.append((cfg, out_dir, resume))
     check_before_training(plans[0][0], args.out)
     if not distributed_train.is_main_process():  # another rank of a torchrun job: rank 0 holds --out
         return _train_into(args, argv, plans, recorded, several)
     with claim(args.out, resume=args.resume, force=args.force, several=several):
         return _train_into(args, argv, plans, recorded, several)
+
+
+def _protocol_topk(args) -> dict:
+    """MAP@K's K of the data's protocol (--protocol, or the one its format implies), unless --topk is given."""
+    from ..data.protocols import default_protocol, get_protocol
+
+    name = getattr(args, "protocol", None) or default_protocol(args.data, args.format)
+    if name is None:
+        return {}
+    try:
+        return {"topk": get_protocol(name).topk}
+    except ValueError as exc:
+        raise UsageError(f"--protocol {name}: {exc}") from None
 
 
 def _resumed(out_dir: str):
@@ -45,7 +60,19 @@ def _resumed(out_dir: str):
     from ..io.run_dir import CHECKPOINT
 
     saved = load_checkpoint(os.path.join(out_dir, CHECKPOINT))
-    return saved["config"], saved["data"].get("source")
+    return saved["config"], saved["data"].get("source"), saved.get("runtime") or {}
+
+
+def _restore_threads(args, runtime: dict) -> None:
+    """A resume runs on the torch thread count the run used (it changes the order of float sums),
+    unless --threads says otherwise (then the training log says what that means)."""
+    import torch
+
+    saved = runtime.get("threads")
+    if args.threads is None and saved and saved != torch.get_num_threads():
+        torch.set_num_threads(saved)
+        if log_for(args):
+            log_for(args)(f"resuming with the run's {saved} torch thread(s), so it continues bit for bit")
 
 
 def _check_resume_unchanged(cfg, base: dict) -> None:
@@ -75,6 +102,7 @@ def _train_into(args, argv, plans, recorded, several):
 
     data = load_data(args, plans[0][0].seed, recorded, plans[0][0].image_size)
     plans = [(_check_fits_data(cfg, data, args, resume), out_dir, resume) for cfg, out_dir, resume in plans]
+    _warn_constant_features(data)
     runs = {}
     for cfg, out_dir, resume in plans:
         if several and log_for(args):
@@ -112,6 +140,29 @@ def summary_line(metrics: dict) -> str:
             f"{metrics['selection']['kept_epoch']} of {metrics['epochs']}, {metrics['seconds_per_epoch']:.2f} s/epoch)")
 
 
+def _warn_constant_features(data) -> None:
+    from ..data.dataset import constant_modalities
+
+    same = constant_modalities(data, data.train_idx)
+    if same:
+        print(f"dchml train: warning: {' and '.join(same)} features are the same for every training item: the codes "
+              "cannot tell items apart, so any MAP is chance's", file=sys.stderr, flush=True)
+
+
+def _warn_random_backbone(cfg, data, resume) -> None:
+    """A pixel run whose backbone would start from random weights because none were found says so
+    before training, also under --quiet (asking for them with --image-weights random is quiet)."""
+    from ..method.backbones import find_weights, get_spec
+
+    if resume or cfg.image_weights == "random" or not data.image_is_pixels:
+        return
+    if cfg.modality not in (None, "image") or find_weights(cfg.image_backbone, cfg.image_weights):
+        return
+    print(f"dchml train: warning: no {get_spec(cfg.image_backbone).title} weights found (--image-weights PATH, or "
+          f"the weights cache): the backbone starts from RANDOM weights, which the report and metrics.json record",
+          file=sys.stderr, flush=True)
+
+
 def _check_fits_data(cfg, data, args, resume):
     """Refuse a method the data cannot serve before anything is trained; say which side a
     single-modality method trains when the data has both."""
@@ -120,6 +171,7 @@ def _check_fits_data(cfg, data, args, resume):
 
     resolved = resolve_modality(data, cfg)
     method = get_method(cfg.method)
+    _warn_random_backbone(resolved, data, resume)
     if not method.cross_modal and cfg.modality is None and len(data_modalities(data)) > 1 and not resume:
         other = "text" if resolved.modality == "image" else "image"
         print(f"{method.title} trains on the {resolved.modality} side of {data.name}, which has both; --modality "

@@ -176,6 +176,13 @@ def validate(d: CrossModalData) -> None:
     empty = (lab.sum(1) == 0).nonzero().flatten()
     if len(empty):
         raise UnlabeledItemsError(src, len(empty), int(empty[0].item()))
+    everywhere = (lab.sum(0) == n).nonzero().flatten()
+    if len(everywhere):
+        column = int(everywhere[0])
+        name = f" ({d.class_names[column]})" if d.class_names is not None else ""
+        _fail(src, f"label column {column}{name} is set for every item, so every database item is relevant to every "
+                   "query and any ranking scores MAP 1: this is not a retrieval task (it needs items without that "
+                   "label" + (")" if lab.shape[1] > 1 else ", i.e. at least two classes)"))
     seen = {}
     for field in ("query_idx", "retrieval_idx", "train_idx"):
         idx = getattr(d, field)
@@ -263,11 +270,15 @@ def from_arrays(image=None, text=None, labels=None, *, query_idx, retrieval_idx,
 
 def _as_tensor(x, field: str, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            _fail(name, f"{field} is complex-valued ({x.dtype}); dchml needs real numbers")
         return x.detach().cpu()
     try:
         arr = np.asarray(x)
     except Exception as e:  # ragged lists and the like
         _fail(name, f"{field} is not a numeric array ({e})")
+    if np.iscomplexobj(arr):
+        _fail(name, f"{field} is complex-valued ({arr.dtype}); dchml needs real numbers")
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         _fail(name, f"{field} must be a numeric array, got dtype {arr.dtype}")
     if arr.dtype == np.bool_:
@@ -275,3 +286,16 @@ def _as_tensor(x, field: str, name: str) -> torch.Tensor:
     if arr.dtype == np.uint16 or arr.dtype == np.uint32 or arr.dtype == np.uint64:
         arr = arr.astype(np.int64)
     return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def constant_modalities(data, rows) -> list[str]:
+    """The modalities whose features are the same for every item of `rows` (in-memory features
+    only): such data can only give trivial codes, every item hashing alike."""
+    out = []
+    for modality in ("image", "text"):
+        x = getattr(data, modality, None)
+        if isinstance(x, torch.Tensor) and x.dim() == 2 and len(rows) > 1:
+            sample = x[rows]
+            if bool((sample == sample[:1]).all()):
+                out.append(modality)
+    return out

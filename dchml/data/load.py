@@ -82,7 +82,8 @@ def load_dataset(source: str, format: str = "auto", *, seed: int = 0, n_query: i
             check_classes(chosen, data.n_labels, data.name)
         if image_root is not None:
             raise DataError("synthetic: image_root applies to list-file folders only")
-        return dataclasses.replace(data, source=recorded, protocol=None if chosen is None else chosen.record())
+        return dataclasses.replace(data, source={**recorded, "split": "seed"},
+                                   protocol=None if chosen is None else chosen.record())
     path = Path(os.fspath(source))
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -182,6 +183,9 @@ def _text_rows(arrays: dict, fit_rows, vocab: dict | None):
 
 def _assemble(arrays: dict, *, name: str, seed: int, n_query, n_train, drop_unlabeled: bool,
               source: dict, protocol=None, vocab: dict | None = None) -> CrossModalData:
+    for role in ("image", "text", "captions", "labels"):
+        if role in arrays and np.ndim(arrays[role]) == 0:
+            raise DataError(f"{name}: {role} is a 0-dim array (a single value); it needs one row per item")
     labels = arrays["labels"]
     n = labels.shape[0]
     if not any(k in arrays for k in ("image", "text", "captions")):
@@ -207,6 +211,7 @@ def _assemble(arrays: dict, *, name: str, seed: int, n_query, n_train, drop_unla
             q, r, t = draw_split(protocol, labels, seed, name, arrays.get("class_names"))
         else:
             q, r, t = paper_split(n, seed=seed, n_query=n_query, n_train=n_train)
+        extras["source"] = {**source, "split": "protocol" if protocol is not None else "seed"}
         text, encoders = _text_rows(arrays, t, vocab)
         return from_arrays(arrays.get("image"), text, labels, query_idx=q, retrieval_idx=r, train_idx=t, name=name,
                            encoders=encoders, captions=arrays.get("captions"), **extras)
@@ -217,6 +222,7 @@ def _assemble(arrays: dict, *, name: str, seed: int, n_query, n_train, drop_unla
         check_classes(protocol, np.asarray(labels).reshape(n, -1).shape[1], name)
     if q is None and r is None:
         raise DataError(f"{name}: a training index is given without query/database indices")
+    extras["source"] = {**source, "split": "file" if t is not None else "file, training drawn from the seed"}
     rest = lambda idx: np.setdiff1d(np.arange(n), np.asarray(idx))  # noqa: E731
     q = rest(r) if q is None else q
     r = rest(q) if r is None else r

@@ -9,7 +9,8 @@
   encoders       optional, a 0-d unicode array holding JSON: how raw inputs became these rows
                  (CrossModalData.encoders: the caption vocabulary, the image backbone)
 
-Any other array name is an error (it is most likely a typo). save_npz writes atomically.
+Any other array name is an error (it is most likely a typo). save_npz writes atomically; a file
+whose zip checksums do not match its content is refused as damaged (dchml.io.integrity).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from ..io.atomic import write_atomic
+from ..io.integrity import DamagedFileError, is_zip_file, verify_zip
 from .dataset import CrossModalData, DataError
 from .labels import as_multi_hot
 
@@ -35,6 +37,11 @@ def load_npz_arrays(path) -> dict:
     path = Path(os.fspath(path))
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    try:  # every member's checksum first: np.load checks only the members it reads to the end
+        if is_zip_file(path):
+            verify_zip(path, "data file", "restore it from a copy or write it again (dchml features, save_npz)")
+    except DamagedFileError as exc:
+        raise DataError(str(exc)) from None
     try:
         with np.load(path, allow_pickle=False) as z:
             if not isinstance(z, np.lib.npyio.NpzFile):

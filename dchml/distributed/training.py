@@ -246,6 +246,7 @@ class DistributedPasses:
         self.rank, self.world, self.device = rank, world, device
         self.main = rank == 0
         self.label = f" x{world}"
+        self.processes = world
         self.group = Group(None, device)  # rank agreement helpers of dchml.distributed
         self.nets = {}
 

@@ -175,7 +175,7 @@ def claim(path: str, *, resume: bool = False, force: bool = False, several: bool
     refuse_if_in_use(path)  # "in use" says more than "not empty" about a folder another run is filling
     check_output_dir(path, resume=resume, force=force, several=several)  # a quick refusal before creating anything
     check_writable(path)
-    created = not os.path.exists(path)
+    created = missing_folders(path)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
@@ -191,11 +191,24 @@ def claim(path: str, *, resume: bool = False, force: bool = False, several: bool
         yield path
     except BaseException:
         lock.release()
-        if created:
-            _remove_if_empty(path)
+        for folder in created:  # deepest first: a refused run leaves no folder it made
+            _remove_if_empty(folder)
         raise
     else:
         lock.release()
+
+
+def missing_folders(path: str) -> list[str]:
+    """The folders `os.makedirs(path)` would create, deepest first."""
+    out = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        out.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return out
 
 
 def _remove_if_empty(path: str) -> None:

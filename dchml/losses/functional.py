@@ -107,7 +107,7 @@ def proxy_network_loss(proxy_outputs, alpha=0.05, beta=0.1):
 
 def category_code_loss(code_outputs, alpha=0.05, beta=0.01):
     """PSLDH's loss of its category (label) network on the continuous category codes Ĝ (c, k)
-    (docs/spec.md §12; it differs from PHNet's L_PH):
+    (docs/spec.md §6.1; it differs from PHNet's L_PH):
 
         (1/c^2) * sum_{i,j} relu((Ĝ Ĝ^T - k I)_ij)^2  +  alpha * (1/c) * ||1^T Ĝ||^2
         + beta * (1/c) * ||sgn(Ĝ) - Ĝ||^2

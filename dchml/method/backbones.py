@@ -153,6 +153,25 @@ def find_weights(name: str, given: str | None) -> str | None:
     return next((str(p) for p in candidates if p.is_file()), None)
 
 
+def weights_record(name: str, given: str | None, found: str | None) -> dict:
+    """What a run's image backbone started from, for its checkpoint, metrics.json and report:
+    the weights file and its SHA-256, or that the weights are random and why."""
+    spec = get_spec(name)
+    record = {"name": name, "title": spec.title, "weights": found, "sha256": None, "random": found is None}
+    if found is None:
+        record["why"] = ("asked for (--image-weights random)" if given == RANDOM else
+                         f"no weights file found (--image-weights, {cache_dir()}/{name}.pth, or torchvision's cache)")
+    else:
+        import hashlib
+
+        digest = hashlib.sha256()
+        with open(found, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        record["sha256"] = digest.hexdigest()
+    return record
+
+
 def read_state_dict(path: str) -> dict:
     """A state dict from a local file (torch.load(weights_only=True), or safetensors)."""
     if not os.path.isfile(path):

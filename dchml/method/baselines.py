@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..retrieval.metrics import mean_average_precision
+from .kernel_hasher import Ridge
 from .methods import get_method, query_and_database, tasks_of
 from .models import HashModel, sgn
 
@@ -28,31 +29,6 @@ def chance_map(data, *, topk: int = 5000, tasks=("i2t", "t2i")) -> dict:
     value = float(mean_average_precision(same_q, same_d, data.labels[q], data.labels[db], topk=topk,
                                          ties="expected"))
     return {f"{task}_map": value for task in tasks}
-
-
-class _Ridge:
-    """Ridge regression X -> T with a bias, solved for several strengths from one eigendecomposition."""
-
-    def __init__(self, x: torch.Tensor, targets: torch.Tensor):
-        x, targets = x.to(torch.float64), targets.to(torch.float64)
-        self.x_mean, self.t_mean = x.mean(0), targets.mean(0)
-        xc = x - self.x_mean
-        n, d = xc.shape
-        self.dual = d > n  # fewer items than dimensions: solve in the n x n form
-        gram = xc @ xc.T if self.dual else xc.T @ xc
-        self.evals, self.evecs = torch.linalg.eigh(gram)
-        self.evals = self.evals.clamp_min(0)
-        self.scale = float(self.evals.mean()) or 1.0
-        self.xc, self.tc = xc, targets - self.t_mean
-
-    def weights(self, strength: float) -> torch.Tensor:
-        inv = 1.0 / (self.evals + strength * self.scale)
-        if self.dual:  # W = X^T (X X^T + a I)^-1 T
-            return self.xc.T @ (self.evecs @ (inv[:, None] * (self.evecs.T @ self.tc)))
-        return self.evecs @ (inv[:, None] * (self.evecs.T @ (self.xc.T @ self.tc)))
-
-    def predict(self, weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return (x.to(torch.float64) - self.x_mean) @ weights + self.t_mean
 
 
 def _features(model: HashModel, data, modality: str, idx: torch.Tensor) -> torch.Tensor:
@@ -82,13 +58,13 @@ def linear_hasher(model: HashModel, data, fit_idx: torch.Tensor, val_idx: torch.
             features[modality, name] = _features(model, data, modality, sets[name])
         return features[modality, name]
 
-    ridges = {m: _Ridge(feats(m, "fit"), targets) for m in modalities}
-    weights = {}  # strength -> {modality: weights}, each solved once
+    ridges = {m: Ridge(feats(m, "fit"), targets) for m in modalities}
+    maps = {}  # strength -> {modality: the fitted map}, each solved once
 
     def scores(strength, tasks, queries, database):
-        if strength not in weights:
-            weights[strength] = {m: ridges[m].weights(strength) for m in ridges}
-        code = lambda m, name: sgn(ridges[m].predict(weights[strength][m], feats(m, name)).float())  # noqa: E731
+        if strength not in maps:
+            maps[strength] = {m: ridges[m].affine(strength) for m in ridges}
+        code = lambda m, name: sgn(maps[strength][m](feats(m, name)).float())  # noqa: E731
         ql, dl = data.labels[sets[queries]], data.labels[sets[database]]
         k = min(topk, sets[database].numel())
         out = {}
@@ -105,3 +81,37 @@ def linear_hasher(model: HashModel, data, fit_idx: torch.Tensor, val_idx: torch.
     result = {f"{task}_map": value for task, value in scores(chosen, tasks_of(modalities), "query", "database").items()}
     return {**result, "ridge_strength": chosen,
             "chosen_on": "validation slice" if val_idx.numel() else "fixed (no validation slice)"}
+
+
+def kernel_hasher(model: HashModel, data, fit_idx: torch.Tensor, val_idx: torch.Tensor, *,
+                  topk: int = 5000, seed: int = 0, method: str | None = None) -> dict:
+    """The kernel hasher (dchml.method.kernel_hasher) of each modality of the model, fitted like the
+    linear hasher (the model's normalisers, the method's item targets) and scored on the query set
+    for every task. Returns `<task>_map` and each modality's chosen space, width and strength."""
+    from .kernel_hasher import fit_kernel_hasher
+
+    modalities = model.modalities
+    if "image" in modalities and model.image_net.uses_pixels:
+        return {"skipped": "image pixels: RBF features of raw pixels are no meaningful baseline"}
+    chooser = get_method(method or ("dchml" if model.cross_modal else "psldh"))
+    targets = chooser.item_targets(model, data.labels[fit_idx])
+    choosing = val_idx.numel() > 0
+    codes, chosen = {}, {}
+    for modality in modalities:
+        hasher, chosen[modality] = fit_kernel_hasher(
+            _features(model, data, modality, fit_idx), targets,
+            val_x=_features(model, data, modality, val_idx) if choosing else None,
+            val_labels=data.labels[val_idx], fit_labels=data.labels[fit_idx], topk=topk, seed=seed)
+        codes[modality] = {name: hasher.encode(_features(model, data, modality, idx))
+                           for name, idx in (("query", data.query_idx), ("database", data.retrieval_idx))}
+    ql, dl = data.labels[data.query_idx], data.labels[data.retrieval_idx]
+    k = min(topk, data.retrieval_idx.numel())
+    result = {}
+    for task in tasks_of(modalities):
+        q_side, d_side = query_and_database(task)
+        result[f"{task}_map"] = float(mean_average_precision(codes[q_side]["query"], codes[d_side]["database"], ql, dl,
+                                                             topk=k))
+    return {**result,
+            **{key: {m: c[key] for m, c in chosen.items()} for key in ("space", "bandwidth", "ridge_strength")},
+            "anchors": chosen[modalities[0]]["anchors"],
+            "chosen_on": "validation slice" if choosing else "fixed (no validation slice)"}

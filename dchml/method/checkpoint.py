@@ -12,6 +12,8 @@ so `torch.load(path, weights_only=True)` reads it. Keys:
   ({"epoch", "score", "stale", "stopped_early", "summary"}); `model` holds the weights to use (the
   selected epoch's) and `model_last`, present when they differ, the latest weights a resume
   continues from.
+Loading checks the CRC-32 of every member of the zip torch writes (dchml.io.integrity) before
+torch.load, which checks none: a damaged checkpoint is refused by name instead of loading.
 Versions 1 and 2 (before input normalisation and selection) still load for evaluation and
 encoding, with identity normalisers; only version 3 can be resumed.
 """
@@ -23,6 +25,7 @@ import warnings
 import torch
 
 from ..io.atomic import write_atomic
+from ..io.integrity import DamagedFileError, verify_zip
 from .models import CrossModalHashModel
 
 FORMAT = "dchml-checkpoint"
@@ -51,6 +54,10 @@ def load_checkpoint(path: str) -> dict:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
     if head != _ZIP_MAGIC:  # dchml writes torch's zip format; anything else is not ours
         raise CheckpointError(f"{path} is not a dchml checkpoint or is corrupt (not a torch zip file)")
+    try:  # torch.load checks no checksum: a damaged checkpoint would load and give wrong answers
+        verify_zip(path, "checkpoint", "restore it from a copy or train again")
+    except DamagedFileError as exc:
+        raise CheckpointError(str(exc)) from None
     try:
         with warnings.catch_warnings():  # torch's advice would not fit a user's one-line error
             warnings.simplefilter("ignore")

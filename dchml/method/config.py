@@ -94,7 +94,7 @@ class TrainConfig:
     @classmethod
     def paper(cls, **overrides) -> "TrainConfig":
         """The method's paper recipe (its literal published settings: DCHML plain SGD at lr 1e-3,
-        120 epochs, features as given, the last epoch kept, docs/spec.md §4; PSLDH and CSQ §12)."""
+        120 epochs, features as given, the last epoch kept, docs/spec.md §4; PSLDH §6.4, CSQ §12)."""
         return cls.for_recipe("paper", **overrides)
 
     @classmethod
@@ -146,7 +146,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not (isinstance(self.val_fraction, (int, float)) and 0 <= self.val_fraction < 1):
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        get_spec(self.image_backbone)
         check_precision(self.precision, self.device)
         # Upper bounds that would otherwise fail late, after minutes of work (the memory a
         # configuration needs on given data is checked by dchml/method/preflight.py).
@@ -157,8 +156,10 @@ class TrainConfig:
                              f"got {self.bits}")
         if self.seed >= 2**64:
             raise ValueError(f"seed must be below 2**64 (torch's generator), got {self.seed}")
-        if self.image_size < 63:
-            raise ValueError(f"image_size must be >= 63 (AlexNet's smallest input), got {self.image_size}")
+        spec = get_spec(self.image_backbone)
+        if self.image_size < spec.min_size:
+            raise ValueError(f"image_size must be >= {spec.min_size} ({spec.title}'s smallest input), "
+                             f"got {self.image_size}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

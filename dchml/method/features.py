@@ -6,11 +6,14 @@ end-to-end training on the images).
   with the same preprocessing as end-to-end training (IHNet.preprocess), in eval mode.
 - Text: the data set's bag-of-words rows (raw captions through the vocabulary fitted on the
   training items at load time), or CLIP's text tower on the raw captions.
-- Chunked and resumable: every `chunk_rows` items are written to `<out>.partial/` as one .npy
-  file (atomically), next to a manifest of the settings; a second run with the same settings
-  computes only the missing chunks, a run with other settings refuses to mix them. At the end
-  the .npz is assembled chunk by chunk (memory: one chunk), written to a temporary file and
-  moved onto `<out>`, and the partial folder is removed.
+- Chunked and resumable (dchml.method.feature_chunks): every `chunk_rows` items are written to
+  `<out>.partial/` as one checksummed .npz file, next to a manifest of the settings; a second
+  run with the same settings checks the saved chunks and computes only the missing ones, a run
+  with other settings refuses to mix them, and a damaged chunk is refused by name. At the end the
+  chunks are copied into the .npz (atomically) and the partial folder is removed.
+- Memory does not grow with the number of images: one loader decodes every image (its workers
+  start once), each batch's features go straight into the chunk file, and the assembly copies
+  chunks in blocks; a convolutional backbone runs channels_last on the CPU (faster there).
 
 The .npz holds image, text, labels, the split and `encoders` (JSON): the backbone, its weights,
 the image size, the skipped images and the text vocabulary (or the CLIP text tower), so a model
@@ -18,33 +21,27 @@ trained on it can encode raw captions later.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
-import json
 import os
 import shutil
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..data.dataset import CrossModalData, DataError
+from ..data.dataset import CrossModalData
 from ..data.images import ImageSource
 from ..data.npz import encoders_array
-from ..io.atomic import write_atomic
 from .backbones import RANDOM, ClipTextEncoder, find_weights, get_spec, load_backbone_weights
 from .models import IHNet
+from .feature_chunks import FORMAT, FeaturesError, assemble, open_partial, pending_chunks, write_chunk
 from .precision import MixedPrecision
 
-FORMAT = "dchml-features-partial"
 TEXT_BACKBONES = ("bow", "clip")
 DEFAULT_CHUNK_ROWS = 2048
-_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member dates: the same features give the same file
-
-
-class FeaturesError(ValueError):
-    """The extraction cannot run as asked (no weights, a partial folder of other settings, ...)."""
 
 
 def image_extractor(backbone: str, weights: str | None, image_size: int) -> IHNet:
@@ -64,6 +61,7 @@ def image_extractor(backbone: str, weights: str | None, image_size: int) -> IHNe
     if path is not None:
         load_backbone_weights(backbone, net.backbone, path)
     net.weights_path = path or RANDOM
+    net.backbone_name = backbone
     return net.eval()
 
 
@@ -123,24 +121,31 @@ def extract_features(data: CrossModalData, out: str, *, image_backbone: str = "a
             raise FeaturesError("no CLIP weights for the text tower: pass --text-weights PATH (an open_clip state dict)")
         text_encoder = ClipTextEncoder(clip_name, text_weights).to(device)
         settings["text_weights"] = _describe_file(text_weights)
-    partial = _open_partial(out, settings)
+    partial = open_partial(out, settings)
 
-    n_chunks = -(-data.n // chunk_rows)
     bar = _bar(data.n * (2 if text_encoder else 1), f"features {image_backbone}", progress)
     try:
-        done = sum(_chunk_path(partial, "image", i).is_file() for i in range(n_chunks))
-        if done:
-            log(f"resuming: {done} of {n_chunks} image chunks already in {partial}")
-        for i in range(n_chunks):
-            _chunk(partial, "image", i, chunk_rows, data.n,
-                   lambda rows: _image_features(extractor, data.image, rows, batch_size, device, amp, bar), bar,
-                   on_chunk)
+        pending = pending_chunks(partial, "image", data.n, chunk_rows, bar)
+        n_chunks = -(-data.n // chunk_rows)
+        if len(pending) < n_chunks:
+            log(f"resuming: {n_chunks - len(pending)} of {n_chunks} image chunks already in {partial}")
+        # one loader for every chunk still to compute: its workers start once and keep decoding
+        # while a chunk is written; a chunk is written batch by batch (memory: one batch)
+        batches = _feature_batches(extractor, data.image, [rows for _, rows in pending], batch_size, device, amp, bar)
+        try:
+            for i, rows in pending:
+                write_chunk(partial, "image", i, _next_rows(batches, len(rows)), len(rows))
+                if on_chunk is not None:
+                    on_chunk("image", i)
+        finally:
+            batches.close()
         if text_encoder is not None:
             captions = data.captions
-            for i in range(n_chunks):
-                _chunk(partial, "text", i, chunk_rows, data.n,
-                       lambda rows: _text_features(text_encoder, [captions[r] for r in rows], batch_size, bar),
-                       bar, on_chunk)
+            for i, rows in pending_chunks(partial, "text", data.n, chunk_rows, bar):
+                features = _text_features(text_encoder, [captions[r] for r in rows], batch_size, bar)
+                write_chunk(partial, "text", i, [features], len(rows))
+                if on_chunk is not None:
+                    on_chunk("text", i)
     finally:
         if bar is not None:
             bar.close()
@@ -150,7 +155,13 @@ def extract_features(data: CrossModalData, out: str, *, image_backbone: str = "a
         encoders["text"] = {"kind": "clip", "backbone": text_encoder.backbone_name, "weights": text_weights}
     elif data.encoders and "text" in data.encoders:
         encoders["text"] = data.encoders["text"]
-    image_dim = _write_npz(out, partial, data, n_chunks, encoders, text_encoder is not None)
+    arrays = {"labels": data.labels.numpy(), "query_idx": data.query_idx.numpy(),
+              "retrieval_idx": data.retrieval_idx.numpy(), "train_idx": data.train_idx.numpy(),
+              "encoders": encoders_array(encoders)}
+    if text_encoder is None and data.text is not None:  # image-only data: an .npz without text
+        arrays["text"] = data.text.numpy()
+    kinds = ("image", "text") if text_encoder is not None else ("image",)
+    image_dim = assemble(out, partial, data.n, chunk_rows, kinds, arrays)
     shutil.rmtree(partial)
     return {"path": str(out), "n": data.n, "image_dim": image_dim,
             "text_dim": text_encoder.out_dim if text_encoder else data.text_dim, "encoders": encoders}
@@ -163,68 +174,76 @@ def _describe_file(path) -> str:
     return f"{os.path.abspath(path)} ({st.st_size} bytes, modified {int(st.st_mtime)})"
 
 
-def _open_partial(out: Path, settings: dict) -> Path:
-    partial = out.with_name(out.name + ".partial")
-    manifest = partial / "manifest.json"
-    if partial.is_dir():
-        try:
-            saved = json.loads(manifest.read_text())
-        except (OSError, json.JSONDecodeError):
-            saved = None
-        if saved != settings:
-            changed = sorted(k for k in settings if not isinstance(saved, dict) or saved.get(k) != settings[k])
-            raise FeaturesError(f"{partial} holds an interrupted extraction with other settings "
-                                f"({', '.join(changed) or 'unreadable manifest'} differ); delete that folder to "
-                                "start over, or rerun with the same data and options to continue it")
-        return partial
-    partial.mkdir(parents=True)
-    write_atomic(str(manifest), lambda f: f.write(json.dumps(settings, indent=1).encode()))
-    return partial
-
-
-def _chunk_path(partial: Path, kind: str, i: int) -> Path:
-    return partial / f"{kind}_{i:06d}.npy"
-
-
-def _chunk(partial, kind, i, chunk_rows, n, compute, bar, on_chunk) -> None:
-    """Compute and save chunk i unless a previous run saved it already."""
-    path = _chunk_path(partial, kind, i)
-    rows = np.arange(i * chunk_rows, min(n, (i + 1) * chunk_rows))
-    if path.is_file():
-        if bar is not None:
-            bar.update(len(rows))
-        return
-    values = np.ascontiguousarray(compute(rows), dtype=np.float32)
-    write_atomic(str(path), lambda f: np.save(f, values))
-    if on_chunk is not None:
-        on_chunk(kind, i)
-
-
 def extract_rows(net: IHNet, images, device="cpu", *, batch_size: int = 64, precision: str = "fp32") -> torch.Tensor:
     """Backbone features (n, d) float32 of every image of `images` (ImageSource or uint8 tensor)."""
     device = torch.device(device)
-    rows = np.arange(len(images))
-    return torch.from_numpy(_image_features(net, images, rows, batch_size, device, MixedPrecision(precision, device), None))
+    n = len(images)
+    out, start = np.empty((0, 0), dtype=np.float32), 0
+    for features in _feature_batches(net, images, [np.arange(n)], batch_size, device,
+                                     MixedPrecision(precision, device), None):
+        if start == 0:  # filled in place: held once, not once more by a concatenation
+            out = np.empty((n, features.shape[1]), dtype=np.float32)
+        out[start:start + len(features)] = features
+        start += len(features)
+    return torch.from_numpy(out)
+
+
+def _next_rows(batches, n: int):
+    """The next batches from `batches`, n rows in all (a batch never spans two chunks)."""
+    taken = 0
+    while taken < n:
+        features = next(batches)
+        taken += len(features)
+        yield features
 
 
 @torch.inference_mode()
-def _image_features(net: IHNet, images, rows, batch_size, device, amp, bar) -> np.ndarray:
-    view = images[torch.from_numpy(rows)]
-    if isinstance(view, ImageSource):
-        batches = view.with_options(augment=False).iter_batches(list(torch.arange(len(view)).split(batch_size)))
+def _feature_batches(net: IHNet, images, row_groups, batch_size, device, amp, bar):
+    """Yield the backbone features (float32 numpy) of each batch of the rows of each group, in
+    order; a batch never spans two groups. Images are decoded by one loader for all groups."""
+    batches = [torch.from_numpy(rows[s:s + batch_size]) for rows in row_groups for s in range(0, len(rows), batch_size)]
+    if isinstance(images, ImageSource):
+        pixels = images.with_options(augment=False).iter_batches(batches)
     else:
-        batches = view.split(batch_size)
-    out, start = None, 0
-    for x in batches:
+        pixels = (images[b] for b in batches)
+    layout = _inference_layout(net, device)
+    for x in pixels:
         with amp.autocast():
-            features = net.backbone(net.preprocess(x.to(device))).float().cpu().numpy()
-        if out is None:  # filled in place: a chunk's features are held once, not once more by a concatenation
-            out = np.empty((len(rows), features.shape[1]), dtype=np.float32)
-        out[start:start + len(features)] = features
-        start += len(features)
+            features = net.backbone(net.preprocess(x.to(device).contiguous(memory_format=layout))).float().cpu().numpy()
+        _return_freed_memory()
+        yield features
         if bar is not None:
             bar.update(len(x))
-    return out if out is not None else np.empty((0, 0), dtype=np.float32)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def _return_freed_memory() -> None:
+    """Give the pages the C allocator holds free back to the system, once per batch. glibc serves
+    a batch's mid-size buffers (activations of 8-17 MB) from its heap once its adaptive mmap
+    threshold has risen past them, and keeps the freed pages: without this the process grew by
+    about 100 MB over 4,000 images (AlexNet, batch 64; measured), with it it stays flat. A no-op
+    without glibc."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _inference_layout(net: IHNet, device) -> torch.memory_format:
+    """channels_last for a convolutional backbone on the CPU (the network is converted once):
+    oneDNN's convolutions and max-pooling run about 1.4x faster on it than on NCHW (AlexNet, batch
+    64, one thread, measured on this project's 2-core VM), the features equal to float rounding.
+    CLIP's transformer and other devices keep their layout (not measured)."""
+    if device.type != "cpu" or get_spec(net.backbone_name).clip_arch:
+        return torch.contiguous_format
+    net.backbone.to(memory_format=torch.channels_last)
+    return torch.channels_last
 
 
 def _text_features(encoder: ClipTextEncoder, captions, batch_size, bar) -> np.ndarray:
@@ -234,48 +253,6 @@ def _text_features(encoder: ClipTextEncoder, captions, batch_size, bar) -> np.nd
         if bar is not None:
             bar.update(len(parts[-1]))
     return torch.cat(parts).numpy()
-
-
-def _write_npz(out: Path, partial: Path, data: CrossModalData, n_chunks: int, encoders: dict,
-               text_from_chunks: bool) -> int:
-    """Assemble the .npz from the chunks, streaming each array into the zip (memory: one chunk)."""
-    arrays = {"labels": data.labels.numpy(), "query_idx": data.query_idx.numpy(),
-              "retrieval_idx": data.retrieval_idx.numpy(), "train_idx": data.train_idx.numpy(),
-              "encoders": encoders_array(encoders)}
-    if not text_from_chunks and data.text is not None:  # image-only data: an .npz without text
-        arrays["text"] = data.text.numpy()
-    dims = {}
-
-    def write(f):
-        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            dims["image"] = _stream_member(zf, "image", partial, n_chunks, data.n)
-            if text_from_chunks:
-                _stream_member(zf, "text", partial, n_chunks, data.n)
-            for name, array in arrays.items():
-                with zf.open(zipfile.ZipInfo(f"{name}.npy", _ZIP_TIME), "w", force_zip64=True) as fh:
-                    np.lib.format.write_array(fh, np.asarray(array, order="C"), allow_pickle=False)
-
-    write_atomic(str(out), write)
-    return dims["image"]
-
-
-def _stream_member(zf: zipfile.ZipFile, kind: str, partial: Path, n_chunks: int, n: int) -> int:
-    """Write the chunks of `kind` as one (n, dim) float32 .npy member; returns dim."""
-    dim = int(np.load(_chunk_path(partial, kind, 0), mmap_mode="r").shape[1])
-    with zf.open(zipfile.ZipInfo(f"{kind}.npy", _ZIP_TIME), "w", force_zip64=True) as fh:
-        np.lib.format.write_array_header_1_0(fh, {"descr": np.dtype(np.float32).str, "fortran_order": False,
-                                                  "shape": (n, dim)})
-        rows = 0
-        for i in range(n_chunks):
-            chunk = np.load(_chunk_path(partial, kind, i))
-            if chunk.dtype != np.float32 or chunk.ndim != 2 or chunk.shape[1] != dim:
-                raise DataError(f"{_chunk_path(partial, kind, i)}: chunk of {chunk.dtype} {chunk.shape}, "
-                                f"expected float32 (rows, {dim}); delete {partial} and extract again")
-            fh.write(chunk.tobytes())
-            rows += chunk.shape[0]
-    if rows != n:
-        raise DataError(f"{partial}: the {kind} chunks hold {rows} rows, expected {n}; delete it and extract again")
-    return dim
 
 
 def _bar(total: int, desc: str, enabled: bool):

@@ -9,6 +9,7 @@ predict the peak to the byte: a run that passes can still run short when other p
 """
 from __future__ import annotations
 
+import os
 import shutil
 
 import torch
@@ -116,9 +117,13 @@ def check_memory(data, cfg) -> None:
 
 
 def check_disk(data, configs, out_dir: str) -> None:
-    """Refuse (ResourceError) runs whose checkpoints and reports would not fit in out_dir's file system."""
+    """Refuse (ResourceError) runs whose checkpoints and reports would not fit in out_dir's file system.
+    A checkpoint is written beside the previous one and then replaces it (atomic writes), so a run
+    needs room for two; a checkpoint.pt already in out_dir (a resume) holds one of them."""
     checkpoints = sum(checkpoint_bytes(data, cfg) for cfg in configs)
-    need = checkpoints + _OUTPUTS_BYTES * len(configs)
+    existing = os.path.join(out_dir, "checkpoint.pt")
+    on_disk = os.path.getsize(existing) if os.path.isfile(existing) else 0
+    need = max(2 * checkpoints - on_disk, checkpoints) + _OUTPUTS_BYTES * len(configs)
     free = shutil.disk_usage(out_dir).free
     if need > free:
         raise ResourceError(f"{out_dir} has {human_bytes(free)} free, the run needs about {human_bytes(need)} "

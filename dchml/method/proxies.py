@@ -1,4 +1,4 @@
-"""Step 1 of Algorithm 1 (docs/spec.md §5) and of PSLDH (§12): train the category network on its
+"""Step 1 of Algorithm 1 (docs/spec.md §5) and of PSLDH (§6.1): train the category network on its
 loss, then freeze the ±1 category codes G into model.proxies."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The one training loop of every method: Algorithm 1 of docs/spec.md §5 for DCHML (PHNet first,
 then alternating image / text passes and the C update) and its single-modality form for PSLDH and
-CSQ (category codes first, then one pass per epoch, §12), with model selection on a validation
+CSQ (category codes first, then one pass per epoch, §6, §12), with model selection on a validation
 slice, per-epoch atomic checkpoints and exact resume. What differs between methods comes from the
 method object (dchml.method.methods): the model's modalities, step 1, a batch's loss, the logged
 objective and what follows the passes.
@@ -34,7 +34,7 @@ import torch
 
 from ..data.fingerprint import difference, identity
 from ..data.images import ImageSource
-from .backbones import find_weights, load_backbone_weights
+from .backbones import find_weights, load_backbone_weights, weights_record
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import PAPER_RECIPE, RECIPES, TrainConfig, resolve_device  # noqa: F401  (also dchml.train's names)
 from .evaluate import evaluate, retrieval_scores, validation_split  # noqa: F401  (also dchml.train.evaluate)
@@ -78,6 +78,8 @@ def resolve_modality(data, cfg: TrainConfig) -> TrainConfig:
 
 
 def build_model(data, cfg: TrainConfig, log=None) -> HashModel:
+    """The untrained model of a run; a pixel model's backbone loads its weights, and
+    `model.backbone_record` says which (dchml.method.backbones.weights_record)."""
     kwargs = model_kwargs(data, cfg)
     pixels = "image" in kwargs["modalities"] and kwargs["image_dim"] is None
     if not pixels:
@@ -90,12 +92,15 @@ def build_model(data, cfg: TrainConfig, log=None) -> HashModel:
     elif cfg.augment and not isinstance(data.image, ImageSource):
         raise ValueError("augment applies to images streamed from files; these pixels are in memory")
     model = HashModel(**kwargs)
+    model.backbone_record = {}
     if pixels:
         weights = find_weights(cfg.image_backbone, cfg.image_weights)
         if weights:
             load_backbone_weights(cfg.image_backbone, model.image_net.backbone, weights)
+        model.backbone_record = weights_record(cfg.image_backbone, cfg.image_weights, weights)
         if log:
-            log(f"image backbone {cfg.image_backbone}: " + (f"weights from {weights}" if weights else "random weights"))
+            log(f"image backbone {cfg.image_backbone}: " + (f"weights from {weights}" if weights else
+                                                            f"RANDOM weights ({model.backbone_record['why']})"))
     return model
 
 
@@ -153,6 +158,8 @@ class RunState:
     identity: dict = field(default_factory=dict)  # the data's fingerprint (dchml.data.fingerprint)
     stale: int = 0                # evaluations since the best one
     stopped_early: bool = False
+    backbone: dict = field(default_factory=dict)  # what a pixel model's backbone started from
+    runtime: dict = field(default_factory=dict)   # a resumed run: the threads and processes it ran with
 
 
 class SingleProcess:
@@ -160,6 +167,7 @@ class SingleProcess:
 
     main = True
     label = ""
+    processes = 1
 
     def prepare(self, run: RunState, log) -> None:
         pass
@@ -239,7 +247,8 @@ def start_run(data, cfg: TrainConfig, device, checkpoint_path, resume: bool, log
                         generator, train_idx, fit_idx, val_idx, data.labels[fit_idx].to(device, torch.float32),
                         list(state["history"]), dict(state["phnet"]), int(state["epoch"]), best,
                         {k: v for k, v in state["data"].items() if k not in ("name", "n", "train_idx")},
-                        int(sel["stale"]), bool(sel["stopped_early"]))
+                        int(sel["stale"]), bool(sel["stopped_early"]), dict(state.get("backbone") or {}),
+                        dict(state.get("runtime") or {}))
     cfg = resolve_modality(data, cfg)
     method = get_method(cfg.method)
     torch.manual_seed(cfg.seed)
@@ -258,7 +267,8 @@ def start_run(data, cfg: TrainConfig, device, checkpoint_path, resume: bool, log
     stored = {m: continuous_codes(model, (data.image if m == "image" else data.text)[fit_idx], m,
                                   device=device).to(device) for m in model.modalities}
     return RunState(cfg, model, optimizers, codes_c, stored, generator, train_idx, fit_idx, val_idx,
-                    data.labels[fit_idx].to(device, torch.float32), [], diag, 0, {}, identity(data, train_idx))
+                    data.labels[fit_idx].to(device, torch.float32), [], diag, 0, {}, identity(data, train_idx),
+                    backbone=model.backbone_record)
 
 
 def run_epochs(data, run: RunState, device, passes, *, checkpoint_path=None, progress=False, log=None,
@@ -269,12 +279,14 @@ def run_epochs(data, run: RunState, device, passes, *, checkpoint_path=None, pro
     cfg = run.cfg
     if resumed:
         log(f"resuming {cfg.method} from {checkpoint_path} after epoch {run.epoch} of {cfg.epochs}")
+        for line in runtime_differences(run.runtime, passes.processes):
+            log(f"warning: {line}")
     passes.prepare(run, log)
     method = get_method(cfg.method)
     n_fit = run.fit_idx.numel()
     steps = math.ceil(n_fit / cfg.batch_size)
     precision = MixedPrecision(cfg.precision, device)
-    state = checkpoint_state(run, data, device) if run.epoch else {}
+    state = checkpoint_state(run, data, device, passes.processes) if run.epoch else {}
     modalities = run.model.modalities
     while run.epoch < cfg.epochs and not run.stopped_early:
         epoch = run.epoch + 1
@@ -303,7 +315,7 @@ def run_epochs(data, run: RunState, device, passes, *, checkpoint_path=None, pro
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             _validate(data, run, record, device, passes)
         run.history.append(record)
-        state = checkpoint_state(run, data, device)
+        state = checkpoint_state(run, data, device, passes.processes)
         passes.commit(state, checkpoint_path)
         log(epoch_line(cfg, record))
         if run.stopped_early:
@@ -342,6 +354,21 @@ def _validate(data, run: RunState, record: dict, device, passes) -> None:
     run.stopped_early = cfg.patience > 0 and run.stale >= cfg.patience and run.epoch < cfg.epochs
 
 
+def runtime_differences(saved: dict, processes: int) -> list[str]:
+    """Why a resumed run will not equal an uninterrupted one bit for bit: the settings outside the
+    config that change floating-point results and differ from the ones it ran with."""
+    out = []
+    threads = torch.get_num_threads()
+    if saved.get("threads") not in (None, threads):
+        out.append(f"the run used {saved['threads']} torch thread(s), this process has {threads}: sums are reduced "
+                   "in another order, so from here on it differs from an uninterrupted run in the last bits (resume "
+                   f"with --threads {saved['threads']} to match)")
+    if saved.get("processes") not in (None, processes):
+        out.append(f"the run trained on {saved['processes']} process(es), this resume on {processes}: gradients "
+                   "are summed in another order, so results differ from an uninterrupted run in the last bits")
+    return out
+
+
 def selection_summary(run: RunState) -> dict:
     """Which epoch's model is kept and why, in words for the log and the report."""
     cfg, last = run.cfg, run.epoch
@@ -374,7 +401,7 @@ def epoch_line(cfg, record) -> str:
     return line
 
 
-def checkpoint_state(run: RunState, data, device) -> dict:
+def checkpoint_state(run: RunState, data, device, processes: int = 1) -> dict:
     """The checkpoint of the run after its latest epoch. `model` holds the weights to use (the
     selected epoch's), `model_last` the latest weights when they differ (what a resume continues)."""
     rng = {"generator": run.generator.get_state(), "torch": torch.get_rng_state()}
@@ -392,6 +419,9 @@ def checkpoint_state(run: RunState, data, device) -> dict:
         **({"codes_c": run.codes_c.to(cpu).clone()} if run.codes_c is not None else {}),
         **{f"stored_{m}": stored.to(cpu).clone() for m, stored in run.stored.items()},
         "rng": rng,
+        # Settings outside the config that change numbers: a resume restores or reports them.
+        "runtime": {"threads": torch.get_num_threads(), "processes": processes},
+        "backbone": dict(run.backbone),
         "history": [dict(r) for r in run.history],
         "phnet": dict(run.diag),
         "data": {"name": data.name, "n": int(data.n), "train_idx": run.train_idx.clone(), **run.identity,

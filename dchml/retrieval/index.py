@@ -7,6 +7,7 @@ Saved format (`HammingIndex.save`): an uncompressed NumPy ``.npz`` archive holdi
   version  int64 0-d                format version (1)
 readable with ``numpy.load(path, allow_pickle=False)`` alone; written to a temporary file in the
 same folder and moved into place with os.replace, so a crash never leaves a half-written index.
+`load` checks every member's CRC-32 first and refuses a damaged file (dchml.io.integrity).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 
 from .. import ops
 from ..io.atomic import write_atomic
+from ..io.integrity import is_zip_file, verify_zip
 from ..ops.library import cuda_built
 from .codes import as_packed, label_pair, packed_pair
 from .metrics import check_map_options
@@ -194,9 +196,9 @@ class HammingIndex:
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"no index file at {path}")
-        with open(path, "rb") as f:
-            if f.read(4) != b"PK\x03\x04":  # np.load would otherwise try other formats
-                raise ValueError(f"{path} is not a readable dchml index (.npz): not a zip archive")
+        if not is_zip_file(path):  # np.load would otherwise try other formats
+            raise ValueError(f"{path} is not a readable dchml index (.npz): not a zip archive")
+        verify_zip(path, "index", "save it again from its codes, or restore it from a copy")
         try:
             with np.load(path, allow_pickle=False) as data:
                 missing = {"codes", "bits", "version"} - set(data.files)

@@ -1,4 +1,4 @@
-"""What a hashing method is to the shared training loop (docs/spec.md §5, §6, §12).
+"""What a hashing method is to the shared training loop (docs/spec.md §5, §6.3, §12).
 
 A method says what it trains and how: which modalities its model has, how its category codes G
 come about (a trained category network, or constructed centres), the loss of one mini-batch of

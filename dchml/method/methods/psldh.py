@@ -1,4 +1,4 @@
-"""PSLDH, "Partial-Softmax Loss based Deep Hashing" (Tu et al., WWW 2021; docs/spec.md §12): one
+"""PSLDH, "Partial-Softmax Loss based Deep Hashing" (Tu et al., WWW 2021; docs/spec.md §6): one
 modality. Step 1 trains the category network (PHNet's layers) on PSLDH's own loss and freezes the
 ±1 category codes; step 2 trains the hashing network with the partial-softmax loss plus
 lambda times the quantization ||sgn(b̂) - b̂||^2, per sample, averaged over the batch."""
