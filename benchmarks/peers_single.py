@@ -22,10 +22,12 @@ untrained net's outputs and the true labels (dchml's loop stores every pass's ou
 second epoch on the two are the same. The current batch's rows of U are its outputs (detached),
 as `U[ind] = u.data` does there.
 
-Shallow hasher: `kernel_hasher`, ridge regression from RBF-kernel features (1000 anchors drawn
-from the fitted training items) of the normalised inputs to the codes the items should have,
-then sign; bandwidth and ridge strength chosen on the validation slice. (The linear hasher is
-dchml.method.baselines.linear_hasher.)
+Shallow hasher: `kernel_hasher`, a plain RBF ridge hasher: ridge regression from RBF-kernel
+features (1000 anchors drawn from the fitted training items) of the normalised inputs to the
+codes the items should have, then sign; bandwidth and ridge strength chosen on the validation
+slice. It predates dchml's own kernel hasher (dchml.method.baselines.kernel_hasher, which also
+tries the kernel on the ridge projection); the sweep scores both, and the linear hasher
+(dchml.method.baselines.linear_hasher).
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ import numpy as np
 import torch
 
 from dchml.method import methods as method_registry
-from dchml.method.baselines import RIDGE_STRENGTHS, _features, _Ridge
+from dchml.method.baselines import RIDGE_STRENGTHS, _features
+from dchml.method.kernel_hasher import Ridge
 from dchml.method.methods import Method, get_method
 from dchml.method.methods.csq import hash_centers, item_centers
 from dchml.method.methods.psldh import PSLDH
@@ -212,10 +215,10 @@ def kernel_hasher(model, data, fit_idx, val_idx, *, topk: int = 5000, targets: s
     for bw in KERNEL_BANDWIDTHS:
         width = bw * median
         phi = {name: _rbf(x, anchors, width) for name, x in feats.items()}
-        ridge = _Ridge(phi["fit"], target)
+        ridge = Ridge(phi["fit"], target)
         for strength in RIDGE_STRENGTHS:
-            w = ridge.weights(strength)
-            code = lambda name: sgn(ridge.predict(w, phi[name]).float())  # noqa: E731
+            fitted = ridge.affine(strength)
+            code = lambda name: sgn(fitted(phi[name]).float())  # noqa: E731
             val = float(mean_average_precision(code("val"), code("fit"), labels[val_idx], labels[fit_idx],
                                                topk=min(topk, fit_idx.numel())))
             if best is None or val > best[0]:

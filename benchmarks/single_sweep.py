@@ -35,7 +35,10 @@ from panel_single import PANEL_SINGLE, make_single_set  # noqa: E402
 from peers_single import kernel_hasher, register_peers  # noqa: E402
 
 from dchml.app.experiment import describe_device  # noqa: E402
-from dchml.method.baselines import chance_map, linear_hasher  # noqa: E402
+from dchml.method.baselines import chance_map, kernel_hasher as dchml_kernel_hasher, linear_hasher  # noqa: E402
+from dchml.method.evaluate import validation_split  # noqa: E402
+from dchml.method.methods import get_method  # noqa: E402
+from dchml.method.train import build_model, fit_normalizers, resolve_modality  # noqa: E402
 from dchml.method.config import recipe_settings  # noqa: E402
 from dchml.method.methods import tasks_of  # noqa: E402
 from dchml.train import TrainConfig, evaluate, train  # noqa: E402
@@ -103,13 +106,41 @@ def run_one(data, name, label, values, bits, seed, shallow, chance) -> dict:
            "chance_map": chance, "seconds": round(seconds, 1), "n_train": int(data.train_idx.numel())}
     if shallow:
         split = result.state["split"]
-        linear = linear_hasher(result.model, data, split["fit_idx"], split["val_idx"], topk=cfg.topk,
-                               method=cfg.method if cfg.method in ("psldh", "csq") else "csq")
-        row["linear_map"] = linear[f"{task}_map"]
-        kernel = kernel_hasher(result.model, data, split["fit_idx"], split["val_idx"], topk=cfg.topk,
-                               targets="model" if cfg.method == "psldh" else "centers", seed=seed)
-        row["kernel_map"] = kernel["map"]
-        row["kernel"] = {k: v for k, v in kernel.items() if k != "map"}
+        row.update(shallow_scores(result.model, data, split["fit_idx"], split["val_idx"], cfg))
+    return row
+
+
+def shallow_scores(model, data, fit_idx, val_idx, cfg) -> dict:
+    """The shallow hashers on `model`'s normalisers and its method's item targets (PSLDH's mean
+    category codes, CSQ's centres; the peers use CSQ's): the linear hasher, the benchmark's plain
+    RBF ridge hasher (`kernel_map`) and dchml's kernel hasher (`dchml_kernel_map`)."""
+    (task,) = tasks_of(model.modalities)
+    targets = cfg.method if cfg.method in ("psldh", "csq") else "csq"
+    linear = linear_hasher(model, data, fit_idx, val_idx, topk=cfg.topk, method=targets)
+    rbf = kernel_hasher(model, data, fit_idx, val_idx, topk=cfg.topk,
+                        targets="model" if targets == "psldh" else "centers", seed=cfg.seed)
+    kernel = dchml_kernel_hasher(model, data, fit_idx, val_idx, topk=cfg.topk, seed=cfg.seed, method=targets)
+    return {"linear_map": linear[f"{task}_map"], "kernel_map": rbf["map"],
+            "kernel": {k: v for k, v in rbf.items() if k != "map"}, "dchml_kernel_map": kernel[f"{task}_map"],
+            "dchml_kernel": {k: v for k, v in kernel.items() if not k.endswith("_map")}}
+
+
+def shallow_only(data, name, method, bits, seed, chance) -> dict:
+    """The shallow hashers alone (no hashing network is trained: they need only the normalisers,
+    fitted on the same items, and the category codes or centres of `method` at this seed)."""
+    cfg = resolve_modality(data, TrainConfig(method=method, bits=bits, seed=seed))
+    began = time.perf_counter()
+    torch.manual_seed(seed)  # the category network's init, as in a run
+    fit_idx, val_idx = validation_split(data.train_idx.to(torch.int64), cfg)
+    model = build_model(data, cfg)
+    fit_normalizers(model, data, fit_idx, cfg)
+    get_method(method).make_category_codes(model, cfg)
+    (task,) = tasks_of(model.modalities)
+    row = {"set": name, "bits": bits, "seed": seed, "setting": f"shallow-{method}", "method": method,
+           "overrides": {}, "params": cfg.method_params, "task": task, "map": None, "chance_map": chance,
+           "n_train": int(data.train_idx.numel())}
+    row.update(shallow_scores(model, data, fit_idx, val_idx, cfg))
+    row["seconds"] = round(time.perf_counter() - began, 1)
     return row
 
 
@@ -129,7 +160,8 @@ def summarize(rows: list[dict]) -> str:
     """One table per code length: mean MAP (± half the range over seeds) of every setting per set."""
     latest = {}
     for r in rows:  # a rerun of the same (set, bits, seed, setting) replaces the earlier row
-        latest[(r["set"], r["bits"], r["seed"], r["setting"])] = r
+        if r["map"] is not None:
+            latest[(r["set"], r["bits"], r["seed"], r["setting"])] = r
     rows = list(latest.values())
     out = []
     for bits in sorted({r["bits"] for r in rows}):
@@ -178,17 +210,20 @@ def compare(rows: list[dict], method_setting: str = "psldh") -> str:
                 if vals:
                     others.append(statistics.fmean(vals))
             shallow = [r for r in rows if r["set"] == s and r["bits"] == bits and "linear_map" in r]
-            for key in ("linear_map", "kernel_map"):
+            for keys in (("linear_map",), ("kernel_map", "dchml_kernel_map")):
                 # each run's shallow hashers use that run's normaliser and targets (PSLDH's mean
-                # category codes, CSQ's centres): per seed, the best of the runs that scored them
+                # category codes, CSQ's centres): per seed, the best of the runs that scored them,
+                # and for the kernel column the better of the plain RBF and dchml's kernel hasher
                 by_seed = {}
                 for r in shallow:
-                    by_seed[r["seed"]] = max(by_seed.get(r["seed"], 0.0), r[key])
+                    for key in keys:
+                        if r.get(key) is not None:
+                            by_seed[r["seed"]] = max(by_seed.get(r["seed"], 0.0), r[key])
                 vals = list(by_seed.values())
                 cells.append(_stat(vals))
                 if vals:
                     others.append(statistics.fmean(vals))
-            chance = next(iter(pick(method_setting)))["chance_map"]
+            chance = pick(method_setting)[0]["chance_map"]
             margin = statistics.fmean(mine) - max(others) if others else float("nan")
             out.append(f"| {s} | {bits} | " + " | ".join(cells) + f" | {chance:.4f} | {margin:+.4f} |")
     return "\n".join(out) + "\n"
@@ -202,6 +237,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", default="0", help="comma-separated training seeds (the data set's seed is --data-seed)")
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--shallow", action="store_true", help="also train and score the linear and kernel hashers")
+    ap.add_argument("--shallow-only", default=None, metavar="METHODS",
+                    help="score only the shallow hashers on these methods' targets (e.g. psldh,csq), no training")
     ap.add_argument("--threads", type=int, default=1)
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--out", metavar="DIR", help="append to DIR/runs.jsonl (default: a new ./bench_out/ folder)")
@@ -226,7 +263,17 @@ def main(argv=None) -> None:
         (chance,) = chance_map(data, tasks=("x",)).values()
         for bits in (int(b) for b in args.bits.split(",")):
             for seed in (int(s) for s in args.seeds.split(",")):
-                for label, values in settings:
+                for method in (args.shallow_only.split(",") if args.shallow_only else ()):
+                    row = shallow_only(data, name, method, bits, seed, chance)
+                    row.update(data_seed=args.data_seed, device=device, commit=commit, command=command,
+                               threads=args.threads,
+                               date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+                    print(f"{name:7s} {bits:3d} s{seed} {row['setting']:18s} linear {row['linear_map']:.4f} rbf "
+                          f"{row['kernel_map']:.4f} dchml kernel {row['dchml_kernel_map']:.4f} {row['seconds']:.0f}s",
+                          flush=True)
+                    with open(path, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                for label, values in (settings if not args.shallow_only else ()):
                     row = run_one(data, name, label, values, bits, seed, args.shallow, chance)
                     row.update(data_seed=args.data_seed, device=device, commit=commit, command=command,
                                threads=args.threads,
