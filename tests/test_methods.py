@@ -106,7 +106,9 @@ def test_method_parameters_are_the_methods_own():
     assert TrainConfig().method_params == {"eta": 0.3, "mu": 0.3, "lam": 0.001, "gamma": 0.01, "alpha": 0.05,
                                            "beta": 0.1}
     psldh = TrainConfig(method="psldh")
-    assert (psldh.gamma, psldh.sigma, psldh.lam, psldh.eta, psldh.image_backbone) == (0.2, 0.2, 0.01, None, "vgg11")
+    assert (psldh.gamma, psldh.sigma, psldh.lam, psldh.eta, psldh.image_backbone) == (0.05, 0.4, 0.001, None, "vgg11")
+    paper = TrainConfig.paper(method="psldh")  # the public code's values, not the measured defaults
+    assert (paper.gamma, paper.sigma, paper.lam, paper.alpha, paper.beta) == (0.2, 0.2, 0.01, 0.05, 0.01)
     assert TrainConfig(method="csq").method_params == {"lam": 1e-4}
     with pytest.raises(ValueError, match="eta: not a parameter of psldh"):
         TrainConfig(method="psldh", eta=0.3)
