@@ -1,7 +1,7 @@
 """How well PSLDH's category network separates its codes under different training settings (no
 hashing network is trained): minimum and mean pairwise Hamming distance of G = sgn(Ĝ) for the
 panel's label counts (10, 21, 24) at 16, 32 and 64 bits, two seeds each (the min column shows
-both seeds' minima). Prints one line per setting; benchmarks/results/panel_single.md quotes it.
+both seeds' minima). Prints one line per setting (it writes no file); the panel page quotes it.
 
     python benchmarks/category_codes.py [setting ...]
 """

@@ -11,7 +11,7 @@ Built from the label model and feature generators of dchml's synthetic set
 | gist10   | CIFAR-10 as 512-d GIST               | image: 512-d dense, non-negative, ~0..0.6           | 10, single-label, balanced | 6,000 (1,000 / 5,000)   |
 
 Difficulty (label noise, feature noise) was set so that the linear hasher's MAP lies in roughly
-0.3-0.7 (benchmarks/results/panel_single.md lists it). Deterministic from the seed; each set is
+0.3-0.7 (the panel's results page lists it). Deterministic from the seed; each set is
 generated in a few seconds. The queries are drawn first (per class for gist10, as CIFAR-10's
 protocols do), the training items from the database.
 """

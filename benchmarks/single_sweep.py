@@ -30,7 +30,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from harness import command_line, git_commit  # noqa: E402
+from harness import add_output_options, command_line, git_commit, output_folder  # noqa: E402
 from panel_single import PANEL_SINGLE, make_single_set  # noqa: E402
 from peers_single import kernel_hasher, register_peers  # noqa: E402
 
@@ -43,21 +43,14 @@ from dchml.method.config import recipe_settings  # noqa: E402
 from dchml.method.methods import tasks_of  # noqa: E402
 from dchml.train import TrainConfig, evaluate, train  # noqa: E402
 
-RESULTS = os.path.join(HERE, "results")
 RECORDED = "panel_single.jsonl"
 
 
 def output_file(args) -> str:
-    """Where this run's rows go: the recorded file with --record, DIR/runs.jsonl with --out, else
-    a new folder under ./bench_out/."""
-    if args.record:
-        return os.path.join(RESULTS, RECORDED)
-    folder = args.out
-    if not folder:
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-        folder = os.path.join(os.getcwd(), "bench_out", f"single_sweep-{stamp}-{os.getpid()}")
-    os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, "runs.jsonl")
+    """Where this run's rows go: the recorded file with --record, else DIR/runs.jsonl in --out or a
+    new folder under ./bench_out/ (benchmarks/harness.py)."""
+    folder = output_folder(args, "single_sweep")
+    return os.path.join(folder, RECORDED if args.record else "runs.jsonl")
 
 
 def parse_setting(spec: str) -> tuple[str, dict]:
@@ -240,9 +233,7 @@ def main(argv=None) -> None:
     ap.add_argument("--shallow-only", default=None, metavar="METHODS",
                     help="score only the shallow hashers on these methods' targets (e.g. psldh,csq), no training")
     ap.add_argument("--threads", type=int, default=1)
-    group = ap.add_mutually_exclusive_group()
-    group.add_argument("--out", metavar="DIR", help="append to DIR/runs.jsonl (default: a new ./bench_out/ folder)")
-    group.add_argument("--record", action="store_true", help=f"append to benchmarks/results/{RECORDED}")
+    add_output_options(ap)  # rows go to DIR/runs.jsonl, or are appended to results/panel_single.jsonl
     ap.add_argument("--summarize", nargs="+", default=None, metavar="JSONL", help="print tables of these rows")
     ap.add_argument("--compare", default=None, metavar="SETTING",
                     help="with --summarize: the table of SETTING (e.g. psldh) against peers and shallow hashers")
