@@ -67,6 +67,51 @@ def output_folder(args, script: str) -> str:
     raise FileExistsError(f"cannot make a new folder under {os.path.join(os.getcwd(), 'bench_out')}")
 
 
+def append_jsonl(path: str, row: dict) -> None:
+    """Add one result row (a JSON line) to `path`: the sweeps' record, one line per run."""
+    import json
+
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def sweep_parser(doc: str, sets, bits: str):
+    """The arguments every panel sweep takes: --sets, --bits, --threads, --out / --record and
+    --summarize (print the tables of recorded rows instead of training)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", default="all", help=f"comma-separated from {', '.join(sets)}, or all")
+    ap.add_argument("--bits", default=bits, help=f"comma-separated code lengths (default {bits})")
+    ap.add_argument("--threads", type=int, default=1)
+    add_output_options(ap)
+    ap.add_argument("--summarize", nargs="+", default=None, metavar="JSONL",
+                    help="print the Markdown tables of these result files instead of training")
+    return ap
+
+
+def read_jsonl(paths) -> list[dict]:
+    import json
+
+    return [json.loads(line) for path in paths for line in open(path) if line.strip()]
+
+
+def config_value(key: str, raw: str):
+    """A TrainConfig field's value from the text of a sweep's setting, typed like the field (a
+    method hyper-parameter, None by default, is a float)."""
+    from dchml.method.config import TrainConfig
+    from dchml.method.methods import METHOD_PARAMS
+
+    default = "" if key == "method" else getattr(TrainConfig(), key)
+    if key in METHOD_PARAMS or isinstance(default, float):
+        return float(raw)
+    if isinstance(default, bool):
+        return raw.lower() in ("1", "true", "yes")
+    if isinstance(default, int):
+        return int(raw)
+    return raw
+
+
 def git_commit() -> str:
     """Short hash of HEAD, with "+dirty" when the code differs from it (tracked files under csrc/,
     dchml/, benchmarks/ but not its results, setup.py): the numbers then come from code no commit

@@ -13,7 +13,6 @@ features first (the scale-robustness check). Runs are single-threaded by default
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -41,15 +40,7 @@ def parse_recipe(spec: str) -> tuple[str, dict]:
     values = {}
     for item in fields.split(","):
         key, raw = item.split(":", 1)
-        default = getattr(TrainConfig(), key)
-        if isinstance(default, bool):
-            values[key] = raw.lower() in ("1", "true", "yes")
-        elif isinstance(default, int):
-            values[key] = int(raw)
-        elif isinstance(default, float):
-            values[key] = float(raw)
-        else:
-            values[key] = raw
+        values[key] = harness.config_value(key, raw)
     return label, values
 
 
@@ -103,20 +94,13 @@ def summarize(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sets", default="all", help=f"comma-separated from {', '.join(PANEL)}, or all")
+    ap = harness.sweep_parser(__doc__, PANEL, "32")
     ap.add_argument("--recipes", default="default,paper", help="';'-separated recipe specs")
-    ap.add_argument("--bits", default="32")
     ap.add_argument("--scale", default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    harness.add_output_options(ap)
-    ap.add_argument("--summarize", nargs="+", default=None, metavar="JSONL",
-                    help="print the Markdown tables of these result files instead of training")
     args = ap.parse_args(argv)
     if args.summarize:
-        rows = [json.loads(line) for path in args.summarize for line in open(path) if line.strip()]
-        print(summarize(rows), end="")
+        print(summarize(harness.read_jsonl(args.summarize)), end="")
         return
     torch.set_num_threads(args.threads)
     results = os.path.join(harness.output_folder(args, "recipe_sweep"), "panel.jsonl")
@@ -150,8 +134,7 @@ def main(argv=None) -> None:
                 print(f"{name:13s} {bits:3d} {label:14s} MAP {row['mean_map']:.4f} (I->T {row['i2t_map']:.4f} "
                       f"T->I {row['t2i_map']:.4f}) linear {row['linear_mean_map']:.4f} chance {row['chance_map']:.4f} "
                       f"epoch {row['kept_epoch']}/{row['last_epoch']} {seconds:.0f}s", flush=True)
-                with open(results, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                harness.append_jsonl(results, row)
 
 
 if __name__ == "__main__":

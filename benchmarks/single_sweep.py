@@ -17,9 +17,7 @@ Where results go: a new folder ./bench_out/single_sweep-<UTC time>/ by default, 
 """
 from __future__ import annotations
 
-import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -30,7 +28,8 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from harness import add_output_options, command_line, git_commit, output_folder  # noqa: E402
+from harness import (append_jsonl, command_line, config_value, git_commit, output_folder, read_jsonl,  # noqa: E402
+                     sweep_parser)
 from panel_single import PANEL_SINGLE, make_single_set  # noqa: E402
 from peers_single import kernel_hasher, register_peers  # noqa: E402
 
@@ -64,17 +63,7 @@ def parse_setting(spec: str) -> tuple[str, dict]:
         key, raw = item.split(":", 1)
         if key == "recipe":
             continue
-        default = getattr(TrainConfig(), key) if key != "method" else ""
-        if key in ("eta", "mu", "lam", "gamma", "sigma", "alpha", "beta"):
-            values[key] = float(raw)
-        elif isinstance(default, bool):
-            values[key] = raw.lower() in ("1", "true", "yes")
-        elif isinstance(default, int):
-            values[key] = int(raw)
-        elif isinstance(default, float):
-            values[key] = float(raw)
-        else:
-            values[key] = raw
+        values[key] = config_value(key, raw)
     recipe = dict(item.split(":", 1) for item in fields.split(",") if item.startswith("recipe:"))
     if recipe:
         values = {**recipe_settings(recipe["recipe"], values["method"]), **values}
@@ -223,23 +212,18 @@ def compare(rows: list[dict], method_setting: str = "psldh") -> str:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sets", default="all", help=f"comma-separated from {', '.join(PANEL_SINGLE)}, or all")
+    ap = sweep_parser(__doc__, PANEL_SINGLE, "64")  # rows: DIR/runs.jsonl, or appended to the recorded file
     ap.add_argument("--settings", default="psldh", help="';'-separated settings")
-    ap.add_argument("--bits", default="64")
     ap.add_argument("--seeds", default="0", help="comma-separated training seeds (the data set's seed is --data-seed)")
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--shallow", action="store_true", help="also train and score the linear and kernel hashers")
     ap.add_argument("--shallow-only", default=None, metavar="METHODS",
                     help="score only the shallow hashers on these methods' targets (e.g. psldh,csq), no training")
-    ap.add_argument("--threads", type=int, default=1)
-    add_output_options(ap)  # rows go to DIR/runs.jsonl, or are appended to results/panel_single.jsonl
-    ap.add_argument("--summarize", nargs="+", default=None, metavar="JSONL", help="print tables of these rows")
     ap.add_argument("--compare", default=None, metavar="SETTING",
                     help="with --summarize: the table of SETTING (e.g. psldh) against peers and shallow hashers")
     args = ap.parse_args(argv)
     if args.summarize:
-        rows = [json.loads(line) for path in args.summarize for line in open(path) if line.strip()]
+        rows = read_jsonl(args.summarize)
         print(compare(rows, args.compare) if args.compare else summarize(rows), end="")
         return
     torch.set_num_threads(args.threads)
@@ -262,8 +246,7 @@ def main(argv=None) -> None:
                     print(f"{name:7s} {bits:3d} s{seed} {row['setting']:18s} linear {row['linear_map']:.4f} rbf "
                           f"{row['kernel_map']:.4f} dchml kernel {row['dchml_kernel_map']:.4f} {row['seconds']:.0f}s",
                           flush=True)
-                    with open(path, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    append_jsonl(path, row)
                 for label, values in (settings if not args.shallow_only else ()):
                     row = run_one(data, name, label, values, bits, seed, args.shallow, chance)
                     row.update(data_seed=args.data_seed, device=device, commit=commit, command=command,
@@ -273,8 +256,7 @@ def main(argv=None) -> None:
                     print(f"{name:7s} {bits:3d} s{seed} {label:18s} MAP {row['map']:.4f} (val {row['val_map'] or 0:.4f}, "
                           f"epoch {row['kept_epoch']}/{row['last_epoch']}, codes min {row['code_min_hamming']}"
                           f"){extra} chance {chance:.4f} {row['seconds']:.0f}s", flush=True)
-                    with open(path, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    append_jsonl(path, row)
 
 
 if __name__ == "__main__":
